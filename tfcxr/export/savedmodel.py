@@ -1,0 +1,348 @@
+"""Export a training run as a SavedModel for TF Serving (DESIGN.md §7).
+
+The exported ``tf.Module`` has two signatures:
+
+``serving_default`` (bytes in, used by TF Serving clients)
+    inputs:  ``image_bytes``  tf.string (batch,)   PNG (8/16-bit) or JPEG files, any size, gray or RGB.
+             ``mask_bytes``   tf.string (batch,)   only for ``tight``/``loose``/``box`` runs exported WITHOUT the
+                                                   embedded segmenter: PNG lung masks (0/255), same size as the image.
+    outputs: ``probabilities`` float32 (batch, 5)  sigmoid probabilities in ``tfcxr.labels.TARGETS`` order.
+             ``no_finding``    float32 (batch,)    ``tfcxr.scoring.no_finding_score`` of the run's method.
+             ``labels``        string  (batch, 5)  the TARGETS names, repeated per row. (batch, 5) rather than (5,)
+                                                   so that every output shares the batch axis, which TF Serving's
+                                                   REST row format (``"instances"``) requires.
+    Each image is decoded, masked with the run's mask mode (the mask comes from ``mask_bytes`` or from the embedded
+    segmenter), then resized to the run's ``image_size``: the order of the training pipeline
+    (decode -> mask -> resize).
+
+``predict_images`` (float in)
+    inputs:  ``images`` float32 (batch, image_size, image_size, 1) in [0, 1], already masked.
+    outputs: as above.
+
+Bad requests fail with ``tf.errors.InvalidArgumentError`` naming the problem (empty batch, wrong rank or size,
+bytes that are not PNG/JPEG, a mask of another size); the loaded model keeps serving the next request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+
+from tfcxr.export import serving_layout
+from tfcxr.labels import TARGETS
+
+logger = logging.getLogger(__name__)
+
+NO_FINDING_METHODS = ("max", "prod")
+BYTES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "predict_images"
+EXPORT_INFO = "assets.extra/tfcxr_export.json"
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """What export needs from a run directory (``config.yaml`` + ``best.keras``)."""
+
+    rundir: pathlib.Path
+    model_path: pathlib.Path
+    image_size: int
+    mask: str = "original"
+    margin: float = 0.05
+    fill: str = "zero"
+    backbone: str = "unknown"
+    no_finding_method: str = "max"
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.mask != "original"
+
+    def metadata(self) -> dict:
+        """JSON-able description stored beside every exported artefact."""
+        return {
+            "run": str(self.rundir),
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "mask": self.mask,
+            "margin": self.margin,
+            "fill": self.fill,
+            "no_finding_method": self.no_finding_method,
+            "labels": list(TARGETS),
+        }
+
+
+def read_run(rundir) -> RunInfo:
+    """Read ``RUNDIR/config.yaml`` (flat or one level of sections) and locate ``RUNDIR/best.keras``.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the config file and the bad or missing field.
+    """
+    import yaml
+
+    from tfcxr import masking
+    from tfcxr.evaluation.runs import config_value
+
+    rundir = pathlib.Path(rundir)
+    config_path = rundir / "config.yaml"
+    model_path = rundir / "best.keras"
+    for path in (config_path, model_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; expected a run directory written by `python -m tfcxr.train`")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    image_size = config_value(config, "image_size") if isinstance(config, dict) else None
+    if image_size is None:
+        raise ValueError(f"{config_path}: missing required field `image_size`")
+    info = RunInfo(
+        rundir=rundir,
+        model_path=model_path,
+        image_size=int(image_size),
+        mask=str(config_value(config, "mask", "original")),
+        margin=config_value(config, "margin", masking.DEFAULT_MARGIN),
+        fill=str(config_value(config, "fill", "zero")),
+        backbone=str(config_value(config, "backbone", "unknown")),
+        no_finding_method=str(config_value(config, "no_finding_method", "max")),
+    )
+    try:
+        masking.validate_mask_mode(info.mask)
+        masking.validate_fill(info.fill)
+        masking.parse_margin(info.margin)
+        if info.no_finding_method not in NO_FINDING_METHODS:
+            raise ValueError(
+                f"`no_finding_method` must be one of {NO_FINDING_METHODS}. "
+                f"Received: no_finding_method={info.no_finding_method!r}"
+            )
+    except ValueError as err:
+        raise ValueError(f"{config_path}: {err}") from None
+    return info
+
+
+def to_float32(model):
+    """Return `model` with every layer computing in float32 (a copy when the model used mixed precision).
+
+    Serving on CPU, ONNX and TensorRT builds want a float32 graph; TensorRT applies FP16 itself.
+    """
+    import keras
+
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(model)):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def load_classifier(info: RunInfo):
+    """Load ``best.keras`` (custom tfcxr layers registered by importing `tfcxr.models`) as a float32 model."""
+    import keras
+
+    import tfcxr.models  # noqa: F401  (registers the custom layers for deserialisation)
+
+    model = keras.models.load_model(info.model_path, compile=False)
+    return to_float32(model)
+
+
+def _serving_module_class():
+    import tensorflow as tf
+
+    from tfcxr.scoring import no_finding_score
+
+    class ServingModule(tf.Module):
+        """The exported graph. Attributes are tracked, so their variables are saved with it.
+
+        Args:
+            classifier: Keras 3 model, float32 (batch, S, S, 1) in [0, 1] -> (batch, 5) probabilities.
+            info: the run's `RunInfo` (image size, mask mode, margin, fill, No Finding method).
+            segmenter: optional object whose ``serving_fn(images (batch, H, W, 1) in [0, 1])`` returns
+                float32 lung masks (batch, H, W, 1) in {0, 1}; makes ``mask_bytes`` unnecessary.
+        """
+
+        def __init__(self, classifier, info: RunInfo, segmenter=None):
+            super().__init__(name="tfcxr_classifier")
+            self.classifier = classifier
+            self.segmenter = segmenter
+            self._info = info
+            size = info.image_size
+            self.predict_images = tf.function(
+                self._predict_images, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
+            )
+            bytes_spec = [tf.TensorSpec([None], tf.string, name="image_bytes")]
+            if info.needs_mask and segmenter is None:
+                bytes_spec.append(tf.TensorSpec([None], tf.string, name="mask_bytes"))
+            self.serve_bytes = tf.function(self._serve_bytes, input_signature=bytes_spec)
+            self._image_spec = tf.TensorSpec([size, size, 1], tf.float32)
+
+        def _outputs(self, images):
+            probabilities = tf.cast(self.classifier(images, training=False), tf.float32)  # (batch, 5)
+            batch = tf.shape(probabilities)[0]
+            labels = tf.tile(tf.constant(TARGETS)[tf.newaxis], [batch, 1])  # (batch, 5)
+            return {
+                "probabilities": probabilities,
+                "no_finding": no_finding_score(probabilities, method=self._info.no_finding_method),
+                "labels": labels,
+            }
+
+        def _predict_images(self, images):
+            size = self._info.image_size
+            expected = f"(batch, {size}, {size}, 1) float32 in [0, 1]"
+            shape = tf.shape(images)
+            padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[:4]  # safe for any rank
+            well_formed = tf.logical_and(
+                tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded[1:], [size, size, 1]))
+            )
+            checks = [tf.debugging.Assert(well_formed, [f"`images` must be {expected}; received shape", shape], summarize=8)]
+            with tf.control_dependencies(checks):
+                checks.append(tf.debugging.assert_positive(padded[0], message="empty batch: `images` holds no image"))
+            with tf.control_dependencies(checks):
+                images = tf.ensure_shape(tf.identity(images), [None, size, size, 1])
+            return self._outputs(images)
+
+        def _prepare(self, image_bytes, mask_bytes=None):
+            info = self._info
+            return prepare_image(
+                image_bytes, info, mask_bytes=mask_bytes, segmenter=self.segmenter if info.needs_mask else None
+            )
+
+        def _serve_bytes(self, image_bytes, mask_bytes=None):
+            check = tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: `image_bytes` is empty")
+            with tf.control_dependencies([check]):
+                if mask_bytes is None:
+                    images = tf.map_fn(self._prepare, image_bytes, fn_output_signature=self._image_spec)
+                else:
+                    same = tf.debugging.assert_equal(
+                        tf.size(mask_bytes), tf.size(image_bytes),
+                        message="`mask_bytes` must hold one mask per image in `image_bytes`",
+                    )
+                    with tf.control_dependencies([same]):
+                        images = tf.map_fn(
+                            lambda pair: self._prepare(*pair),
+                            (image_bytes, mask_bytes),
+                            fn_output_signature=self._image_spec,
+                        )  # (batch, S, S, 1)
+            return self._outputs(images)
+
+        def signatures(self):
+            return {
+                BYTES_SIGNATURE: self.serve_bytes.get_concrete_function(),
+                IMAGES_SIGNATURE: self.predict_images.get_concrete_function(),
+            }
+
+    return ServingModule
+
+
+def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
+    """One encoded image -> the classifier input, in the training order decode -> mask -> resize.
+
+    Args:
+        image_bytes: tf.string scalar, a PNG (8/16-bit) or JPEG file.
+        info: the run's `RunInfo` (image size, mask mode, margin, fill).
+        mask_bytes: tf.string scalar PNG lung mask (0/255, same size as the image); needed when the run masks
+            and `segmenter` is None.
+        segmenter: optional object with ``serving_fn(images (1, H, W, 1)) -> masks (1, H, W, 1) in {0, 1}``.
+
+    Returns:
+        float32 (image_size, image_size, 1) in [0, 1].
+    """
+    import tensorflow as tf
+
+    from tfcxr.data.io import decode_image_tf
+
+    image = decode_image_tf(image_bytes)  # (H, W, 1)
+    if info.needs_mask:
+        from tfcxr.masking import apply_mask
+
+        if segmenter is not None:
+            lung = segmenter.serving_fn(image[tf.newaxis])[0]  # (H, W, 1)
+        elif mask_bytes is None:
+            raise ValueError(f"{info.rundir}: the run uses mask={info.mask!r}; a lung mask is required")
+        else:
+            lung = decode_image_tf(mask_bytes)  # (H, W, 1)
+            same_size = tf.debugging.Assert(
+                tf.reduce_all(tf.equal(tf.shape(lung)[:2], tf.shape(image)[:2])),
+                ["`mask_bytes` must have the size of its image; image", tf.shape(image), "mask", tf.shape(lung)],
+            )
+            with tf.control_dependencies([same_size]):
+                lung = tf.cast(lung > 0.5, tf.float32)
+        image = apply_mask(image, lung, info.mask, margin=info.margin, fill=info.fill)
+    return resize_for_classifier(image, info.image_size)  # (S, S, 1)
+
+
+def resize_for_classifier(image, size: int):
+    """image: float32 (H, W, 1) in [0, 1] -> float32 (size, size, 1), bilinear, clipped to [0, 1]."""
+    import tensorflow as tf
+
+    image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def build_serving_module(classifier, info: RunInfo, segmenter=None):
+    """The `tf.Module` that is saved (see module docstring for its signatures)."""
+    if info.needs_mask is False and segmenter is not None:
+        raise ValueError(
+            f"{info.rundir}: the run uses mask='original', so there is nothing to segment; drop --embed-segmenter"
+        )
+    return _serving_module_class()(classifier, info, segmenter=segmenter)
+
+
+def export_savedmodel(
+    rundir,
+    out_dir,
+    model_name: str = "tfcxr",
+    version: int | None = None,
+    segmenter=None,
+) -> pathlib.Path:
+    """Export ``RUNDIR`` to ``<out_dir>/<model_name>/<version>/`` and regenerate ``<out_dir>/models.config``.
+
+    Args:
+        rundir: a run directory (``config.yaml`` + ``best.keras``).
+        out_dir: the TF Serving model base folder (mounted as ``/models`` by ``export/docker-compose.yml``).
+        model_name: TF Serving model name.
+        version: positive int; default 1 + the highest existing version.
+        segmenter: optional lung segmenter with a ``serving_fn`` to embed (see `ServingModule`).
+
+    Returns:
+        the version folder.
+    """
+    import tensorflow as tf
+
+    info = read_run(rundir)
+    version = serving_layout.resolve_version(out_dir, model_name, version)
+    module = build_serving_module(load_classifier(info), info, segmenter=segmenter)
+    staging = serving_layout.staging_dir(out_dir, model_name, version)
+    try:
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        metadata = dict(info.metadata(), embed_segmenter=segmenter is not None, version=version)
+        metadata["signatures"] = {
+            BYTES_SIGNATURE: ["image_bytes"] + (["mask_bytes"] if info.needs_mask and segmenter is None else []),
+            IMAGES_SIGNATURE: ["images"],
+        }
+        (staging / EXPORT_INFO).parent.mkdir(parents=True, exist_ok=True)
+        (staging / EXPORT_INFO).write_text(json.dumps(metadata, indent=2) + "\n")
+        target = serving_layout.publish_version(staging, out_dir, model_name, version)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    logger.info("Wrote SavedModel %s (signatures %s, %s)", target, BYTES_SIGNATURE, IMAGES_SIGNATURE)
+    return target
+
+
+def read_export_info(version_dir) -> dict:
+    """The JSON metadata written beside an exported SavedModel (mask mode, image size, labels, signatures)."""
+    path = pathlib.Path(version_dir) / EXPORT_INFO
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {version_dir} a tfcxr export?")
+    return json.loads(path.read_text())
