@@ -1,0 +1,148 @@
+"""Tests of tfcxr.data.synthetic: determinism, exact masks, findings inside the lungs, learnability."""
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfcxr.data import synthetic
+from tfcxr.labels import NO_FINDING, TARGETS, parse_finding_labels
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """400 images at 64 px in memory (about 2 s)."""
+    config = synthetic.SyntheticConfig(num_images=400, image_size=64, seed=1)
+    return synthetic.generate_arrays(config)
+
+
+def test_config_validation_echoes_value():
+    with pytest.raises(ValueError, match="image_size=8"):
+        synthetic.SyntheticConfig(image_size=8)
+    with pytest.raises(ValueError, match="prevalence=1.5"):
+        synthetic.SyntheticConfig(prevalence=1.5)
+    with pytest.raises(ValueError, match="num_patients=20"):
+        synthetic.SyntheticConfig(num_images=10, num_patients=20)
+
+
+def test_generate_layout_csv_and_idempotence(tmp_path):
+    config = synthetic.SyntheticConfig(num_images=24, image_size=64, seed=3)
+    out = synthetic.generate(tmp_path / "syn", config)
+    meta = pd.read_csv(out / "Data_Entry_2017.csv")
+    assert list(meta.columns[:7]) == [
+        "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+        "View Position",
+    ]
+    assert len(meta) == 24 and meta["Image Index"].is_unique
+    assert meta["Patient ID"].nunique() == 8  # num_images // 3
+    assert set(meta["View Position"]) <= {"PA", "AP"} and set(meta["Patient Gender"]) <= {"M", "F"}
+    for row in meta.itertuples():
+        parse_finding_labels(row[2], source=row[1])  # NIH vocabulary, '|'-separated
+        assert row[1] == f"{row[4]:08d}_{row[3]:03d}.png"
+        image = cv2.imread(str(out / "images" / row[1]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / "masks" / row[1]), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.uint8 and image.shape == (64, 64)
+        assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255}
+    assert json.loads((out / "config.json").read_text())["num_images"] == 24
+    boxes = pd.read_csv(out / "BBox_List_2017.csv")
+    assert set(boxes["Finding Label"]) <= {"Mass", "Nodule", "Pneumonia"}
+
+    # Same config: reused, files untouched.
+    stamp = (out / "images" / meta["Image Index"][0]).stat().st_mtime_ns
+    synthetic.generate(out, config)
+    assert (out / "images" / meta["Image Index"][0]).stat().st_mtime_ns == stamp
+    # Different config: redrawn; stale files of the old set removed.
+    synthetic.generate(out, synthetic.SyntheticConfig(num_images=6, image_size=64, seed=3))
+    assert len(list((out / "images").glob("*.png"))) == 6
+    assert len(pd.read_csv(out / "Data_Entry_2017.csv")) == 6
+
+
+def test_deterministic_and_seed_dependent():
+    config = synthetic.SyntheticConfig(num_images=6, image_size=64, seed=7)
+    a, ma, ya, _ = synthetic.generate_arrays(config)
+    b, mb, yb, _ = synthetic.generate_arrays(config)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_array_equal(ya, yb)
+    c, _, _, _ = synthetic.generate_arrays(synthetic.SyntheticConfig(num_images=6, image_size=64, seed=8))
+    assert not np.array_equal(a, c)
+
+
+def test_masks_exact_two_lungs(small_set):
+    images, masks, _, _ = small_set
+    fractions = masks.mean(axis=(1, 2))
+    assert fractions.min() > 0.12 and fractions.max() < 0.45
+    for mask in masks[:20]:
+        count, _ = cv2.connectedComponents(mask.astype(np.uint8))
+        assert count - 1 == 2  # background + two lungs
+    # Lungs are darker than the rest of the body.
+    assert images[masks].mean() < images[~masks].mean()
+
+
+def test_prevalence_and_no_finding(small_set):
+    _, _, labels, cases = small_set
+    assert np.all((labels.mean(axis=0) > 0.12) & (labels.mean(axis=0) < 0.3))
+    no_finding = np.mean([c.finding_labels == NO_FINDING for c in cases])
+    assert 0.2 < no_finding < 0.45
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_findings_drawn_inside_lungs_only(target):
+    config = synthetic.SyntheticConfig(num_images=3, image_size=128, seed=5)
+    case = synthetic.sample_cases(config)[0]
+    with_finding, mask = synthetic.render_case(case, config, findings=(target,))
+    without, mask0 = synthetic.render_case(case, config, findings=())
+    np.testing.assert_array_equal(mask, mask0)
+    diff = np.abs(with_finding.astype(int) - without.astype(int))
+    assert diff[~mask].max() == 0
+    assert diff[mask].sum() > 50  # visible inside
+
+
+def _features(images):
+    """Generic pooled features: 4x4 grid mean/std/max of the image, high-pass and band-pass."""
+    x = images.astype(np.float32) / 255.0
+    rows = []
+    for image in x:
+        bands = (
+            image,
+            image - cv2.GaussianBlur(image, (0, 0), 1.5),
+            cv2.GaussianBlur(image, (0, 0), 1.0) - cv2.GaussianBlur(image, (0, 0), 3.0),
+        )
+        feats = []
+        for band in bands:
+            cells = band.reshape(4, 16, 4, 16).transpose(0, 2, 1, 3).reshape(16, -1)
+            feats += [cells.mean(1), cells.std(1), cells.max(1)]
+        rows.append(np.concatenate(feats))
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize("masking", ["original", "tight"])
+def test_labels_learnable_and_survive_tight_masking(small_set, masking):
+    """Logistic regression on pooled features beats chance clearly on held-out patients."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    images, masks, labels, cases = small_set
+    inputs = images * masks if masking == "tight" else images
+    features = _features(inputs)
+    test = np.array([c.patient_id % 3 == 0 for c in cases])
+    aucs = []
+    for k in range(len(TARGETS)):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        model.fit(features[~test], labels[~test, k])
+        aucs.append(roc_auc_score(labels[test, k], model.predict_proba(features[test])[:, 1]))
+    assert np.mean(aucs) > 0.7, dict(zip(TARGETS, np.round(aucs, 3)))
+    assert min(aucs) > 0.55, dict(zip(TARGETS, np.round(aucs, 3)))
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    assert synthetic.main(["--out", str(out), "--num-images", "5", "--image-size", "48", "--seed", "2"]) == 0
+    assert len(pd.read_csv(out / "Data_Entry_2017.csv")) == 5
+    assert synthetic.main(["--out", str(out), "--num-images", "5", "--image-size", "8"]) == 2
+    parser = synthetic.build_parser()
+    assert parser.parse_args(["--no-distractors"]).distractors is False
