@@ -1,0 +1,188 @@
+"""TrainConfig: defaults in code, overridden by a YAML file, then by CLI flags.
+
+Precedence: dataclass defaults < `--config FILE.yaml` < command-line flags.
+An unknown YAML key is an error naming the key and the file. The resolved
+config is written to `RUNDIR/config.yaml` (big_vision style), and every field
+is a documented, named parameter. The defaults are the CPU demo.
+"""
+
+import dataclasses
+import pathlib
+
+import yaml
+
+from tfcxr.data.nih import CurationConfig
+from tfcxr.masking import DEFAULT_MARGIN, parse_margin, validate_fill, validate_mask_mode
+from tfcxr.models.losses import LOSSES
+from tfcxr.models.presets import get_preset
+
+PRECISIONS = ("auto", "float32", "mixed_float16")
+DEMO = "demo"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        data: `demo` (built-in synthetic set), an NIH-layout folder, a metadata
+            CSV, or `tfds:<name>`.
+        masks: lung mask folder (MASKDIR/<stem>.png); default for `demo`: the
+            synthetic ground-truth masks. Not needed for mask=original.
+        mask: `original`, `tight`, `loose` or `box` (tfcxr.masking).
+        margin: loose/box margin: fraction of image width in [0, 1) or "11px".
+        fill: background fill outside the region, `zero` or `mean`.
+        backbone: tiny, resnet50, densenet121, efficientnetb0..b4.
+        weights: `none`, `imagenet` or a path (tfcxr .keras/.weights.h5 or a
+            keras.applications notop .h5).
+        image_size: classifier input S (S x S).
+        epochs: total epochs (a resumed run continues to this count).
+        batch_size: global batch size.
+        learning_rate: Adam learning rate.
+        loss: `bce`, `weighted_bce` (positive weights from train prevalence) or `focal`.
+        dropout: dropout before the sigmoid head.
+        augment: augment the training split (small affine, brightness, contrast).
+        cache: None, `memory` or a file prefix for tf.data caching.
+        seed: global seed (Keras, NumPy, TF, shuffling).
+        precision: `auto` (mixed_float16 on GPU, float32 on CPU), `float32`, `mixed_float16`.
+        out: run directory; default runs/<timestamp>-<backbone>-<mask>.
+        views: NIH View Position values kept.
+        include_other_findings: keep images with only non-target findings (all-zero labels).
+        val_fraction, test_fraction: patient-level split fractions.
+        split_seed: seed of the patient-level split.
+        official_lists_dir: folder with NIH train_val_list.txt / test_list.txt.
+        demo_dir: where `data: demo` is generated (reused when complete).
+        demo_num_images: synthetic images for `demo`.
+        demo_image_size: synthetic source resolution for `demo`.
+        tfds_data_dir: TFDS data_dir for `tfds:` sources.
+    """
+
+    data: str = DEMO
+    masks: str = None
+    mask: str = "loose"
+    margin: object = DEFAULT_MARGIN
+    fill: str = "zero"
+    backbone: str = "tiny"
+    weights: str = "none"
+    image_size: int = 96
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    loss: str = "bce"
+    dropout: float = 0.1
+    augment: bool = True
+    cache: str = "memory"
+    seed: int = 0
+    precision: str = "auto"
+    out: str = None
+    views: tuple = ("PA", "AP")
+    include_other_findings: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    split_seed: int = 42
+    official_lists_dir: str = None
+    demo_dir: str = "demo_data/synthetic"
+    demo_num_images: int = 900
+    demo_image_size: int = 192
+    tfds_data_dir: str = None
+
+    def __post_init__(self):
+        validate_mask_mode(self.mask)
+        validate_fill(self.fill)
+        parse_margin(self.margin)
+        get_preset(self.backbone)
+        if self.loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={self.precision!r}")
+        for name in ("image_size", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
+        if isinstance(self.cache, str) and self.cache.strip().lower() in ("", "none", "null"):
+            self.cache = None
+        if self.views is not None:
+            self.views = tuple(self.views)
+
+    def curation(self):
+        """The `CurationConfig` of this run."""
+        return CurationConfig(
+            views=self.views,
+            include_other_findings=self.include_other_findings,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.split_seed,
+            official_lists_dir=self.official_lists_dir,
+        )
+
+    def to_dict(self):
+        """Plain dict (YAML-safe: tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["views"] = list(self.views) if self.views is not None else None
+        return out
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+
+def read_yaml(path):
+    """Read a config YAML into a dict, checking its keys.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, or an unknown key (named with the file).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            values = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: invalid YAML ({error})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown config key(s) {unknown}. Known keys: {', '.join(FIELDS)}")
+    return values
+
+
+def resolve_config(config_path=None, overrides=None):
+    """Defaults < YAML file < overrides (None values in `overrides` are ignored).
+
+    Args:
+        config_path: optional YAML path.
+        overrides: dict of field -> value (e.g. parsed CLI flags).
+
+    Returns:
+        `TrainConfig`.
+    """
+    values = read_yaml(config_path) if config_path else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in FIELDS:
+            raise ValueError(f"unknown config override {key!r}. Known keys: {', '.join(FIELDS)}")
+        values[key] = value
+    try:
+        return TrainConfig(**values)
+    except ValueError as error:
+        where = f"{config_path}: " if config_path else ""
+        raise ValueError(f"{where}{error}") from None
+
+
+def save_config(config, path):
+    """Write the resolved config as YAML (keys in field order)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def load_config(path):
+    """Read a saved `RUNDIR/config.yaml` back into a `TrainConfig`."""
+    return TrainConfig(**read_yaml(path))

@@ -1,0 +1,85 @@
+"""CxrClassifier: preprocessor + backbone + 5-way sigmoid head, and compile defaults."""
+
+import logging
+import os
+
+import keras
+
+from tfcxr.labels import TARGETS
+from tfcxr.models.backbones import build_backbone
+from tfcxr.models.losses import build_loss
+from tfcxr.models.preprocessor import CxrPreprocessor
+from tfcxr.models.presets import get_preset
+
+logger = logging.getLogger(__name__)
+
+_CLASSIFIER_WEIGHT_SUFFIXES = (".keras", ".weights.h5")
+
+
+def _normalise_weights(weights):
+    if weights is None or str(weights).lower() == "none":
+        return None
+    return str(weights)
+
+
+def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0.2, num_classes=len(TARGETS)):
+    """Build the chest X-ray classifier.
+
+    Args:
+        backbone: a name from `tfcxr.models.presets.BACKBONES`.
+        image_size: int input size S; default: the preset's.
+        weights: `"none"`/`None` (random), `"imagenet"` (backbone only), a path to
+            a tfcxr classifier (`.keras` or `.weights.h5`, same backbone and size)
+            or a keras.applications notop weights file (`.h5`) for the backbone.
+        dropout: dropout rate before the head.
+        num_classes: outputs; `len(TARGETS)` = 5.
+
+    Returns:
+        keras.Model: `image` (batch, S, S, 1) float32 in [0, 1] ->
+        `probabilities` (batch, num_classes) float32 sigmoid, in `TARGETS` order.
+        The final Dense and Activation are float32 under mixed_float16.
+    """
+    preset = get_preset(backbone)
+    image_size = int(image_size or preset["default_image_size"])
+    weights = _normalise_weights(weights)
+    classifier_weights = None
+    if weights is not None and weights != "imagenet":
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{weights}: weights file not found (expected 'imagenet', 'none' or a file).")
+        if weights.endswith(_CLASSIFIER_WEIGHT_SUFFIXES):
+            classifier_weights, weights = weights, None
+
+    inputs = keras.Input((image_size, image_size, 1), name="image", dtype="float32")
+    x = CxrPreprocessor(preset["preprocessing"], preset["channels"], name="preprocessor")(inputs)
+    features = build_backbone(backbone, image_size, weights)(x)  # (batch, features)
+    if dropout:
+        features = keras.layers.Dropout(dropout, name="dropout")(features)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
+    probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+    model = keras.Model(inputs, probabilities, name=f"tfcxr_{backbone}")
+    if classifier_weights is not None:
+        model.load_weights(classifier_weights)
+        logger.info("loaded classifier weights from %s", classifier_weights)
+    return model
+
+
+def compile_classifier(model, loss="bce", learning_rate=1e-3, train_labels=None, steps_per_execution=1):
+    """Compile with the defaults: Adam, the chosen loss, Keras multi-label AUC.
+
+    Args:
+        model: from `build_classifier`.
+        loss: `"bce"`, `"weighted_bce"` or `"focal"` (see `tfcxr.models.losses`).
+        learning_rate: Adam learning rate.
+        train_labels: (examples, 5) 0/1 training labels, for `weighted_bce`.
+
+    Returns:
+        the compiled model.
+    """
+    num_classes = model.output_shape[-1]
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=build_loss(loss, train_labels),
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
+        steps_per_execution=steps_per_execution,
+    )
+    return model

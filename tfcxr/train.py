@@ -1,0 +1,477 @@
+"""Train a masked chest X-ray classifier: `python -m tfcxr.train --mask loose`.
+
+With no other flag it generates the built-in synthetic demo set (under
+demo_data/synthetic), uses its ground-truth lung masks and trains the tiny CNN
+on CPU in a few minutes.
+
+Run directory (the contract read by tfcxr.evaluate and tfcxr.export)::
+
+    RUNDIR/config.yaml            resolved config
+    RUNDIR/best.keras             best model by validation macro AUROC
+    RUNDIR/checkpoints/           BackupAndRestore state: rerun the same command to resume
+    RUNDIR/history.csv            per-epoch metrics (epoch is 0-based)
+    RUNDIR/tensorboard/
+    RUNDIR/test_predictions.csv   image_id, patient_id, image_path, mask_path, y_<T>, y_No Finding, p_<T>
+    RUNDIR/efficiency.json        seconds_per_epoch, train_images_per_second, epochs_run,
+                                  best_epoch (1-based), device, precision
+
+Exit status: 0 on success, 1 when training stopped on a NaN/Inf loss (best.keras
+and checkpoints/ keep the last good epoch), 2 for bad arguments or inputs.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
+from tfcxr.labels import NO_FINDING, TARGETS
+from tfcxr.masking import FILL_MODES, MASK_MODES
+from tfcxr.models.losses import LOSSES
+from tfcxr.models.presets import BACKBONES
+
+logger = logging.getLogger("tfcxr.train")
+
+RUN_FILES = ("config.yaml", "best.keras", "checkpoints", "history.csv", "tensorboard", "test_predictions.csv", "efficiency.json")
+MONITOR = "val_macro_auroc"
+# Fields that may change when a run is resumed in the same directory.
+_RESUMABLE_CHANGES = ("epochs", "out")
+
+
+class NaNLossError(RuntimeError):
+    """Training loss became NaN or Inf."""
+
+
+def macro_auroc(y_true, y_prob, names=TARGETS):
+    """Per-class and macro AUROC (sklearn), tolerant of undefined classes.
+
+    Args:
+        y_true: (examples, classes) 0/1.
+        y_prob: (examples, classes) scores.
+        names: class names for the reasons.
+
+    Returns:
+        (macro, per_class, reasons): macro AUROC over defined classes (NaN if
+        none), list of per-class AUROC (NaN when undefined), and a dict
+        class -> reason for each undefined class.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    per_class, reasons = [], {}
+    for k, name in enumerate(names):
+        positives = int(y_true[:, k].sum())
+        if not np.all(np.isfinite(y_prob[:, k])):
+            reasons[name] = "non-finite predictions"
+        elif positives == 0:
+            reasons[name] = "no positive example"
+        elif positives == len(y_true):
+            reasons[name] = "no negative example"
+        if name in reasons:
+            per_class.append(float("nan"))
+        else:
+            per_class.append(float(roc_auc_score(y_true[:, k], y_prob[:, k])))
+    defined = [value for value in per_class if not math.isnan(value)]
+    macro = float(np.mean(defined)) if defined else float("nan")
+    return macro, per_class, reasons
+
+
+def _callbacks_module():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Wall time of the training part of each epoch (first in the callback list)."""
+
+        def __init__(self):
+            super().__init__()
+            self.train_seconds = []
+            self._start = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds.append(time.perf_counter() - self._start)
+
+    class MacroAUROC(keras.callbacks.Callback):
+        """Validation loss and sklearn AUROC per class + macro, added to the epoch logs.
+
+        Must come before ModelCheckpoint and CSVLogger in the callback list.
+        """
+
+        def __init__(self, dataset, labels):
+            super().__init__()
+            self.dataset = dataset
+            self.labels = labels
+            self.seconds = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            start = time.perf_counter()
+            logs = logs if logs is not None else {}
+            probs = self.model.predict(self.dataset, verbose=0)
+            loss = self.model.loss(self.labels, probs)
+            logs["val_loss"] = float(np.asarray(loss))
+            macro, per_class, reasons = macro_auroc(self.labels, probs)
+            logs[MONITOR] = macro
+            for name, value in zip(TARGETS, per_class):
+                logs[f"val_auroc_{name}"] = value
+            for name, reason in reasons.items():
+                logger.warning("epoch %d: validation AUROC of %s is undefined (%s)", epoch + 1, name, reason)
+            logger.info(
+                "epoch %d: val_loss %.4f, val macro AUROC %.4f (%s)",
+                epoch + 1,
+                logs["val_loss"],
+                macro,
+                ", ".join(f"{n} {v:.3f}" for n, v in zip(TARGETS, per_class)),
+            )
+            self.seconds.append(time.perf_counter() - start)
+
+    class NaNGuard(keras.callbacks.TerminateOnNaN):
+        """Raise `NaNLossError` at the first NaN/Inf batch loss.
+
+        Raising (not `stop_training`) skips every epoch-end callback, so the NaN
+        weights reach neither best.keras nor checkpoints/.
+        """
+
+        def __init__(self):
+            super().__init__(raise_error=True)
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                raise NaNLossError(f"loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}")
+
+    return EpochTimer, MacroAUROC, NaNGuard
+
+
+def _device_and_strategy(precision):
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if precision == "auto":
+        precision = "mixed_float16" if gpus else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    if len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        device = f"{len(gpus)} GPUs (MirroredStrategy)"
+    else:
+        strategy = tf.distribute.get_strategy()
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            device = f"GPU ({details.get('device_name', gpus[0].name)})"
+        else:
+            import os
+
+            device = f"CPU ({os.cpu_count()} cores)"
+    return strategy, device, precision
+
+
+def _prepare_data(config):
+    """Generate the demo set if needed; return (data, masks) paths."""
+    data, masks = config.data, config.masks
+    if data == DEMO:
+        from tfcxr.data.synthetic import SyntheticConfig, generate
+
+        synthetic = SyntheticConfig(
+            num_images=config.demo_num_images, image_size=config.demo_image_size, seed=config.seed
+        )
+        data = str(generate(config.demo_dir, synthetic))
+        if masks is None:
+            masks = str(pathlib.Path(data) / "masks")
+            logger.info("data=demo: using the synthetic GROUND-TRUTH lung masks in %s (pass --masks DIR to change)", masks)
+    return data, masks
+
+
+def _check_resume(out, config):
+    """Refuse to resume a run dir that holds a different config."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return False
+    saved = load_config(saved_path).to_dict()
+    new = config.to_dict()
+    changed = [key for key in new if key not in _RESUMABLE_CHANGES and saved.get(key) != new[key]]
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {new[key]!r}" for key in changed)
+        raise ValueError(
+            f"{saved_path}: this run directory holds a run with a different config ({details}). "
+            "Use a new --out, or the same settings to resume."
+        )
+    return (out / "checkpoints").is_dir()
+
+
+def _best_from_history(history_path):
+    """(best monitor value, 1-based epoch) from an existing history.csv, or (None, None)."""
+    if not history_path.is_file():
+        return None, None
+    import pandas as pd
+
+    history = pd.read_csv(history_path)
+    if MONITOR not in history or history[MONITOR].isna().all():
+        return None, None
+    index = int(history[MONITOR].idxmax())
+    return float(history[MONITOR].iloc[index]), int(history["epoch"].iloc[index]) + 1
+
+
+def _tensorboard(log_dir):
+    """A TensorBoard callback, or none (with a warning) when tensorboard is not installed."""
+    import importlib.util
+
+    import keras
+
+    if importlib.util.find_spec("tensorboard") is None:
+        logger.warning("tensorboard is not installed (pip install tensorboard); %s is not written", log_dir)
+        return []
+    return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
+
+
+def write_predictions(path, frame, probs):
+    """Write test_predictions.csv (columns per the run-directory contract)."""
+    import pandas as pd
+
+    out = pd.DataFrame(
+        {
+            "image_id": frame["image_id"].to_numpy(),
+            "patient_id": frame["patient_id"].astype(str).to_numpy(),
+            "image_path": frame["image_path"].to_numpy(),
+            "mask_path": frame["mask_path"].to_numpy(),
+        }
+    )
+    for name in TARGETS:
+        out[f"y_{name}"] = frame[name].astype(int).to_numpy()
+    out[f"y_{NO_FINDING}"] = frame[NO_FINDING].astype(int).to_numpy()
+    for k, name in enumerate(TARGETS):
+        out[f"p_{name}"] = probs[:, k]
+    out.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    return out
+
+
+def train(config, callbacks=()):
+    """Run one training job and write the run directory.
+
+    Args:
+        config: `TrainConfig`.
+        callbacks: extra Keras callbacks (tests use them to inject failures).
+
+    Returns:
+        dict with `out`, `status` ("ok" or "nan_loss"), `test_macro_auroc`,
+        `best_val_macro_auroc`, `best_epoch`.
+    """
+    import keras
+
+    from tfcxr.data.pipeline import PipelineConfig, label_matrix, load_records, make_dataset, split_records
+    from tfcxr.models import build_classifier, compile_classifier
+
+    keras.utils.set_random_seed(config.seed)
+    data, masks = _prepare_data(config)
+    out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
+    config.out = str(out)
+    resumed = _check_resume(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    logger.info("run directory: %s%s", out, " (resuming)" if resumed else "")
+
+    pipeline = PipelineConfig(
+        data=data,
+        masks=masks,
+        mask=config.mask,
+        margin=config.margin,
+        fill=config.fill,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        cache=config.cache,
+        seed=config.seed,
+        curation=config.curation(),
+        tfds_data_dir=config.tfds_data_dir,
+    )
+    if str(data).startswith("tfds:"):
+        raise ValueError(
+            f"data={data!r}: TFDS sources work in tfcxr.data.pipeline.make_dataset, but training needs the "
+            "curated records for test_predictions.csv; point --data at the NIH folder or metadata CSV instead."
+        )
+    records = load_records(pipeline)
+    parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
+    logger.info(
+        "data %s: %s images (train/validation/test), mask=%s margin=%s fill=%s, masks=%s",
+        data,
+        "/".join(str(len(p)) for p in parts.values()),
+        config.mask,
+        config.margin,
+        config.fill,
+        masks,
+    )
+    train_ds = make_dataset(pipeline, "train", records)
+    val_ds = make_dataset(pipeline, "validation", records)
+    test_ds = make_dataset(pipeline, "test", records)
+    val_labels = label_matrix(parts["validation"])
+
+    strategy, device, precision = _device_and_strategy(config.precision)
+    logger.info("device: %s, precision: %s", device, precision)
+    with strategy.scope():
+        model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout)
+        compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(parts["train"]))
+    logger.info("model %s: %d parameters", model.name, model.count_params())
+
+    EpochTimer, MacroAUROC, NaNGuard = _callbacks_module()
+    timer = EpochTimer()
+    auroc = MacroAUROC(val_ds, val_labels)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(out / "best.keras"), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
+    )
+    best_value, _ = _best_from_history(out / "history.csv") if resumed else (None, None)
+    if best_value is not None:
+        checkpoint.best = best_value
+    all_callbacks = [
+        timer,
+        auroc,
+        checkpoint,
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=resumed),
+        *_tensorboard(out / "tensorboard"),
+        keras.callbacks.BackupAndRestore(str(out / "checkpoints"), delete_checkpoint=False),
+        NaNGuard(),
+        *callbacks,
+    ]
+    verbose = 1 if sys.stdout.isatty() else 2
+    status = "ok"
+    try:
+        model.fit(train_ds, epochs=config.epochs, callbacks=all_callbacks, verbose=verbose, shuffle=False)
+    except NaNLossError as error:
+        status = "nan_loss"
+        logger.error(
+            "Training stopped: %s. Kept best.keras and checkpoints/ from the last good epoch in %s. "
+            "Try a lower --learning-rate or --precision float32.",
+            error,
+            out,
+        )
+    best_value, best_epoch = _best_from_history(out / "history.csv")
+    epochs_run = _count_history_rows(out / "history.csv")
+    train_seconds = float(np.mean(timer.train_seconds)) if timer.train_seconds else float("nan")
+    val_seconds = float(np.mean(auroc.seconds)) if auroc.seconds else 0.0
+    efficiency = {
+        "seconds_per_epoch": train_seconds + val_seconds,
+        "train_images_per_second": len(parts["train"]) / train_seconds if timer.train_seconds else float("nan"),
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "device": device,
+        "precision": precision,
+        "train_seconds_per_epoch": train_seconds,
+        "validation_seconds_per_epoch": val_seconds,
+        "epochs_timed": len(timer.train_seconds),
+        "images": {split: len(part) for split, part in parts.items()},
+        "status": status,
+    }
+    result = {"out": str(out), "status": status, "best_val_macro_auroc": best_value, "best_epoch": best_epoch}
+    if status == "ok":
+        best_path = out / "best.keras"
+        if not best_path.is_file():
+            logger.warning("validation macro AUROC was never defined; saving the final model as %s", best_path)
+            model.save(best_path)
+        best_model = keras.models.load_model(best_path)
+        probs = best_model.predict(test_ds, verbose=0)
+        write_predictions(out / "test_predictions.csv", parts["test"], probs)
+        test_macro, per_class, reasons = macro_auroc(label_matrix(parts["test"]), probs)
+        for name, reason in reasons.items():
+            logger.warning("test AUROC of %s is undefined (%s)", name, reason)
+        result["test_macro_auroc"] = test_macro
+        result["test_auroc"] = dict(zip(TARGETS, per_class))
+    with open(out / "efficiency.json", "w", encoding="utf-8") as handle:
+        json.dump(efficiency, handle, indent=2)
+    return result
+
+
+def _count_history_rows(path):
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return max(sum(1 for _ in handle) - 1, 0)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m tfcxr.train",
+        description="Train a lung-masked chest X-ray classifier (defaults: CPU demo on synthetic data).",
+    )
+    parser.add_argument("--config", type=pathlib.Path, help="YAML config (flags override it), e.g. configs/default.yaml")
+    parser.add_argument("--data", help="'demo', an NIH-layout folder, a metadata CSV, or tfds:<name>")
+    parser.add_argument("--masks", help="lung mask folder MASKDIR/<stem>.png (demo default: synthetic ground truth)")
+    parser.add_argument("--mask", choices=MASK_MODES, help="masking mode (default loose)")
+    parser.add_argument("--margin", help="loose/box margin: fraction of width (0.05) or pixels (11px)")
+    parser.add_argument("--fill", choices=FILL_MODES, help="background fill (default zero)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="classifier backbone (default tiny)")
+    parser.add_argument("--weights", help="none | imagenet | PATH")
+    parser.add_argument("--image-size", type=int, help="classifier input size S")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--loss", choices=LOSSES)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--cache", help="'memory', a file prefix, or 'none'")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--out", help="run directory (default runs/<timestamp>-<backbone>-<mask>)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _overrides(args):
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("config", "verbose") and value is not None
+    }
+    if "margin" in overrides:
+        margin = overrides["margin"]
+        try:
+            overrides["margin"] = float(margin) if "px" not in margin else margin
+        except ValueError:
+            pass  # TrainConfig echoes the bad value.
+    return overrides
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        config = resolve_config(args.config, _overrides(args))
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    start = time.perf_counter()
+    try:
+        result = train(config)
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    finally:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
+    minutes = (time.perf_counter() - start) / 60
+    if result["status"] != "ok":
+        return 1
+    print(f"\nrun: {result['out']}  ({minutes:.1f} min)")
+    print(f"best validation macro AUROC: {result['best_val_macro_auroc']:.4f} (epoch {result['best_epoch']})")
+    print(f"test macro AUROC:            {result['test_macro_auroc']:.4f}")
+    for name, value in result["test_auroc"].items():
+        print(f"  {name:<10} {value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
