@@ -3,6 +3,7 @@
 Flags (``;``-separated in the ``flags`` column, empty when the mask looks normal):
 
 - ``read_error``: the image could not be read (the ``error`` column says why); no mask is written.
+- ``segment_error``: the model failed on this image (the ``error`` column says why); no mask is written.
 - ``blank_image``: the image has (almost) no contrast; an empty mask is written.
 - ``no_lungs``: the mask is empty or below ``MIN_AREA_FRACTION`` of the image.
 - ``area_outlier``: the lung area fraction is outside ``AREA_RANGE``.
@@ -30,7 +31,7 @@ QC_COLUMNS = (
     "stem", "image_path", "mask_path", "height", "width", "area_fraction", "components", "left_fraction",
     "right_fraction", "balance", "flags", "error",
 )
-QC_FLAGS = ("read_error", "blank_image", "no_lungs", "area_outlier", "component_count", "imbalance")
+QC_FLAGS = ("read_error", "segment_error", "blank_image", "no_lungs", "area_outlier", "component_count", "imbalance")
 MIN_AREA_FRACTION = 0.02
 AREA_RANGE = (0.08, 0.65)
 MIN_BALANCE = 0.4
@@ -168,20 +169,19 @@ def overlay(image, mask, size: int = 192) -> np.ndarray:
     return canvas
 
 
-def write_overlay_grid(path, images, masks, captions=None, columns: int = 4, size: int = 192) -> pathlib.Path:
-    """Write a PNG grid of mask overlays (see :func:`overlay`) with optional captions; returns the path.
+def write_overlay_grid(path, tiles, captions=None, columns: int = 4) -> pathlib.Path:
+    """Write a PNG grid of overlay tiles (see :func:`overlay`) with optional captions; returns the path.
 
     Args:
         path: output PNG path (written atomically).
-        images: list of float32 (height, width[, 1]) images in [0, 1].
-        masks: list of bool (height, width) masks, one per image.
+        tiles: list of uint8 (size, size, 3) tiles from :func:`overlay`, all the same size.
         captions: optional list of short strings drawn on each tile (e.g. the stem and flags).
+        columns: tiles per row.
     """
-    tiles = [overlay(image, mask, size) for image, mask in zip(images, masks)]
+    tiles = [np.array(t) for t in tiles] or [np.zeros((192, 192, 3), np.uint8)]
+    size = tiles[0].shape[0]
     for tile, caption in zip(tiles, captions or []):
-        cv2.putText(tile, caption[:32], (3, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 255), 1, cv2.LINE_AA)
-    if not tiles:
-        tiles = [np.zeros((size, size, 3), np.uint8)]
+        cv2.putText(tile, caption[:40], (3, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 255), 1, cv2.LINE_AA)
     rows = -(-len(tiles) // columns)
     grid = np.zeros((rows * size, min(columns, len(tiles)) * size, 3), np.uint8)
     for i, tile in enumerate(tiles):

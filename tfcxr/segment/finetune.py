@@ -1,0 +1,462 @@
+"""Fine-tune a SAM-style lung segmenter on image/mask pairs, MedSAM recipe (DESIGN.md §3).
+
+- one box prompt per lung component of the ground-truth mask, jittered outwards by up to ``jitter`` px per side;
+- the prompt encoder is frozen; the mask decoder is trained; the image encoder is frozen (default, fast: its
+  embeddings are computed once and cached in ``OUT/cache``) or trained (``--no-freeze-image-encoder``);
+- loss = Dice + BCE on the low-resolution logits against the per-lung label at that resolution (256 for LiteMedSAM);
+- AdamW (lr 1e-4, weight decay 0.01);
+- validation Dice / IoU per epoch (ground-truth boxes, no jitter), a ``tf.train.CheckpointManager`` checkpoint per
+  epoch in ``OUT/checkpoints`` (a rerun resumes from the last finished epoch), the best model by validation Dice
+  saved with ``model.save(OUT)`` plus the fitted prior boxes (``OUT/lung_priors.json``), so
+  ``load_segmenter(OUT)`` loads it.
+
+Usage::
+
+    python -m tfcxr.segment.finetune --data DIR|pairs.csv|TFDS_NAME --model litemedsam --out runs/seg --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import time
+
+import numpy as np
+
+from .prompts import DEFAULT_PRIORS, fit_priors, input_boxes, lung_components, mask_box, \
+    normalize_boxes, save_priors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Fine-tuning settings; the CLI flags override the YAML (``--config``) which overrides these defaults."""
+
+    data: str = ""
+    model: str = "litemedsam"
+    out: str = ""
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    freeze_image_encoder: bool = True
+    val_fraction: float = 0.1
+    seed: int = 0
+    jitter: float = 10.0  # max outward shift per box side, model-input pixels (MedSAM: 5-20)
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    max_pairs: int = 0  # 0 = all; >0 = a seeded subset (e.g. for whole-model fine-tuning on CPU)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"`epochs` and `batch_size` must be >= 1. Received: epochs={self.epochs}, "
+                             f"batch_size={self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"`val_fraction` must be in [0, 1). Received: val_fraction={self.val_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"`lr` must be > 0. Received: lr={self.lr}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Pair:
+    """One labelled example: ``image`` float32 (height, width, 1) in [0, 1], ``mask`` bool (height, width)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def _pair_paths(spec: str) -> list[tuple[str, str]]:
+    """(image_path, mask_path) pairs of a pairs directory or a CSV manifest with image_path,mask_path columns."""
+    path = pathlib.Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and not {"image_path", "mask_path"} <= set(rows[0]):
+            raise ValueError(f"{path}: a pairs manifest needs `image_path` and `mask_path` columns. "
+                             f"Received: {sorted(rows[0])}")
+        return [(r["image_path"], r["mask_path"]) for r in rows]
+    from tfcxr.data.pairs import discover_pairs
+
+    return [(str(p.image), str(p.mask)) for p in discover_pairs(path)]
+
+
+def load_pairs(spec: str, max_pairs: int = 0, seed: int = 0) -> list[Pair]:
+    """Load labelled lung pairs from a directory of pairs, a CSV manifest, or a TFDS dataset name.
+
+    Bad pairs (unreadable image or mask, mask size different from the image) are skipped with a warning that names
+    the file; the count is logged.
+
+    Args:
+        spec: a folder understood by ``tfcxr.data.pairs`` (``images/`` + ``masks/``, Shenzhen ``_mask``,
+            Montgomery), a ``.csv`` with ``image_path, mask_path`` columns, or a TFDS name (``cxr_lung_masks``).
+        max_pairs: 0 for all, else a seeded random subset of that size.
+        seed: subset seed.
+
+    Returns:
+        list of :class:`Pair`, in a stable order.
+    """
+    from tfcxr.data.io import ImageReadError, read_image, read_mask
+
+    if pathlib.Path(spec).exists():
+        paths = _pair_paths(spec)
+        if max_pairs and len(paths) > max_pairs:
+            keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_pairs, replace=False))
+            paths = [paths[i] for i in keep]
+        pairs, bad = [], 0
+        for image_path, mask_path in paths:
+            try:
+                image = read_image(image_path)
+                mask = read_mask(mask_path, expected_shape=image.shape)
+            except ImageReadError as err:
+                bad += 1
+                logger.warning("Skipping pair: %s", err)
+                continue
+            pairs.append(Pair(pathlib.Path(image_path).stem, image, mask))
+        if bad:
+            logger.warning("Skipped %d of %d pairs from %s", bad, len(paths), spec)
+    else:
+        pairs = _load_tfds_pairs(spec, max_pairs, seed)
+    if not pairs:
+        raise ValueError(f"{spec}: no usable image/mask pairs found")
+    return pairs
+
+
+def _load_tfds_pairs(name: str, max_pairs: int, seed: int) -> list[Pair]:
+    import tensorflow_datasets as tfds
+
+    try:
+        splits = tfds.builder(name).info.splits
+    except Exception as err:  # tfds raises DatasetNotFoundError and others
+        raise ValueError(f"`data` is neither an existing path nor a TFDS dataset. Received: data={name!r} ({err})")
+    pairs = []
+    for split in sorted(splits.keys()):
+        for i, example in enumerate(tfds.as_numpy(tfds.load(name, split=split))):
+            image = np.asarray(example["image"])
+            scale = 65535.0 if image.dtype == np.uint16 else 255.0
+            image = (image.astype(np.float32) / scale).reshape(image.shape[0], image.shape[1], 1)
+            mask = np.asarray(example["mask"]).reshape(image.shape[:2]) > 0
+            key = example.get("image_id", example.get("id", f"{split}-{i}"))
+            pairs.append(Pair(key.decode() if isinstance(key, bytes) else str(key), image, mask))
+    if max_pairs and len(pairs) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded train/validation split -> (train, val); at least one validation pair when `val_fraction` > 0."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs)))) if val_fraction > 0 else 0
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [pairs[i] for i in train], [pairs[i] for i in val]
+
+
+def _label_frame(model, sizes, label_size: int):
+    """(content_height, content_width) of the original image inside the (label_size, label_size) logit frame."""
+    corner = np.asarray(input_boxes(model, np.asarray([[[0.0, 0.0, 1.0, 1.0]]], np.float32), sizes))[0, 0]
+    scale = label_size / float(model.image_size)
+    return max(1, round(corner[3] * scale)), max(1, round(corner[2] * scale))
+
+
+def to_label_frame(mask, frame: tuple[int, int], label_size: int) -> np.ndarray:
+    """Resize a bool (height, width) mask into the top-left `frame` of a (label_size, label_size) uint8 canvas."""
+    import cv2
+
+    small = cv2.resize(mask.astype(np.float32), (frame[1], frame[0]), interpolation=cv2.INTER_AREA) >= 0.5
+    label = np.zeros((label_size, label_size), np.uint8)
+    label[: frame[0], : frame[1]] = small
+    return label
+
+
+def prepare_examples(model, pairs: list[Pair], label_size: int) -> dict[str, np.ndarray]:
+    """Model inputs, per-lung boxes and labels for a list of pairs.
+
+    Each image gets two boxes (one per lung component; a single component is repeated) and a label per box: that
+    component's mask in the low-resolution logit frame.
+
+    Returns:
+        dict with ``pixel_values`` (n, S, S, C) float32, ``boxes`` (n, 2, 4) float32 model-input xyxy,
+        ``labels`` (n, 2, label_size, label_size) uint8 in {0, 1}, ``union`` (n, label_size, label_size) uint8.
+    """
+    pixel_values, boxes, labels = [], [], []
+    for pair in pairs:
+        values, sizes = model.preprocess(pair.image[None])
+        frame = _label_frame(model, sizes, label_size)
+        parts = lung_components(pair.mask, max_components=2) or [pair.mask]
+        parts = (parts * 2)[:2]
+        norm = np.stack([normalize_boxes(mask_box(p), pair.mask.shape) if p.any() else DEFAULT_PRIORS[i]
+                         for i, p in enumerate(parts)])
+        boxes.append(np.asarray(input_boxes(model, norm[None], sizes))[0])
+        labels.append(np.stack([to_label_frame(p, frame, label_size) for p in parts]))
+        pixel_values.append(np.asarray(values)[0])
+    labels = np.stack(labels)
+    return {"pixel_values": np.stack(pixel_values), "boxes": np.stack(boxes).astype(np.float32), "labels": labels,
+            "union": labels.max(axis=1)}
+
+
+def model_fingerprint(model) -> str:
+    """SHA-1 of the image encoder's weights: identifies which embeddings a cache holds."""
+    digest = hashlib.sha1()
+    for weight in model.image_encoder.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_embeddings(model, pixel_values: np.ndarray, names: list[str], cache_dir, batch_size: int = 8):
+    """Image embeddings of `pixel_values`, computed once and cached as float16 ``.npy`` under `cache_dir`.
+
+    The cache file is keyed by the encoder weights and the example names, so a rerun (resume) or another run with
+    the same frozen encoder and data reuses it.
+
+    Returns:
+        float32 array (n, ...) of ``model.embed`` outputs.
+    """
+    from tqdm import tqdm
+
+    key = hashlib.sha1((model_fingerprint(model) + "\n".join(names)).encode()).hexdigest()[:16]
+    path = pathlib.Path(cache_dir) / f"embeddings-{key}.npy"
+    if path.is_file():
+        logger.info("Using cached embeddings %s", path)
+        return np.load(path).astype(np.float32)
+    chunks = []
+    for start in tqdm(range(0, len(pixel_values), batch_size), desc="embeddings", unit="batch"):
+        chunks.append(np.asarray(model.embed(pixel_values[start : start + batch_size])).astype(np.float16))
+    embeddings = np.concatenate(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, embeddings)
+    tmp.replace(path)
+    return embeddings.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+def segmentation_loss(logits, labels, dice_weight: float = 1.0, bce_weight: float = 1.0):
+    """Dice + BCE on logits.
+
+    Args:
+        logits: float32 (batch, boxes, h, w).
+        labels: float32 (batch, boxes, h, w) in {0, 1}.
+
+    Returns:
+        scalar float32: ``dice_weight * (1 - soft Dice) + bce_weight * BCE``, averaged over boxes.
+    """
+    import tensorflow as tf
+
+    labels = tf.cast(labels, tf.float32)
+    probs = tf.sigmoid(logits)
+    inter = tf.reduce_sum(probs * labels, axis=[-2, -1])
+    total = tf.reduce_sum(probs, axis=[-2, -1]) + tf.reduce_sum(labels, axis=[-2, -1])
+    dice_loss = 1.0 - tf.reduce_mean((2.0 * inter + 1.0) / (total + 1.0))
+    bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+    return dice_weight * dice_loss + bce_weight * bce
+
+
+def jitter_boxes_tf(boxes, max_shift: float, image_size: int, seed):
+    """TF MedSAM jitter: every side moves outwards by U[0, max_shift] px; (batch, boxes, 4) -> same, clipped."""
+    import tensorflow as tf
+
+    shift = tf.random.stateless_uniform(tf.shape(boxes), seed=seed, maxval=max_shift)
+    boxes = boxes + shift * tf.constant([-1.0, -1.0, 1.0, 1.0])
+    return tf.clip_by_value(boxes, 0.0, float(image_size - 1))
+
+
+def _union_logits(logits):
+    import tensorflow as tf
+
+    return tf.reduce_max(logits, axis=1)  # union of per-lung masks: max over boxes, (batch, h, w)
+
+
+def evaluate_examples(model, inputs, boxes, union, embed: bool, batch_size: int) -> dict[str, float]:
+    """Mean Dice and IoU of the union mask in the logit frame with ground-truth boxes (no jitter)."""
+    import tensorflow as tf
+
+    dices, ious = [], []
+    for start in range(0, len(boxes), batch_size):
+        batch = inputs[start : start + batch_size]
+        embeddings = model.embed(batch) if embed else tf.convert_to_tensor(batch)
+        pred = np.asarray(_union_logits(model.decode(embeddings, boxes[start : start + batch_size]))) > 0
+        target = union[start : start + batch_size].astype(bool)
+        inter = (pred & target).sum(axis=(1, 2))
+        total = pred.sum(axis=(1, 2)) + target.sum(axis=(1, 2))
+        union_px = (pred | target).sum(axis=(1, 2))
+        dices.append(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0))
+        ious.append(np.where(union_px > 0, inter / np.maximum(union_px, 1), 1.0))
+    if not dices:
+        return {"dice": float("nan"), "iou": float("nan")}
+    return {"dice": float(np.concatenate(dices).mean()), "iou": float(np.concatenate(ious).mean())}
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Run (or resume) fine-tuning; returns a summary dict (also written to ``OUT/summary.json``)."""
+    import tensorflow as tf
+    import tf_keras
+    import yaml
+    from tqdm import tqdm
+
+    from .model import load_segmenter
+
+    if not config.out:
+        raise ValueError("`out` must be set to the output directory. Received: out=''")
+    out = pathlib.Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    model = load_segmenter(config.model)
+    pairs = load_pairs(config.data, config.max_pairs, config.seed)
+    train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
+    (out / "split.json").write_text(json.dumps(
+        {"train": [p.name for p in train_pairs], "validation": [p.name for p in val_pairs]}, indent=1))
+    logger.info("Pairs: %d train, %d validation (%s)", len(train_pairs), len(val_pairs), config.data)
+
+    probe = model.decode(model.embed(model.preprocess(train_pairs[0].image[None])[0]),
+                         tf.constant([[[0.0, 0.0, 1.0, 1.0]]]))
+    label_size = int(probe.shape[-1])  # (1, 1, label_size, label_size)
+    train = prepare_examples(model, train_pairs, label_size)
+    val = prepare_examples(model, val_pairs, label_size) if val_pairs else None
+    priors = fit_priors(p.mask for p in train_pairs)
+    logger.info("Fitted prior boxes (normalised): %s", np.round(priors, 3).tolist())
+
+    frozen = config.freeze_image_encoder
+    if frozen:
+        cache = out / "cache"
+        train_inputs = cached_embeddings(model, train["pixel_values"], [p.name for p in train_pairs], cache,
+                                         config.batch_size)
+        val_inputs = (cached_embeddings(model, val["pixel_values"], [p.name for p in val_pairs], cache,
+                                        config.batch_size) if val else None)
+    else:
+        train_inputs, val_inputs = train["pixel_values"], (val["pixel_values"] if val else None)
+
+    variables = list(model.mask_decoder.trainable_variables)
+    if not frozen:
+        variables += list(model.image_encoder.trainable_variables)
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    best_var = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_val_dice")
+    checkpoint = tf.train.Checkpoint(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder,
+                                     mask_decoder=model.mask_decoder, optimizer=optimizer, epoch=epoch_var,
+                                     best_val_dice=best_var)
+    manager = tf.train.CheckpointManager(checkpoint, out / "checkpoints", max_to_keep=2)
+    if manager.latest_checkpoint:
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as err:
+            raise ValueError(f"{manager.latest_checkpoint}: checkpoint does not match model {config.model!r} "
+                             f"({str(err).splitlines()[0]}). Use a new --out or the model it was trained with.") \
+                from err
+        logger.info("Resuming from %s (finished epochs: %d)", manager.latest_checkpoint, int(epoch_var))
+
+    @tf.function(reduce_retracing=True)
+    def train_step(inputs, boxes, labels, seed):
+        boxes = jitter_boxes_tf(boxes, config.jitter, model.image_size, seed)
+        with tf.GradientTape() as tape:
+            embeddings = inputs if frozen else model.embed(inputs)
+            logits = model.decode(embeddings, boxes)  # (batch, 2, label_size, label_size)
+            loss = segmentation_loss(logits, labels, config.dice_weight, config.bce_weight)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    history_path = out / "history.csv"
+    n = len(train["boxes"])
+    steps = -(-n // config.batch_size)
+    for epoch in range(int(epoch_var), config.epochs):
+        start_time = time.time()
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        losses = []
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        for step in bar:
+            idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
+            loss = train_step(tf.constant(train_inputs[idx]), tf.constant(train["boxes"][idx]),
+                              tf.constant(train["labels"][idx]), tf.constant([config.seed, epoch * steps + step]))
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - start_time, 1)}
+        if val is not None:
+            scores = evaluate_examples(model, val_inputs, val["boxes"], val["union"], not frozen, config.batch_size)
+            row.update({"val_dice": scores["dice"], "val_iou": scores["iou"]})
+        score = row.get("val_dice", -row["loss"])
+        if score > float(best_var) or not (out / "lung_priors.json").is_file():
+            best_var.assign(score)
+            model.save(out)
+            save_priors(out, priors, num_masks=len(train_pairs))
+            row["saved"] = 1
+        logger.info("epoch %d: %s", epoch + 1, row)
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+        new = not history_path.is_file()
+        with open(history_path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["epoch", "loss", "val_dice", "val_iou", "seconds", "saved"])
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    summary = {"epochs_run": int(epoch_var), "best_val_dice": float(best_var), "train_pairs": len(train_pairs),
+               "val_pairs": len(val_pairs), "priors": np.round(priors, 5).tolist(),
+               "freeze_image_encoder": frozen, "model": config.model}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="pairs folder, pairs CSV (image_path,mask_path) or TFDS name")
+    parser.add_argument("--model", help="litemedsam | tiny | hub id | model dir (default litemedsam)")
+    parser.add_argument("--out", help="output folder (model, priors, checkpoints, history)")
+    parser.add_argument("--config", help="YAML with FinetuneConfig fields; flags override it")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--freeze-image-encoder", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--jitter", type=float, help="max outward box shift per side, model-input px")
+    parser.add_argument("--max-pairs", type=int, help="seeded subset size (0 = all)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
+    """Defaults <- YAML (--config) <- command-line flags."""
+    import yaml
+
+    values = {}
+    if args.config:
+        loaded = yaml.safe_load(pathlib.Path(args.config).read_text()) or {}
+        unknown = set(loaded) - {f.name for f in dataclasses.fields(FinetuneConfig)}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown fields {sorted(unknown)}")
+        values.update(loaded)
+    for field in dataclasses.fields(FinetuneConfig):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = value
+    return FinetuneConfig(**values)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = resolve_config(args)
+    if not config.data or not config.out:
+        build_parser().error("--data and --out are required (on the command line or in --config)")
+    summary = finetune(config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Generate lung masks for a folder (or TFDS dataset) of chest X-rays: batched, sharded, resumable, with QC.
+
+Output (the mask directory contract): ``MASKDIR/<image stem>.png``, uint8 0/255 union of both lungs at the source
+resolution, written atomically; ``MASKDIR/qc.csv`` (or ``qc-00002-of-00004.csv`` per shard, merged by
+``tfcxr.segment.qc.read_qc``) with area fraction, components, left/right balance and flags; and an overlay grid
+``MASKDIR/overlay_grid.png`` (per shard: ``overlay_grid-00002-of-00004.png``) showing flagged images first.
+
+A rerun skips images whose mask already exists and decodes, so an interrupted job resumes where it stopped. A bad
+image (unreadable, corrupt, blank) is flagged in the QC CSV and never stops the run.
+
+Usage::
+
+    python -m tfcxr.segment.predict --images DIR --out MASKDIR --model litemedsam --prompt refine --shard 0/4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import time
+
+import cv2
+import numpy as np
+
+from . import qc
+from .prompts import DEFAULT_REFINE_MARGIN, load_priors, segment_lungs
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+PREDICT_PROMPTS = ("prior", "refine")
+OVERLAY_COUNT = 16
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`--shard` must look like i/n (e.g. 0/4). Received: {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"`--shard` needs 0 <= i < n. Received: {text!r}")
+    return index, count
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources: (stem, image_path_or_id, loader) items
+# ----------------------------------------------------------------------------------------------------------------
+def list_images(source: str) -> list[tuple[str, str]]:
+    """(stem, path) of every image file under a folder (recursive), sorted by path; duplicate stems are dropped."""
+    root = pathlib.Path(source)
+    seen, items = set(), []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        if path.stem in seen:
+            logger.warning("%s: duplicate image stem %r; keeping the first one", path, path.stem)
+            continue
+        seen.add(path.stem)
+        items.append((path.stem, str(path)))
+    return items
+
+
+def _tfds_items(name: str, shard: tuple[int, int]):
+    """Yield (stem, id, image float32 (H, W, 1)) of a TFDS dataset's images for one shard."""
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset = tfds.load(name, split="all")
+    except Exception as err:  # tfds raises DatasetNotFoundError and others
+        raise ValueError(f"`--images` is neither a folder nor a TFDS dataset. Received: {name!r} ({err})") from err
+    for i, example in enumerate(tfds.as_numpy(dataset)):
+        if i % shard[1] != shard[0]:
+            continue
+        key = next((example[k] for k in ("image_id", "id", "filename") if k in example), str(i))
+        stem = pathlib.PurePath(key.decode() if isinstance(key, bytes) else str(key)).stem
+        image = np.asarray(example["image"])
+        image = (image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0))[..., :1]
+        yield stem, f"tfds:{name}/{i}", image
+
+
+def is_valid_mask(path) -> bool:
+    """True when `path` exists and decodes as an image (atomic writes mean no half-written masks)."""
+    path = pathlib.Path(path)
+    return path.is_file() and path.stat().st_size > 0 and cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+def generate_masks(model, source: str, out_dir, prompt: str = "refine", priors=None, batch_size: int = 8,
+                   shard: tuple[int, int] | None = None, refine_rounds: int = 1,
+                   margin: float = DEFAULT_REFINE_MARGIN) -> dict:
+    """Write lung masks, QC rows and an overlay grid for every image of `source` in this shard.
+
+    Args:
+        model: a ``SamLungModel``.
+        source: a folder of images, or a TFDS dataset name.
+        out_dir: the mask directory.
+        prompt: "prior" or "refine".
+        priors: float32 (2, 4) normalised prior boxes (defaults when None).
+        batch_size: images per model call.
+        shard: (i, n) to process every n-th image starting at i; None for all.
+        refine_rounds, margin: refinement settings.
+
+    Returns:
+        counts: ``{"total", "skipped", "written", "flagged", "read_error"}``.
+    """
+    from tfcxr.data.io import ImageReadError, read_image, write_png_atomic
+
+    if prompt not in PREDICT_PROMPTS:
+        raise ValueError(f"`prompt` must be one of {PREDICT_PROMPTS}. Received: prompt={prompt!r}")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if pathlib.Path(source).is_dir():
+        items = list_images(source)
+        if shard is not None:
+            items = items[shard[0] :: shard[1]]
+        entries = ((stem, path, None) for stem, path in items)
+        total = len(items)
+    else:
+        entries = _tfds_items(source, shard or (0, 1))
+        total = None
+    qc_path = out_dir / qc.qc_filename(shard)
+    known = set(qc.read_qc(out_dir)["stem"]) if qc_path.is_file() else set()
+    counts = {"total": 0, "skipped": 0, "written": 0, "flagged": 0, "read_error": 0}
+    tiles: list[tuple[bool, np.ndarray, str]] = []
+    start_time = time.time()
+
+    def keep_tile(image, mask, row):
+        flagged = bool(row["flags"])
+        if len(tiles) < OVERLAY_COUNT or (flagged and sum(f for f, _, _ in tiles) < OVERLAY_COUNT):
+            tiles.append((flagged, qc.overlay(image, mask), f"{row['stem']} {row['flags']}"))
+
+    def finish(batch, writer):
+        """Segment the readable images of a batch, write masks and QC rows."""
+        rows = []
+        readable = [(stem, path, image) for stem, path, image in batch if not qc.is_blank(image)]
+        kwargs = dict(prompt=prompt, priors=priors, refine_rounds=refine_rounds, margin=margin)
+        try:
+            masks = segment_lungs(model, [im for _, _, im in readable], batch_size=batch_size, **kwargs)
+        except Exception as err:  # one odd image must not kill a 100k-image run: retry one by one
+            logger.warning("Batch failed (%s: %s); retrying its images one by one", type(err).__name__, err)
+            masks = []
+            for _, _, im in readable:
+                try:
+                    masks.append(segment_lungs(model, [im], **kwargs)[0])
+                except Exception as single_err:  # flagged as segment_error in the QC CSV
+                    masks.append(single_err)
+        by_stem = {stem: mask for (stem, _, _), mask in zip(readable, masks)}
+        for stem, path, image in batch:
+            mask = by_stem.get(stem, np.zeros(image.shape[:2], bool))  # blank images get an empty mask
+            if isinstance(mask, Exception):
+                logger.warning("%s: segmentation failed (%s)", path, mask)
+                rows.append({"stem": stem, "image_path": path, "mask_path": "", "flags": "segment_error",
+                             "error": f"{type(mask).__name__}: {mask}"})
+                continue
+            mask_path = out_dir / f"{stem}.png"
+            write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
+            row = {"stem": stem, "image_path": path, "mask_path": str(mask_path), **qc.mask_stats(mask, image),
+                   "error": ""}
+            rows.append(row)
+            keep_tile(image, mask, row)
+        writer.write(rows)
+        counts["written"] += len(rows)
+        counts["flagged"] += sum(bool(r["flags"]) for r in rows)
+
+    with qc.QCWriter(qc_path) as writer:
+        batch = []
+        for stem, path, image in entries:
+            counts["total"] += 1
+            mask_path = out_dir / f"{stem}.png"
+            if is_valid_mask(mask_path):
+                counts["skipped"] += 1
+                if stem not in known:  # mask written but the run died before its QC row
+                    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
+                    writer.write([{"stem": stem, "image_path": path, "mask_path": str(mask_path),
+                                   **qc.mask_stats(mask), "error": ""}])
+                continue
+            if image is None:
+                try:
+                    image = read_image(path)
+                except ImageReadError as err:
+                    counts["read_error"] += 1
+                    logger.warning("Flagging unreadable image %s", err)
+                    writer.write([{"stem": stem, "image_path": path, "mask_path": "", "flags": "read_error",
+                                   "error": err.reason}])
+                    continue
+            batch.append((stem, path, image))
+            if len(batch) == batch_size:
+                finish(batch, writer)
+                batch = []
+                logger.info("%d/%s images done (%.2f img/s)", counts["total"], total or "?",
+                            counts["written"] / max(time.time() - start_time, 1e-9))
+        if batch:
+            finish(batch, writer)
+    if tiles:
+        tiles.sort(key=lambda t: not t[0])  # flagged first
+        name = "overlay_grid.png" if shard is None else f"overlay_grid-{shard[0]:05d}-of-{shard[1]:05d}.png"
+        qc.write_overlay_grid(out_dir / name, [t for _, t, _ in tiles[:OVERLAY_COUNT]],
+                              [c for _, _, c in tiles[:OVERLAY_COUNT]])
+    logger.info("Masks: %s in %.1fs -> %s", counts, time.time() - start_time, out_dir)
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", required=True, help="folder of images (searched recursively) or TFDS name")
+    parser.add_argument("--out", required=True, help="mask directory")
+    parser.add_argument("--model", default="litemedsam", help="litemedsam | hub id | fine-tuned model dir")
+    parser.add_argument("--prompt", choices=PREDICT_PROMPTS, default="refine")
+    parser.add_argument("--priors", help="folder holding lung_priors.json (default: the model dir, else defaults)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--shard", type=parse_shard, help="i/n: process every n-th image starting at i")
+    parser.add_argument("--refine-rounds", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--margin", type=float, default=DEFAULT_REFINE_MARGIN,
+                        help="refine margin, fraction of the model input size")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .model import load_segmenter
+
+    model = load_segmenter(args.model)
+    priors = load_priors(args.priors or (args.model if pathlib.Path(args.model).is_dir() else None))
+    counts = generate_masks(model, args.images, args.out, args.prompt, priors, args.batch_size, args.shard,
+                            args.refine_rounds, args.margin)
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
