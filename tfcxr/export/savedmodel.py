@@ -245,7 +245,7 @@ def _serving_module_class():
 
 
 def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
-    """One encoded image -> the classifier input, in the training order decode -> mask -> resize.
+    """One encoded image -> the classifier input, as `tfcxr.data.pipeline` makes it: decode -> mask -> resize.
 
     Args:
         image_bytes: tf.string scalar, a PNG (8/16-bit) or JPEG file.
@@ -260,13 +260,13 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
     import tensorflow as tf
 
     from tfcxr.data.io import decode_image_tf
+    from tfcxr.data.pipeline import PipelineConfig, mask_and_resize
+    from tfcxr.masking import apply_mask
 
     image = decode_image_tf(image_bytes)  # (H, W, 1)
     if info.needs_mask:
-        from tfcxr.masking import apply_mask
-
         if segmenter is not None:
-            lung = segmenter.serving_fn(image[tf.newaxis])[0]  # (H, W, 1)
+            lung = segmenter.serving_fn(image[tf.newaxis])[0] > 0.5  # (H, W, 1)
         elif mask_bytes is None:
             raise ValueError(f"{info.rundir}: the run uses mask={info.mask!r}; a lung mask is required")
         else:
@@ -276,17 +276,11 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
                 ["`mask_bytes` must have the size of its image; image", tf.shape(image), "mask", tf.shape(lung)],
             )
             with tf.control_dependencies([same_size]):
-                lung = tf.cast(lung > 0.5, tf.float32)
-        image = apply_mask(image, lung, info.mask, margin=info.margin, fill=info.fill)
-    return resize_for_classifier(image, info.image_size)  # (S, S, 1)
-
-
-def resize_for_classifier(image, size: int):
-    """image: float32 (H, W, 1) in [0, 1] -> float32 (size, size, 1), bilinear, clipped to [0, 1]."""
-    import tensorflow as tf
-
-    image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-    return tf.clip_by_value(image, 0.0, 1.0)
+                lung = lung > 0.5  # the pipeline's `uint8 > 127`
+        image = apply_mask(image, lung, info.mask, info.margin, info.fill)
+    # The training pipeline's resize (aspect-preserving, antialiased, padded), reused as is.
+    resize_only = PipelineConfig(data="", mask="original", image_size=info.image_size)
+    return mask_and_resize(image, None, resize_only)  # (S, S, 1)
 
 
 def build_serving_module(classifier, info: RunInfo, segmenter=None):
@@ -346,3 +340,23 @@ def read_export_info(version_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {version_dir} a tfcxr export?")
     return json.loads(path.read_text())
+
+
+def run_savedmodel(version_dir, images=None, image_bytes=None, mask_bytes=None) -> dict:
+    """Load an exported version folder and call one signature; returns {output name: np.ndarray}.
+
+    Args:
+        images: float32 (batch, S, S, 1) in [0, 1] -> ``predict_images``; or
+        image_bytes / mask_bytes: lists of encoded files -> ``serving_default``.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    if images is not None:
+        outputs = loaded.signatures[IMAGES_SIGNATURE](images=tf.constant(images, tf.float32))
+    else:
+        inputs = {"image_bytes": tf.constant(list(image_bytes), tf.string)}
+        if mask_bytes is not None:
+            inputs["mask_bytes"] = tf.constant(list(mask_bytes), tf.string)
+        outputs = loaded.signatures[BYTES_SIGNATURE](**inputs)
+    return {name: value.numpy() for name, value in outputs.items()}
