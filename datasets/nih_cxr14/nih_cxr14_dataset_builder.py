@@ -22,11 +22,12 @@ from tfcxr.labels import NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
 
-METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv")
+# First found wins. `labels.csv` is the layout of tfcxr's real-image sample (shared/data/nih_cxr14_384).
+METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv", "labels.csv")
 
 EXPECTED_TREE = """\
 <manual_dir>/
-├── Data_Entry_2017_v2020.csv   (or Data_Entry_2017_v2020.csv.gz, or Data_Entry_2017.csv)
+├── Data_Entry_2017_v2020.csv   (or Data_Entry_2017_v2020.csv.gz, Data_Entry_2017.csv, labels.csv)
 ├── train_val_list.txt          (optional, with test_list.txt: NIH's official split)
 ├── test_list.txt               (optional)
 └── images/00000001_000.png ... (all PNGs in one folder, as NIH's images_0XX.tar.gz extract)
