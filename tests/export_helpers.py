@@ -91,3 +91,12 @@ def write_images(folder, count, size=(40, 48), with_masks=False):
             masks.append(mask_path)
     return images, masks
 
+
+
+def export_tiny(folder, mask="original", segmenter=None, model_name="tfcxr"):
+    """Write a tiny run under folder/run and export it to folder/models; return (run dir, version dir)."""
+    from tfcxr.export.savedmodel import export_savedmodel
+
+    folder = pathlib.Path(folder)
+    run = write_run(folder / "run", mask=mask)
+    return run, export_savedmodel(run, folder / "models", model_name=model_name, segmenter=segmenter)

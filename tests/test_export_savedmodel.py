@@ -1,0 +1,189 @@
+"""SavedModel export: TF Serving layout, both signatures, parity with the training pipeline, bad requests."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import export_helpers as H
+from tfcxr.export import savedmodel, serving_layout
+from tfcxr.labels import TARGETS
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("original")
+    run, version_dir = H.export_tiny(folder)
+    images, _ = H.write_images(folder / "data", 3)
+    return run, version_dir, tf.saved_model.load(str(version_dir)), images
+
+
+@pytest.fixture(scope="module")
+def loose(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loose")
+    run, version_dir = H.export_tiny(folder, mask="loose")
+    images, masks = H.write_images(folder / "data", 3, with_masks=True)
+    return run, version_dir, tf.saved_model.load(str(version_dir)), images, masks
+
+
+def _bytes(paths):
+    return tf.constant([p.read_bytes() for p in paths])
+
+
+def test_layout_and_models_config(original, tmp_path):
+    run, version_dir, _, _ = original
+    assert version_dir.name == "1" and version_dir.parent.name == "tfcxr"
+    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
+    config = (version_dir.parent.parent / "models.config").read_text()
+    assert 'name: "tfcxr"' in config and 'base_path: "/models/tfcxr"' in config
+    info = savedmodel.read_export_info(version_dir)
+    assert info["labels"] == list(TARGETS) and info["signatures"]["serving_default"] == ["image_bytes"]
+    # Versions increment, an existing version is refused, models.config lists every model.
+    out = tmp_path / "models"
+    assert savedmodel.export_savedmodel(run, out, "a").name == "1"
+    assert savedmodel.export_savedmodel(run, out, "a").name == "2"
+    assert savedmodel.export_savedmodel(run, out, "b", version=7).name == "7"
+    with pytest.raises(FileExistsError, match="version 7 already exists"):
+        savedmodel.export_savedmodel(run, out, "b", version=7)
+    text = (out / "models.config").read_text()
+    assert text.count("config {") == 2 and 'base_path: "/models/b"' in text
+    assert not [p for p in (out / "a").iterdir() if p.name.startswith(".")]  # no staging left behind
+    with pytest.raises(ValueError, match="model_name="):
+        serving_layout.check_model_name("bad name/")
+
+
+def test_bytes_signature_outputs_and_formats(original):
+    _, _, loaded, images = original
+    png16 = H.png_bytes((H.xray_like(40, 48).astype(np.uint16) * 257))
+    batch = tf.constant([images[0].read_bytes(), H.jpeg_bytes(H.xray_like(50, 30)), png16])
+    out = loaded.signatures["serving_default"](image_bytes=batch)
+    assert out["probabilities"].shape == (3, 5) and out["probabilities"].dtype == tf.float32
+    assert out["no_finding"].shape == (3,)
+    assert out["labels"].shape == (3, 5)
+    assert [s.decode() for s in out["labels"][0].numpy()] == list(TARGETS)
+    np.testing.assert_allclose(out["no_finding"], 1 - out["probabilities"].numpy().max(-1), atol=1e-6)
+    # 16-bit PNG v*257 decodes to the same [0, 1] image as the 8-bit original.
+    np.testing.assert_allclose(out["probabilities"][2], out["probabilities"][0], atol=1e-5)
+
+
+def test_bytes_signature_matches_training_pipeline(original):
+    from tfcxr.data.pipeline import PipelineConfig, load_and_mask
+
+    _, _, loaded, images = original
+    config = PipelineConfig(data="", mask="original", image_size=H.TINY_SIZE)
+    x = tf.stack([load_and_mask(tf.constant(str(p)), tf.constant(""), config) for p in images])
+    via_floats = loaded.signatures["predict_images"](images=x)
+    via_bytes = loaded.signatures["serving_default"](image_bytes=_bytes(images))
+    np.testing.assert_allclose(via_bytes["probabilities"], via_floats["probabilities"], atol=1e-6)
+
+
+def test_masked_run_takes_mask_bytes_and_matches_pipeline(loose):
+    from tfcxr.data.pipeline import PipelineConfig, load_and_mask
+
+    _, version_dir, loaded, images, masks = loose
+    signature = loaded.signatures["serving_default"]
+    assert set(signature.structured_input_signature[1]) == {"image_bytes", "mask_bytes"}
+    out = signature(image_bytes=_bytes(images), mask_bytes=_bytes(masks))
+    config = PipelineConfig(data="", masks="m", mask="loose", image_size=H.TINY_SIZE)
+    x = tf.stack([load_and_mask(tf.constant(str(p)), tf.constant(str(m)), config) for p, m in zip(images, masks)])
+    expected = loaded.signatures["predict_images"](images=x)
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-6)
+    # The mask matters: an all-lung mask gives other probabilities.
+    full = tf.constant([H.png_bytes(np.full((40, 48), 255, np.uint8))] * 3)
+    other = signature(image_bytes=_bytes(images), mask_bytes=full)
+    assert np.abs(other["probabilities"].numpy() - out["probabilities"].numpy()).max() > 1e-6
+    assert savedmodel.read_export_info(version_dir)["signatures"]["serving_default"] == ["image_bytes", "mask_bytes"]
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("not_an_image", "neither PNG nor JPEG"),
+        ("empty_batch", "empty batch"),
+        ("images_wrong_rank", "must be \\(batch, 32, 32, 1\\)"),
+        ("images_wrong_size", "must be \\(batch, 32, 32, 1\\)"),
+        ("images_empty", "empty batch"),
+    ],
+)
+def test_bad_requests_fail_clearly_and_model_keeps_serving(original, case, pattern):
+    _, _, loaded, images = original
+    serve, floats = loaded.signatures["serving_default"], loaded.signatures["predict_images"]
+    calls = {
+        "not_an_image": lambda: serve(image_bytes=tf.constant([images[0].read_bytes(), b"<html>not an image"])),
+        "empty_batch": lambda: serve(image_bytes=tf.constant([], tf.string)),
+        "images_wrong_rank": lambda: floats(images=tf.zeros([32, 32, 1])),
+        "images_wrong_size": lambda: floats(images=tf.zeros([2, 16, 16, 1])),
+        "images_empty": lambda: floats(images=tf.zeros([0, 32, 32, 1])),
+    }
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        calls[case]()
+    assert serve(image_bytes=_bytes(images[:2]))["probabilities"].shape == (2, 5)
+    assert floats(images=tf.zeros([1, 32, 32, 1]))["probabilities"].shape == (1, 5)
+
+
+def test_mask_of_wrong_size_fails_clearly(loose):
+    _, _, loaded, images, masks = loose
+    serve = loaded.signatures["serving_default"]
+    small = tf.constant([H.png_bytes(H.lung_mask(20, 20))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the size of its image"):
+        serve(image_bytes=_bytes(images[:1]), mask_bytes=small)
+    assert serve(image_bytes=_bytes(images[:1]), mask_bytes=_bytes(masks[:1]))["probabilities"].shape == (1, 5)
+
+
+def test_read_run_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        savedmodel.read_run(tmp_path)
+    run = H.write_run(tmp_path / "run", mask="lose")
+    with pytest.raises(ValueError, match="config.yaml.*mask='lose'"):
+        savedmodel.read_run(run)
+
+
+def test_nested_config_and_mixed_precision_model_export_as_float32(tmp_path):
+    import keras
+    import yaml
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = H.tiny_classifier()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = H.write_run(tmp_path / "run", model=model)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"backbone": "tiny", "image_size": 32},
+                                                     "data": {"mask": "original"}}))
+    info = savedmodel.read_run(run)
+    assert info.image_size == 32 and info.backbone == "tiny"
+    float_model = savedmodel.load_classifier(info)
+    assert all(layer.dtype_policy.compute_dtype == "float32" for layer in float_model.layers)
+    x = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
+    np.testing.assert_allclose(float_model(x), model(x), atol=2e-3)
+
+
+def test_cli_savedmodel(tmp_path, capsys):
+    from tfcxr.export.__main__ import main
+
+    run = H.write_run(tmp_path / "run")
+    assert main([str(run), "--format", "savedmodel", "--out", str(tmp_path / "out"), "--model-name", "cxr",
+                 "--version", "3"]) == 0
+    assert capsys.readouterr().out.strip().endswith("cxr/3")
+    assert json.loads((tmp_path / "out/cxr/3/assets.extra/tfcxr_export.json").read_text())["version"] == 3
+
+
+@pytest.mark.slow
+def test_embedded_segmenter_serves_raw_xrays(tmp_path):
+    from tfcxr.export.savedmodel import prepare_image, read_run
+    from tfcxr.export.segmenter import load_serving_segmenter
+
+    segmenter = load_serving_segmenter("tiny")
+    run, version_dir = H.export_tiny(tmp_path, mask="loose", segmenter=segmenter)
+    loaded = tf.saved_model.load(str(version_dir))
+    signature = loaded.signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["image_bytes"]
+    images, _ = H.write_images(tmp_path / "data", 2, size=(40, 48))
+    out = signature(image_bytes=_bytes(images))
+    assert out["probabilities"].shape == (2, 5)
+    info = read_run(run)
+    x = tf.stack([prepare_image(tf.constant(p.read_bytes()), info, segmenter=segmenter) for p in images])
+    expected = loaded.signatures["predict_images"](images=x)
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
+    assert savedmodel.read_export_info(version_dir)["embed_segmenter"] is True
