@@ -72,6 +72,7 @@ def _tfds_build_command(manual_dir, data_dir):
     return [sys.executable, "-c", _TFDS_BUILD_SHIM, *args]
 
 
+@pytest.mark.slow  # a TF-importing subprocess: ~10-25 s on 2 cores
 def test_tfds_build_cli_then_load_by_name(tmp_path):
     manual = make_dummy_data(tmp_path / "manual", official_lists=False)  # seeded grouped split
     data_dir = tmp_path / "tfds"
