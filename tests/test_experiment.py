@@ -1,0 +1,85 @@
+"""`python -m tfcxr.experiment`: YAML validation, the grid, resumability, and a real tiny train + evaluate."""
+
+import json
+import pathlib
+
+import pytest
+import yaml
+
+from tfcxr import experiment
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, values):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "paper_small.yaml"])
+def test_shipped_configs_parse_into_the_six_cell_grid(name):
+    exp = experiment.load_experiment(REPO / "configs" / name)
+    cells = [cell for cell, _ in exp.cells()]
+    assert cells == [f"{b}-{m}" for b in ("resnet50", "efficientnetb0") for m in ("original", "tight", "loose")]
+    for cell, overrides in exp.cells():
+        config = experiment._resolve(exp, cell, overrides)  # every cell is a valid TrainConfig
+        assert config.out == str(exp.out / cell)
+    assert exp.evaluate["num_resamples"] == 1000
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"grid": {"mask": ["tight"]}, "trian": {}}, r"unknown key\(s\) \['trian'\]"),
+        ({"grid": {"mask": ["tight"]}, "train": {"epoch": 2}}, r"unknown or reserved `train` key\(s\) \['epoch'\]"),
+        ({"grid": {"mask": ["tight"]}, "train": {"out": "x"}}, r"reserved `train` key\(s\) \['out'\]"),
+        ({"grid": {"mask": []}}, "grid `mask` must be a non-empty list"),
+        ({"grid": {"mask": ["tight"]}, "train": {"mask": "loose"}}, "both in `grid` and `train`"),
+        ({"grid": {"mask": ["tight"]}, "evaluate": {"bootstraps": 5}}, r"unknown `evaluate` key\(s\) \['bootstraps'\]"),
+        ({"grid": {}}, "`grid` is empty"),
+    ],
+)
+def test_bad_yaml_is_an_error_naming_the_file_and_key(tmp_path, values, match):
+    path = _write(tmp_path, values)
+    with pytest.raises(ValueError, match=match) as info:
+        experiment.load_experiment(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_cell_value_and_cli_error(tmp_path, caplog):
+    path = _write(tmp_path, {"grid": {"mask": ["tight", "lose"]}, "train": {"epochs": 1}})
+    assert experiment.main(["--config", str(path), "--dry-run"]) == 2
+    assert "cell 'lose'" in caplog.text and "mask='lose'" in caplog.text
+    assert experiment.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_tiny_grid_trains_resumes_and_reports(tmp_path, monkeypatch):
+    """Real tfcxr.train on a tiny synthetic set, then the report; a re-run skips both cells."""
+    monkeypatch.chdir(tmp_path)
+    values = {
+        "name": "tiny grid",
+        "out": str(tmp_path / "runs"),
+        "grid": {"backbone": ["tiny"], "mask": ["original", "tight"]},
+        "train": {"data": "demo", "demo_dir": str(tmp_path / "demo"), "demo_num_images": 80,
+                  "demo_image_size": 48, "image_size": 32, "epochs": 1, "batch_size": 16,
+                  "augment": False, "precision": "float32"},
+        "evaluate": {"bootstrap": 50, "gradcam_images": 2},
+    }
+    path = _write(tmp_path, values)
+    assert experiment.main(["--config", str(path)]) == 0
+    report = tmp_path / "runs" / "report"
+    saved = json.loads((report / "metrics.json").read_text())
+    assert [r["label"] for r in saved["runs"]] == ["tiny / original", "tiny / tight"]
+    assert saved["runs"][0]["n_images"] == saved["comparisons"][0]["n_images"] > 0
+    assert saved["runs"][1]["efficiency"]["epochs_run"] == 1
+    assert (report / "gradcam.png").is_file() and (report / "mask_overlay_grid.png").is_file()
+    assert not [n for n in saved["notes"] if "skipped" in n], saved["notes"]
+
+    exp = experiment.load_experiment(path)
+    outcome = experiment.run_experiment(exp, dry_run=True)
+    assert outcome["cells"] == {"tiny-original": "complete", "tiny-tight": "complete"}
+    # A changed shared setting is refused for complete cells instead of silently reusing them.
+    changed = experiment.load_experiment(path, sets=["learning_rate=0.5"])
+    with pytest.raises(ValueError, match="learning_rate"):
+        experiment.run_experiment(changed, dry_run=True)

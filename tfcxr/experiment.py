@@ -1,0 +1,270 @@
+"""Run the paper's experiment grid (backbones x mask modes) and write one comparison report.
+
+    python -m tfcxr.experiment --config configs/paper.yaml [--out DIR] [--set epochs=2] [--dry-run]
+
+The YAML has four sections (an unknown key anywhere is an error naming it and the file):
+
+    name: paper                      # report title
+    out: runs/paper                  # cells go to OUT/<backbone>-<mask>, the report to OUT/report
+    grid:                            # TrainConfig fields -> lists; the grid is their product
+      backbone: [resnet50, efficientnetb0]
+      mask: [original, tight, loose]
+    train:                           # TrainConfig fields shared by every cell (tfcxr/config.py)
+      data: ...
+    evaluate:                        # options of tfcxr.evaluate (bootstrap, seed, ...)
+      bootstrap: 1000
+
+Each cell calls `tfcxr.train.train`. A cell whose run directory is complete
+(config.yaml, best.keras, test_predictions.csv, efficiency.json) with the same
+config is skipped, and an interrupted cell resumes from its checkpoints, so the
+command can be re-run until the grid is done. The report compares every
+complete cell with `tfcxr.evaluation.report.write_report`.
+"""
+
+import argparse
+import dataclasses
+import itertools
+import logging
+import pathlib
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+SECTIONS = ("name", "out", "grid", "train", "evaluate")
+EVALUATE_OPTIONS = {
+    "bootstrap": int,
+    "seed": int,
+    "ci_level": float,
+    "specificity": float,
+    "no_finding_score": str,
+    "gradcam_images": int,
+    "require_same_test_set": bool,
+}
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A parsed experiment YAML.
+
+    Attributes:
+        name: title of the report.
+        out: root folder of the cells and the report.
+        grid: ordered dict TrainConfig field -> list of values.
+        train: TrainConfig fields shared by all cells.
+        evaluate: keyword arguments of `write_report` (bootstrap -> num_resamples).
+        source: the YAML path (for messages).
+    """
+
+    name: str
+    out: pathlib.Path
+    grid: dict
+    train: dict
+    evaluate: dict
+    source: str = "<dict>"
+
+    def cells(self):
+        """List of (cell name, TrainConfig overrides) in grid order, e.g. ("resnet50-tight", {...})."""
+        keys = list(self.grid)
+        cells = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            name = "-".join(str(v).replace("/", "_") for v in values)
+            overrides = dict(self.train)
+            overrides.update(zip(keys, values))
+            overrides["out"] = str(self.out / name)
+            cells.append((name, overrides))
+        return cells
+
+
+def parse_experiment(values, source="<dict>", out=None, sets=()):
+    """Validate an experiment mapping.
+
+    Args:
+        values: the YAML mapping.
+        source: its file name, echoed in errors.
+        out: optional override of `out`.
+        sets: "key=value" strings overriding `train` fields (values parsed as YAML).
+
+    Returns:
+        `Experiment`.
+
+    Raises:
+        ValueError: unknown section/field/option, empty grid axis, or a field both in grid and train.
+    """
+    from tfcxr.config import FIELDS
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping with keys {SECTIONS}, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}. Known keys: {', '.join(SECTIONS)}")
+    grid = values.get("grid") or {}
+    train = dict(values.get("train") or {})
+    evaluate = dict(values.get("evaluate") or {})
+    for section, mapping in (("grid", grid), ("train", train), ("evaluate", evaluate)):
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{source}: `{section}` must be a mapping. Received: {mapping!r}")
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"`--set` must look like key=value. Received: {item!r}")
+        train[key.strip()] = yaml.safe_load(text)
+    for section, mapping in (("grid", grid), ("train", train)):
+        bad = sorted(set(mapping) - set(FIELDS) | ({"out"} & set(mapping)))
+        if bad:
+            raise ValueError(
+                f"{source}: unknown or reserved `{section}` key(s) {bad}. Known TrainConfig fields: "
+                f"{', '.join(f for f in FIELDS if f != 'out')} (the run directory comes from the top-level `out`)"
+            )
+    if not grid:
+        raise ValueError(f"{source}: `grid` is empty; give at least one field, e.g. grid: {{mask: [original, tight]}}")
+    for key, axis in grid.items():
+        if not isinstance(axis, list) or not axis:
+            raise ValueError(f"{source}: grid `{key}` must be a non-empty list. Received: {key}={axis!r}")
+    both = sorted(set(grid) & set(train))
+    if both:
+        raise ValueError(f"{source}: key(s) {both} are both in `grid` and `train`; keep each in one place")
+    bad = sorted(set(evaluate) - set(EVALUATE_OPTIONS))
+    if bad:
+        raise ValueError(f"{source}: unknown `evaluate` key(s) {bad}. Known: {', '.join(EVALUATE_OPTIONS)}")
+    evaluate = {k: EVALUATE_OPTIONS[k](v) if k != "no_finding_score" else v for k, v in evaluate.items()}
+    if "bootstrap" in evaluate:
+        evaluate["num_resamples"] = evaluate.pop("bootstrap")
+    root = pathlib.Path(out or values.get("out") or f"runs/{pathlib.Path(source).stem}")
+    return Experiment(name=str(values.get("name") or pathlib.Path(source).stem), out=root, grid=grid,
+                      train=train, evaluate=evaluate, source=str(source))
+
+
+def load_experiment(path, out=None, sets=()):
+    """Read and validate an experiment YAML (see `parse_experiment`)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: experiment config not found")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: invalid YAML ({err})") from None
+    return parse_experiment(values, str(path), out, sets)
+
+
+def _resolve(experiment, name, overrides):
+    from tfcxr.config import resolve_config
+
+    try:
+        return resolve_config(None, overrides)
+    except ValueError as err:
+        raise ValueError(f"{experiment.source}: cell {name!r}: {err}") from None
+
+
+def cell_state(config):
+    """"complete", "partial" (resumable) or "new" for the run directory of `config`.
+
+    Raises:
+        ValueError: a complete run directory holds a different config (names the keys).
+    """
+    from tfcxr.config import load_config
+    from tfcxr.evaluation.runs import is_complete
+
+    out = pathlib.Path(config.out)
+    if not is_complete(out):
+        return "partial" if (out / "config.yaml").is_file() else "new"
+    saved = load_config(out / "config.yaml").to_dict()
+    new = config.to_dict()
+    changed = {k: (saved.get(k), new[k]) for k in new if k not in ("epochs", "out") and saved.get(k) != new[k]}
+    if changed:
+        raise ValueError(
+            f"{out / 'config.yaml'}: complete run with a different config "
+            f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+            f"delete {out} or choose another --out"
+        )
+    return "complete"
+
+
+def run_cell(config):
+    """Train one cell with `tfcxr.train.train`; returns its result dict."""
+    import keras
+
+    from tfcxr.train import train
+
+    try:
+        return train(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+        keras.backend.clear_session()
+
+
+def run_experiment(experiment, dry_run=False):
+    """Train the missing cells, then write the report.
+
+    Returns:
+        dict {"cells": {name: state or status}, "report": path or None, "failed": [names]}.
+    """
+    cells = [(name, _resolve(experiment, name, overrides)) for name, overrides in experiment.cells()]
+    states = {name: cell_state(config) for name, config in cells}
+    for name, config in cells:
+        logger.info("cell %-28s %-8s %s", name, states[name], config.out)
+    if dry_run:
+        return {"cells": states, "report": None, "failed": []}
+    failed = []
+    for index, (name, config) in enumerate(cells, 1):
+        if states[name] == "complete":
+            logger.info("[%d/%d] %s: complete, skipped", index, len(cells), name)
+            continue
+        logger.info("[%d/%d] %s: training (%s)", index, len(cells), name, states[name])
+        try:
+            result = run_cell(config)
+        except (ValueError, FileNotFoundError) as err:
+            logger.error("cell %s failed: %s", name, err)
+            failed.append(name)
+            states[name] = "failed"
+            continue
+        states[name] = result["status"]
+        if result["status"] != "ok":
+            failed.append(name)
+    from tfcxr.evaluation.report import write_report
+    from tfcxr.evaluation.runs import is_complete, load_runs
+
+    done = [pathlib.Path(config.out) for _, config in cells if is_complete(config.out)]
+    report = None
+    if done:
+        report = experiment.out / "report"
+        result = write_report(load_runs(done), report, title=f"{experiment.name}: {len(done)} runs",
+                              **experiment.evaluate)
+        from tfcxr.evaluate import summary_table
+
+        print(summary_table(result))
+        print(f"Report: {report / 'report.md'}")
+    return {"cells": states, "report": report, "failed": failed}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m tfcxr.experiment", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/paper.yaml")
+    parser.add_argument("--out", help="root folder of the cells and the report (overrides `out`)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a shared `train` field, e.g. --set epochs=2 (repeatable)")
+    parser.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
+                        help="list the cells and their state without training")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        experiment = load_experiment(args.config, args.out, args.set)
+        outcome = run_experiment(experiment, dry_run=args.dry_run)
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    if outcome["failed"]:
+        logger.error("failed cells: %s", ", ".join(outcome["failed"]))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
