@@ -180,14 +180,21 @@ class GrpcClient:
         _, service = _serving_apis()
         limit = int(max_message_mb) << 20
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-        self.channel = grpc.insecure_channel(f"{host}:{int(port)}", options=options)
+        self.target = f"{host}:{int(port)}"
+        self.channel = grpc.insecure_channel(self.target, options=options)
         self.stub = service.PredictionServiceStub(self.channel)
         self.model_name, self.version, self.timeout = model_name, version, timeout
 
     def predict_bytes(self, image_bytes, mask_bytes=None) -> dict:
         """Encoded images (and masks) -> {"probabilities", "no_finding", "labels"}."""
+        import grpc
+
         request = grpc_request(image_bytes, mask_bytes, self.model_name, self.version)
-        return parse_grpc_response(self.stub.Predict(request, timeout=self.timeout))
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise RuntimeError(f"{self.target}: gRPC {err.code().name}: {err.details()}") from None
+        return parse_grpc_response(response)
 
     def predict(self, paths, mask_paths=None) -> dict:
         """Image files (and mask files) -> {"probabilities" (batch, 5), "no_finding" (batch,), "labels"}."""

@@ -1,0 +1,85 @@
+"""ONNX export (tf2onnx, opset >= 17): parity with the SavedModel and the onnxruntime predictor."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import export_helpers as H
+from tfcxr.export import onnx as export_onnx_module
+from tfcxr.export.savedmodel import run_savedmodel
+from tfcxr.labels import TARGETS
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    run, version_dir = H.export_tiny(folder, mask="loose")
+    onnx_path = export_onnx_module.export_onnx(run, folder / "onnx", model_name="cxr")
+    images, masks = H.write_images(folder / "data", 3, with_masks=True)
+    return run, version_dir, onnx_path, images, masks
+
+
+def test_onnx_graph_and_metadata(exported):
+    import onnx
+
+    _, _, onnx_path, _, _ = exported
+    model = onnx.load(str(onnx_path))
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert sorted(o.name for o in model.graph.output) == ["no_finding", "probabilities"]
+    meta = export_onnx_module.read_metadata(onnx_path)
+    assert meta["mask"] == "loose" and meta["image_size"] == H.TINY_SIZE and meta["labels"] == list(TARGETS)
+
+
+def test_onnx_parity_with_savedmodel_float_signature(exported):
+    _, version_dir, onnx_path, _, _ = exported
+    images = np.random.default_rng(1).random((5, H.TINY_SIZE, H.TINY_SIZE, 1), np.float32)
+    diff = export_onnx_module.max_abs_diff(
+        export_onnx_module.run_onnx(onnx_path, images), run_savedmodel(version_dir, images=images)
+    )
+    assert diff["probabilities"] < 1e-4 and diff["no_finding"] < 1e-4, diff
+
+
+def test_onnx_predictor_matches_savedmodel_bytes_signature(exported):
+    from tfcxr.serving.onnx_predictor import OnnxPredictor
+
+    _, version_dir, onnx_path, images, masks = exported
+    predictor = OnnxPredictor(onnx_path, batch_size=2)
+    result = predictor.predict(images, mask_paths=masks)
+    reference = run_savedmodel(
+        version_dir, image_bytes=[p.read_bytes() for p in images], mask_bytes=[p.read_bytes() for p in masks]
+    )
+    assert result["labels"] == TARGETS and result["probabilities"].shape == (3, 5)
+    np.testing.assert_allclose(result["probabilities"], reference["probabilities"], atol=1e-4)
+    np.testing.assert_allclose(result["no_finding"], reference["no_finding"], atol=1e-4)
+    with pytest.raises(ValueError, match="mask='loose'"):
+        predictor.predict(images)
+
+
+def test_onnx_predictor_names_a_bad_file(exported, tmp_path):
+    from tfcxr.data.io import ImageReadError
+    from tfcxr.serving.onnx_predictor import OnnxPredictor
+
+    _, _, onnx_path, images, masks = exported
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        OnnxPredictor(onnx_path).predict([bad], mask_paths=masks[:1])
+
+
+def test_opset_below_17_is_refused(exported):
+    from tfcxr.export.savedmodel import load_classifier, read_run
+
+    run = exported[0]
+    info = read_run(run)
+    with pytest.raises(ValueError, match="opset=13"):
+        export_onnx_module.convert(load_classifier(info), info, opset=13)
+
+
+def test_cli_onnx_with_parity_check(tmp_path, capsys):
+    from tfcxr.export.__main__ import main
+
+    run = H.write_run(tmp_path / "run")
+    assert main([str(run), "--format", "onnx", "--out", str(tmp_path / "out"), "--model-name", "m"]) == 0
+    assert capsys.readouterr().out.strip().endswith("m.onnx")
+    assert tf.io.gfile.exists(str(tmp_path / "out" / "m.onnx"))
