@@ -86,3 +86,16 @@ def test_fp16_engine_parity_with_savedmodel(tmp_path):
         runner.close()
     result = trt_export.compare(outputs["probabilities"], run_savedmodel(version_dir, images=images)["probabilities"])
     assert result["max_abs_diff"] < 1e-2 and result["top_label_agreement"] == 1.0, result
+
+
+def test_training_sample_feeds_calibration(tmp_path):
+    from tfcxr.config import TrainConfig, save_config
+    from tfcxr.data.synthetic import SyntheticConfig, generate
+
+    data = generate(tmp_path / "synthetic", SyntheticConfig(num_images=60, image_size=48, seed=0))
+    run = tmp_path / "run"
+    save_config(TrainConfig(data=str(data), masks=str(data / "masks"), mask="loose", image_size=32), run / "config.yaml")
+    sample = trt_export.training_sample(run, num_images=20)
+    batches = list(trt_export.calibration_batches(sample, batch_size=8, image_size=32, num_batches=2))
+    assert len(batches) == 2 and batches[0].shape == (8, 32, 32, 1)
+    assert 0.0 <= batches[0].min() and batches[0].max() <= 1.0

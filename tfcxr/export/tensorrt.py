@@ -135,6 +135,28 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def training_sample(rundir, num_images: int = 256):
+    """A tf.data sample of the run's TRAINING split for INT8 calibration: (image (batch, S, S, 1), labels) batches.
+
+    Built like training (same data, masks, mask mode, margin, fill, size, curation and split) but without
+    shuffling or augmentation, limited to about `num_images` images.
+    """
+    import math
+
+    from tfcxr.config import load_config
+    from tfcxr.data.pipeline import PipelineConfig, make_dataset
+    from tfcxr.train import _prepare_data  # resolves `data: demo` exactly as training did
+
+    config = load_config(pathlib.Path(rundir) / "config.yaml")
+    data, masks = _prepare_data(config)
+    pipeline = PipelineConfig(
+        data=data, masks=masks, mask=config.mask, margin=config.margin, fill=config.fill,
+        image_size=config.image_size, batch_size=16, augment=False, cache=None, seed=config.seed,
+        curation=config.curation(), tfds_data_dir=config.tfds_data_dir,
+    )
+    return make_dataset(pipeline, "train", training=False).take(math.ceil(int(num_images) / 16))
+
+
 def engine_path_for(out_dir, model_name: str, precision: str) -> pathlib.Path:
     """``<out_dir>/<model_name>.<precision>.engine``."""
     return pathlib.Path(out_dir) / f"{model_name}.{check_precision(precision)}.engine"
