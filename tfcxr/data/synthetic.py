@@ -59,7 +59,7 @@ METADATA_NAME = "Data_Entry_2017.csv"
 BBOX_NAME = "BBox_List_2017.csv"
 CONFIG_NAME = "config.json"
 # Bump when the drawing changes, so cached demo sets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _OTHER_FINDINGS = tuple(name for name in NIH_FINDINGS if name not in TARGETS)
 # Right lung (image left) outline in a unit box: u from lateral (0) to medial (1),
@@ -439,12 +439,12 @@ def _draw_findings(findings, lungs, union, size, rng):
         layer += rng.uniform(0.24, 0.34) * _blur(blob.astype(np.float32), 0.08 * radius)
         boxes.append(("Mass", x - radius, y - radius, 2 * radius, 2 * radius))
     if "Nodule" in findings:
-        for _ in range(int(rng.integers(2, 6))):
-            radius = max(rng.uniform(0.012, 0.02) * s, 1.0)
+        for _ in range(int(rng.integers(3, 7))):
+            radius = max(rng.uniform(0.018, 0.028) * s, 1.0)
             lung = lungs[rng.integers(0, 2)]
             x, y = _sample_point(rng, lung["mask"], 1.5 * radius)
             dot = _gauss(xx, yy, x, y, radius)
-            layer += rng.uniform(0.28, 0.38) * dot
+            layer += rng.uniform(0.32, 0.42) * dot
             boxes.append(("Nodule", x - 1.5 * radius, y - 1.5 * radius, 3 * radius, 3 * radius))
     if "Fibrosis" in findings:
         reticular = np.zeros((s, s), np.float32)
@@ -496,7 +496,7 @@ def _draw_findings(findings, lungs, union, size, rng):
         radius = rng.uniform(0.08, 0.12) * s
         envelope = _gauss(xx, yy, x, y, radius)
         patches = np.clip(0.6 + 0.6 * _smooth_noise(rng, s, 20), 0, 1.5)
-        layer += rng.uniform(0.18, 0.26) * envelope * patches
+        layer += rng.uniform(0.22, 0.32) * envelope * patches
         boxes.append(("Pneumonia", x - radius, y - radius, 2 * radius, 2 * radius))
     return layer, boxes
 
@@ -517,11 +517,12 @@ def _draw_distractors(view, union, size, rng):
     """Label-unrelated bright context outside the lungs: electrodes, wires, side marker. float32 (S, S)."""
     s = size
     layer = np.zeros((s, s), np.float32)
-    for _ in range(int(rng.integers(0, 4))):  # ECG electrodes: bright dots like nodules/masses
+    for _ in range(int(rng.choice([0, 0, 1, 2]))):  # ECG electrodes: rings with a bright snap
         x, y = rng.uniform(0.1, 0.9) * s, rng.uniform(0.05, 0.95) * s
-        radius = rng.uniform(0.012, 0.03) * s
-        cv2.circle(layer, (int(x * 16), int(y * 16)), int(radius * 16), 0.5, -1, cv2.LINE_AA, 4)
-        cv2.circle(layer, (int(x * 16), int(y * 16)), int(radius * 0.4 * 16), 0.8, -1, cv2.LINE_AA, 4)
+        radius = rng.uniform(0.015, 0.03) * s
+        center = (int(x * 16), int(y * 16))
+        cv2.circle(layer, center, int(radius * 16), 0.45, max(1, int(round(0.006 * s))), cv2.LINE_AA, 4)
+        cv2.circle(layer, center, int(radius * 0.35 * 16), 0.7, -1, cv2.LINE_AA, 4)
     for _ in range(int(rng.integers(0, 3))):  # wires and tubes
         xs = np.cumsum(rng.normal(0, 0.04, size=8)) * s + rng.uniform(0.2, 0.8) * s
         ys = np.linspace(rng.uniform(0, 0.3), rng.uniform(0.6, 1.0), 8) * s
