@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -69,7 +70,8 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
     macro_boot = {}
     for m in ("auroc", "auprc"):
         macro[m] = metrics.macro_mean(classes[t][m] for t in included)
-        with np.errstate(all="ignore"), _quiet_nanmean():
+        with warnings.catch_warnings():  # "Mean of empty slice" where every class is undefined
+            warnings.simplefilter("ignore", RuntimeWarning)
             macro_boot[m] = np.nanmean(boot[m][:, cols], axis=1) if cols else np.full(num_resamples, np.nan)
         ci = bootstrap.percentile_ci(macro_boot[m], level)
         macro[f"{m}_ci"] = [ci["low"], ci["high"]]
@@ -93,20 +95,6 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
         "efficiency": efficiency,
     }
     return result, macro_boot["auroc"]
-
-
-class _quiet_nanmean:
-    """Silence numpy's "Mean of empty slice" for resamples where every class is undefined."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0.9,
@@ -229,12 +217,12 @@ def _markdown(result, figures, notes, title):
         "",
         "## Mask-mode comparison: AUROC (95% CI)",
         "",
-        "| run (backbone / mask) | " + " | ".join(TARGETS) + " | macro | No Finding |",
-        "|---" * (len(TARGETS) + 3) + "|",
+        "| run (backbone / mask) | test images (patients) | " + " | ".join(TARGETS) + " | macro | No Finding |",
+        "|---" * (len(TARGETS) + 4) + "|",
     ]
     for r in runs:
         cells = [_fmt_ci(r["classes"][t]) for t in TARGETS] + [_fmt_ci(r[MACRO]), _fmt_ci(r["classes"][NO_FINDING])]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['label']} | {r['n_images']} ({r['n_patients']}) | " + " | ".join(cells) + " |")
     lines += ["", "## AUPRC (95% CI)", "",
               "| run | " + " | ".join(TARGETS) + " | macro | No Finding |", "|---" * (len(TARGETS) + 3) + "|"]
     for r in runs:
@@ -358,7 +346,7 @@ def _image_figures(runs, out_dir, count, notes):
     mask_paths = picked["mask_path"].fillna("").astype(str).tolist()
     row_titles = [f"{iid}\n{','.join(t for t in TARGETS if picked.loc[i, f'y_{t}'] == 1) or 'no target'}"
                   for i, iid in zip(rows, picked["image_id"])]
-    size = int(config_value(base.config, "image_size", 224) or 224)
+    size = max(192, int(config_value(base.config, "image_size", 224) or 224))  # display size of the mask grid
 
     # Mask overlay grid: the lung mask contour, then one column per masking mode of the runs.
     modes = []
