@@ -64,7 +64,7 @@ class TrainConfig:
     fill: str = "zero"
     backbone: str = "tiny"
     weights: str = "none"
-    image_size: int = 96
+    image_size: int = 128
     epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 2e-3

@@ -23,19 +23,22 @@ def tiny_backbone(image_size, channels=1, widths=(16, 32, 64, 96), name="tiny_ba
         widths: filters of the four stride-2 conv blocks.
 
     Returns:
-        keras.Model: (batch, image_size, image_size, channels) -> (batch, widths[-1]).
+        keras.Model: (batch, image_size, image_size, channels) -> (batch, 2 * widths[-1]).
     """
     inputs = keras.Input((image_size, image_size, channels), name="pixels")
     x = inputs
     for index, width in enumerate(widths):
         x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"block{index}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"block{index}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{index}_bn")(x)
         x = keras.layers.Activation("relu", name=f"block{index}_relu")(x)
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{index}_conv2")(x)
-        x = keras.layers.BatchNormalization(name=f"block{index}_bn2")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{index}_bn2")(x)
         x = keras.layers.Activation("relu", name=f"block{index}_relu2")(x)
     # (batch, image_size / 16, image_size / 16, widths[-1])
-    outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)  # (batch, widths[-1])
+    # Average and max pooling: max pooling keeps small focal findings (nodules).
+    outputs = keras.layers.Concatenate(name="avg_max_pool")(
+        [keras.layers.GlobalAveragePooling2D(name="avg_pool")(x), keras.layers.GlobalMaxPooling2D(name="max_pool")(x)]
+    )  # (batch, 2 * widths[-1])
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -1,0 +1,44 @@
+"""tfcxr.config: YAML loading, unknown keys, CLI precedence, saving."""
+
+import pathlib
+
+import pytest
+
+from tfcxr.config import TrainConfig, load_config, read_yaml, resolve_config, save_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mask: tight\nepochs: 3\nmargin: 11px\n")
+    config = resolve_config(path, {"epochs": 5, "backbone": None})
+    assert (config.mask, config.epochs, config.margin, config.backbone) == ("tight", 5, "11px", "tiny")
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("mask: loose\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*learning_rat"):
+        resolve_config(path)
+
+
+def test_bad_value_echoes_value(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("mask: lose\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*Received: mask='lose'"):
+        resolve_config(path)
+    with pytest.raises(ValueError, match="Received: precision='half'"):
+        TrainConfig(precision="half")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = TrainConfig(mask="box", margin=0.1, views=("PA",), cache="none")
+    assert config.cache is None
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_shipped_configs_are_valid():
+    assert TrainConfig(**read_yaml(REPO / "configs" / "default.yaml")) == TrainConfig()
+    assert resolve_config(REPO / "configs" / "nih_efficientnetb0.yaml").backbone == "efficientnetb0"

@@ -1,0 +1,143 @@
+"""tfcxr.masking: each mode eagerly, batched, in tf.data and in a tf.function."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcxr.masking import (
+    MASK_MODES,
+    apply_mask,
+    dilate,
+    fill_holes,
+    margin_to_pixels,
+    parse_margin,
+    region_mask,
+)
+
+
+def _lungs(size=64):
+    """Two rectangular 'lungs' with a hole in the left one; bool (size, size)."""
+    mask = np.zeros((size, size), bool)
+    mask[16:48, 8:26] = True
+    mask[16:48, 38:56] = True
+    mask[28:34, 14:20] = False  # hole
+    return mask
+
+
+def _image(size=64, seed=0):
+    return np.random.default_rng(seed).uniform(0.2, 1.0, (size, size, 1)).astype(np.float32)
+
+
+def test_original_is_identity():
+    image = _image()
+    np.testing.assert_array_equal(apply_mask(image, _lungs(), "original").numpy(), image)
+
+
+def test_tight_fills_holes_and_zeroes_background():
+    image, lungs = _image(), _lungs()
+    out = apply_mask(image, lungs, "tight").numpy()
+    assert out.shape == image.shape
+    filled = lungs.copy()
+    filled[28:34, 14:20] = True
+    np.testing.assert_allclose(out[..., 0][filled], image[..., 0][filled])
+    assert np.all(out[..., 0][~filled] == 0)
+
+
+def test_fill_holes_keeps_border_connected_background():
+    mask = np.zeros((1, 12, 12, 1), np.float32)
+    mask[0, 2:10, 2:10] = 1
+    mask[0, 4:6, 4:6] = 0  # enclosed hole
+    mask[0, 6:8, 0:4] = 0  # notch open to the border
+    filled = fill_holes(tf.constant(mask)).numpy()[0, ..., 0]
+    assert filled[4:6, 4:6].all()
+    assert not filled[6:8, 2:4].any()
+
+
+def test_loose_dilates_by_margin_in_pixels_and_fraction():
+    lungs = _lungs()
+    image = np.ones((64, 64, 1), np.float32)
+    tight = apply_mask(image, lungs, "tight").numpy()[..., 0]
+    loose_px = apply_mask(image, lungs, "loose", margin=4).numpy()[..., 0]
+    loose_frac = apply_mask(image, lungs, "loose", margin=4 / 64).numpy()[..., 0]
+    loose_str = apply_mask(image, lungs, "loose", margin="4px").numpy()[..., 0]
+    np.testing.assert_array_equal(loose_px, loose_frac)
+    np.testing.assert_array_equal(loose_px, loose_str)
+    assert loose_px.sum() > tight.sum()
+    # Axis-aligned growth is exactly the radius: row 16-4 is kept, row 16-5 is not.
+    assert loose_px[12, 16] == 1 and loose_px[11, 16] == 0
+    assert np.all(loose_px >= tight)
+
+
+def test_dilate_is_close_to_a_disk():
+    mask = np.zeros((1, 61, 61, 1), np.float32)
+    mask[0, 30, 30] = 1
+    out = dilate(tf.constant(mask), tf.constant(20)).numpy()[0, ..., 0]
+    yy, xx = np.mgrid[:61, :61]
+    distance = np.hypot(yy - 30, xx - 30)
+    assert out[distance <= 20 * np.cos(np.pi / 8) - 1].all()  # octagon's inscribed disk
+    assert not out[distance > 20 / np.cos(np.pi / 8) + 1].any()
+
+
+def test_box_covers_each_lung_bounding_box_plus_margin():
+    lungs = _lungs()
+    image = np.ones((64, 64, 1), np.float32)
+    box = apply_mask(image, lungs, "box", margin=2).numpy()[..., 0]
+    expected = np.zeros((64, 64))
+    expected[14:50, 6:28] = 1
+    expected[14:50, 36:58] = 1
+    np.testing.assert_array_equal(box, expected)
+
+
+def test_fill_mean_uses_image_mean():
+    image, lungs = _image(), _lungs()
+    out = apply_mask(image, lungs, "tight", fill="mean").numpy()
+    outside = out[..., 0][:2, :2]
+    np.testing.assert_allclose(outside, image.mean(), rtol=1e-6)
+
+
+def test_batched_matches_single():
+    images = np.stack([_image(seed=0), _image(seed=1)])
+    masks = np.stack([_lungs(), np.roll(_lungs(), 3, axis=1)]).astype(np.float32)[..., None]
+    for mode in MASK_MODES:
+        batched = apply_mask(images, masks, mode, margin=0.05).numpy()
+        assert batched.shape == images.shape
+        for i in range(2):
+            np.testing.assert_allclose(batched[i], apply_mask(images[i], masks[i], mode, margin=0.05).numpy())
+
+
+def test_tf_data_and_tf_function_match_eager():
+    """Every mode inside one tf.data map and one tf.function with unknown sizes."""
+    image, lungs = _image(), _lungs().astype(np.float32)
+
+    def all_modes(x, m):
+        return tuple(apply_mask(x, m, mode, margin="3px", fill="mean") for mode in MASK_MODES)
+
+    eager = [apply_mask(image, lungs, mode, margin="3px", fill="mean").numpy() for mode in MASK_MODES]
+    in_data = next(iter(tf.data.Dataset.from_tensors((image, lungs)).map(all_modes)))
+    traced = tf.function(
+        all_modes, input_signature=[tf.TensorSpec([None, None, 1]), tf.TensorSpec([None, None])]
+    )(image, lungs)
+    for mode, expected, got_data, got_fn in zip(MASK_MODES, eager, in_data, traced):
+        np.testing.assert_allclose(got_data.numpy(), expected, err_msg=mode)
+        np.testing.assert_allclose(got_fn.numpy(), expected, err_msg=mode)
+
+
+def test_region_mask_accepts_bool_and_2d():
+    region = region_mask(_lungs(), "tight")
+    assert region.shape == (64, 64, 1) and region.dtype == tf.float32
+
+
+def test_margin_parsing_and_validation_errors():
+    assert parse_margin(0.05) == ("fraction", 0.05)
+    assert parse_margin("11px") == ("px", 11)
+    assert parse_margin(11) == ("px", 11)
+    assert parse_margin("0.1") == ("fraction", 0.1)
+    assert int(margin_to_pixels(0.05, 224)) == 11
+    with pytest.raises(ValueError, match="Received: margin=1.5"):
+        parse_margin(1.5)
+    with pytest.raises(ValueError, match="Received: margin='wide'"):
+        parse_margin("wide")
+    with pytest.raises(ValueError, match=r"Received: mask='lose'"):
+        apply_mask(_image(), _lungs(), "lose")
+    with pytest.raises(ValueError, match=r"Received: fill='white'"):
+        apply_mask(_image(), _lungs(), "tight", fill="white")

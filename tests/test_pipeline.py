@@ -1,0 +1,93 @@
+"""tfcxr.data.pipeline on a tiny synthetic NIH-layout set."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
+from tfcxr.data.synthetic import SyntheticConfig, generate
+from tfcxr.labels import TARGETS
+from tfcxr.masking import MASK_MODES
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "set", SyntheticConfig(num_images=48, image_size=64, seed=3))
+
+
+def _config(synthetic, **kwargs):
+    kwargs.setdefault("masks", str(synthetic / "masks"))
+    return PipelineConfig(data=str(synthetic), image_size=32, batch_size=8, **kwargs)
+
+
+def test_each_mode_shapes_ranges_and_labels(synthetic):
+    records = load_records(_config(synthetic))
+    test = split_records(records, "test")
+    for mode in MASK_MODES:
+        config = _config(synthetic, mask=mode)
+        images, labels = [], []
+        for x, y in make_dataset(config, "test", records):
+            assert x.dtype == tf.float32 and x.shape[1:] == (32, 32, 1) and y.shape[1:] == (len(TARGETS),)
+            images.append(x.numpy())
+            labels.append(y.numpy())
+        images = np.concatenate(images)
+        assert 0.0 <= images.min() and images.max() <= 1.0
+        np.testing.assert_array_equal(np.concatenate(labels), test[list(TARGETS)].to_numpy(np.float32))
+        if mode == "tight":
+            tight_mean = images.mean()
+        if mode == "original":
+            original_mean = images.mean()
+    assert tight_mean < original_mean
+
+
+def test_train_split_shuffles_augments_and_caches(synthetic, tmp_path):
+    config = _config(synthetic, mask="loose", margin="2px", cache=str(tmp_path / "cache"))
+    x, y = next(iter(make_dataset(config, "train")))
+    assert x.shape == (8, 32, 32, 1) and y.shape == (8, 5)
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+    assert list(tmp_path.glob("cache*"))
+
+
+def test_masking_happens_before_resize(synthetic):
+    """With mask=tight and fill=zero, the resized image is 0 where the resized mask is 0 (away from edges)."""
+    config = _config(synthetic, mask="tight", augment=False)
+    records = load_records(config)
+    row = split_records(records, "test").iloc[0]
+    x, _ = next(iter(make_dataset(config, "test", records)))
+    mask = tf.io.decode_png(tf.io.read_file(row["mask_path"]), channels=1)
+    far = tf.nn.max_pool2d(tf.cast(mask[None] > 127, tf.float32), 5, 1, "SAME")  # grown by 2 px
+    far = tf.image.resize(far, (32, 32), method="nearest")[0, ..., 0].numpy() == 0
+    assert np.all(x.numpy()[0, ..., 0][far] == 0)
+
+
+def test_missing_mask_is_named(synthetic, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted((synthetic / "masks").glob("*.png"))[1:]:
+        (masks / path.name).write_bytes(path.read_bytes())
+    missing = sorted((synthetic / "masks").glob("*.png"))[0].name
+    with pytest.raises(FileNotFoundError, match=missing):
+        load_records(_config(synthetic, masks=str(masks), mask="loose"))
+    # mask=original does not need masks at all.
+    assert len(load_records(_config(synthetic, masks=None, mask="original")))
+
+
+def test_empty_split_and_bad_config(synthetic):
+    records = load_records(_config(synthetic))
+    with pytest.raises(ValueError, match="Split 'validation' is empty"):
+        split_records(records[records["split"] != "validation"], "validation")
+    with pytest.raises(ValueError, match="Received: split='val'"):
+        split_records(records, "val")
+    with pytest.raises(ValueError, match="Received: mask='lose'"):
+        _config(synthetic, mask="lose")
+    with pytest.raises(ValueError, match="needs a mask folder"):
+        PipelineConfig(data=str(synthetic), mask="tight")
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        load_records(PipelineConfig(data="no_such_dir", mask="original"))
+
+
+def test_metadata_csv_path_is_accepted(synthetic):
+    config = PipelineConfig(data=str(synthetic / "Data_Entry_2017.csv"), mask="original")
+    records = load_records(config)
+    assert isinstance(records, pd.DataFrame) and set(records["split"]) == {"train", "validation", "test"}
