@@ -83,3 +83,20 @@ def test_cli_onnx_with_parity_check(tmp_path, capsys):
     assert main([str(run), "--format", "onnx", "--out", str(tmp_path / "out"), "--model-name", "m"]) == 0
     assert capsys.readouterr().out.strip().endswith("m.onnx")
     assert tf.io.gfile.exists(str(tmp_path / "out" / "m.onnx"))
+
+
+def test_tfcxr_tiny_classifier_exports_with_parity(tmp_path):
+    """The real classifier (tfcxr.models, custom preprocessor layer) through SavedModel and ONNX."""
+    from tfcxr.models import build_classifier
+
+    model = build_classifier("tiny", 32, weights="none")
+    run = H.write_run(tmp_path / "run", model=model, backbone="tiny")
+    from tfcxr.export.savedmodel import export_savedmodel
+
+    version_dir = export_savedmodel(run, tmp_path / "models")
+    onnx_path = export_onnx_module.export_onnx(run, tmp_path / "onnx")
+    images = np.random.default_rng(2).random((4, 32, 32, 1), np.float32)
+    reference = run_savedmodel(version_dir, images=images)
+    np.testing.assert_allclose(reference["probabilities"], model(images), atol=1e-5)
+    diff = export_onnx_module.max_abs_diff(export_onnx_module.run_onnx(onnx_path, images), reference)
+    assert max(diff.values()) < 1e-4, diff
