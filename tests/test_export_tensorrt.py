@@ -59,6 +59,19 @@ def test_calibration_batches_from_tf_data():
     np.testing.assert_array_equal(np.concatenate(batches), images[:8])
 
 
+def test_cuda_result_unwrapping():
+    import enum
+
+    class Error(enum.Enum):  # cuda-python returns (cudaError_t, *values)
+        cudaSuccess = 0
+        cudaErrorMemoryAllocation = 2
+
+    assert trt_export._cuda_check((Error.cudaSuccess, 1234)) == 1234
+    assert trt_export._cuda_check((Error.cudaSuccess,)) is None
+    with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation"):
+        trt_export._cuda_check((Error.cudaErrorMemoryAllocation, 0))
+
+
 def test_compare_and_paths():
     reference = np.array([[0.1, 0.9, 0.2, 0.3, 0.4], [0.8, 0.1, 0.2, 0.3, 0.4]], np.float32)
     result = trt_export.compare(reference + 0.004, reference)

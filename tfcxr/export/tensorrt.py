@@ -4,6 +4,8 @@ pip TensorFlow has no TF-TRT, so the route is SavedModel -> ONNX (:mod:`tfcxr.ex
 with the TensorRT 10 python API:
 
 - ``builder.create_network(0)`` (explicit batch is the only mode in TRT 10) filled by ``trt.OnnxParser``;
+- TensorRT 10.x only: 11.x removed ``BuilderFlag.FP16``/``INT8`` and calibrators (strongly typed networks and
+  Q/DQ quantization instead), so the extra should pin ``tensorrt>=10,<11``;
 - a builder config with ``BuilderFlag.FP16`` (and ``BuilderFlag.INT8`` with an ``IInt8EntropyCalibrator2`` fed
   from a tf.data sample of the training split; TRT 10 marks implicit INT8 calibration deprecated but still runs it);
 - one optimization profile for the dynamic batch axis, (1, 16, 32) by default (:func:`profile_shapes`), also used
@@ -31,7 +33,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-EXTRA_HINT = "install the extra: `pip install 'tfcxr[tensorrt]'` (tensorrt>=10, cuda-python>=12) on a CUDA machine"
+EXTRA_HINT = "install the extra: `pip install 'tfcxr[tensorrt]'` (tensorrt 10.x, cuda-python>=12) on a CUDA machine"
 
 
 def _import_tensorrt():
@@ -39,8 +41,9 @@ def _import_tensorrt():
         import tensorrt as trt
     except ImportError as err:
         raise ImportError(f"TensorRT export needs the `tensorrt` package; {EXTRA_HINT}") from err
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise ImportError(f"TensorRT >= 10 is required, found {trt.__version__}; {EXTRA_HINT}")
+    if int(trt.__version__.split(".")[0]) != 10:
+        # 11.x removed BuilderFlag.FP16/INT8 and implicit INT8 calibration (strong typing + Q/DQ instead).
+        raise ImportError(f"TensorRT 10.x is required, found {trt.__version__}; {EXTRA_HINT}")
     return trt
 
 
@@ -58,7 +61,7 @@ def _import_cudart():
 def _cuda_check(result):
     """Unwrap a cuda-python ``(err, *values)`` tuple, raising RuntimeError on a CUDA error."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
+    if int(getattr(err, "value", err)) != 0:  # cudaError_t.cudaSuccess == 0
         raise RuntimeError(f"CUDA runtime error {err}")
     return values[0] if len(values) == 1 else (values or None)
 
@@ -246,8 +249,6 @@ def build_engine(
     profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
-            logger.warning("This GPU has no fast FP16; TensorRT may fall back to FP32 kernels")
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         if calibration is None and not (calibration_cache and pathlib.Path(calibration_cache).is_file()):
