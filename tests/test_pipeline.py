@@ -91,3 +91,24 @@ def test_metadata_csv_path_is_accepted(synthetic):
     config = PipelineConfig(data=str(synthetic / "Data_Entry_2017.csv"), mask="original")
     records = load_records(config)
     assert isinstance(records, pd.DataFrame) and set(records["split"]) == {"train", "validation", "test"}
+
+
+@pytest.mark.slow
+def test_tfds_source_matches_its_records(tmp_path):
+    """`tfds:nih_cxr14` built from the builder's dummy data: labels follow the records' order."""
+    import pathlib
+
+    import tensorflow_datasets as tfds
+
+    import tfcxr.datasets
+
+    dummy = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "nih_cxr14" / "dummy_data"
+    if not dummy.is_dir():
+        pytest.skip("nih_cxr14 dummy data not found")
+    builder = tfcxr.datasets.register("nih_cxr14")(data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(dummy)))
+    config = PipelineConfig(data="tfds:nih_cxr14", mask="original", tfds_data_dir=str(tmp_path), image_size=32, batch_size=4)
+    records = load_records(config)
+    assert set(records["split"]) == {"train", "validation", "test"}
+    labels = np.concatenate([y.numpy() for _, y in make_dataset(config, "test", records)])
+    np.testing.assert_array_equal(labels, split_records(records, "test")[list(TARGETS)].to_numpy(np.float32))

@@ -296,11 +296,6 @@ def train(config, callbacks=()):
         curation=config.curation(),
         tfds_data_dir=config.tfds_data_dir,
     )
-    if str(data).startswith("tfds:"):
-        raise ValueError(
-            f"data={data!r}: TFDS sources work in tfcxr.data.pipeline.make_dataset, but training needs the "
-            "curated records for test_predictions.csv; point --data at the NIH folder or metadata CSV instead."
-        )
     records = load_records(pipeline)
     parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
     logger.info(

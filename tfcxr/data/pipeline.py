@@ -37,11 +37,12 @@ import logging
 import pathlib
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfcxr.data.io import decode_image_tf
 from tfcxr.data.nih import SPLITS, CurationConfig, curate, find_images, load_metadata
-from tfcxr.labels import TARGETS
+from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.masking import DEFAULT_MARGIN, apply_mask, parse_margin, validate_fill, validate_mask_mode
 
 logger = logging.getLogger(__name__)
@@ -135,27 +136,31 @@ def load_records(config):
     """Curated records with file paths, all splits.
 
     Args:
-        config: `PipelineConfig` with a file source (not `tfds:`).
+        config: `PipelineConfig`.
 
     Returns:
         DataFrame: `tfcxr.data.nih.curate` columns (image_id, patient_id, TARGETS,
         "No Finding", split, ...) plus `image_path` and `mask_path` (str; "" when
-        no mask folder is given).
+        no mask folder is given). For `tfds:` sources the rows come from the
+        TFDS splits (in their order) and `image_path` is `tfds:<name>/<split>/<image_id>`.
 
     Raises:
         FileNotFoundError: metadata, an image, or (unless mask="original") a mask
             file is missing; the message names the files.
     """
-    csv_path, image_root = find_metadata(config.data)
-    frame = curate(load_metadata(csv_path), config.curation)
-    index = find_images(image_root)
-    missing = [image_id for image_id in frame["image_id"] if image_id not in index]
-    if missing:
-        raise FileNotFoundError(
-            f"{image_root}: {len(missing)} of {len(frame)} images listed in {csv_path} are missing, "
-            f"e.g. {missing[:5]} (looked in images/, images_*/images/ and the folder itself)."
-        )
-    frame["image_path"] = [str(index[image_id]) for image_id in frame["image_id"]]
+    if is_tfds(config.data):
+        frame = _tfds_records(config)
+    else:
+        csv_path, image_root = find_metadata(config.data)
+        frame = curate(load_metadata(csv_path), config.curation)
+        index = find_images(image_root)
+        missing = [image_id for image_id in frame["image_id"] if image_id not in index]
+        if missing:
+            raise FileNotFoundError(
+                f"{image_root}: {len(missing)} of {len(frame)} images listed in {csv_path} are missing, "
+                f"e.g. {missing[:5]} (looked in images/, images_*/images/ and the folder itself)."
+            )
+        frame["image_path"] = [str(index[image_id]) for image_id in frame["image_id"]]
     if config.masks:
         frame["mask_path"] = [str(mask_path_for(config.masks, image_id)) for image_id in frame["image_id"]]
     else:
@@ -250,6 +255,8 @@ def make_dataset(config, split, records=None, training=None):
     training = split == "train" if training is None else training
     if is_tfds(config.data):
         dataset = _tfds_source(config, split)
+        if training and not config.cache:
+            dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     else:
         records = load_records(config) if records is None else records
         part = split_records(records, split)
@@ -277,12 +284,44 @@ def make_dataset(config, split, records=None, training=None):
     return dataset.prefetch(AUTOTUNE)
 
 
-def _tfds_source(config, split):
-    """Unbatched (image, labels) from a `tfds:<name>` source (masked, resized)."""
+def _tfds_load(config, split, **kwargs):
+    import tensorflow_datasets as tfds
+
+    import tfcxr.datasets
+
+    name = str(config.data)[len(TFDS_PREFIX) :]
+    if name in tfcxr.datasets.BUILDERS:
+        tfcxr.datasets.register(name)
+    return tfds.load(name, split=split, data_dir=config.tfds_data_dir, shuffle_files=False, **kwargs)
+
+
+def _tfds_records(config):
+    """Records (no pixels decoded) of the train/validation/test splits of a TFDS source."""
     import tensorflow_datasets as tfds
 
     name = str(config.data)[len(TFDS_PREFIX) :]
-    dataset = tfds.load(name, split=split, data_dir=config.tfds_data_dir, shuffle_files=split == "train")
+    rows = []
+    for split in SPLITS:
+        dataset = _tfds_load(config, split, decoders={"image": tfds.decode.SkipDecoding()})
+        for example in dataset.map(lambda e: {k: v for k, v in e.items() if k != "image"}).as_numpy_iterator():
+            image_id = example["image_id"].decode()
+            row = {
+                "image_id": image_id,
+                "patient_id": example["patient_id"].decode(),
+                "split": split,
+                "image_path": f"{TFDS_PREFIX}{name}/{split}/{image_id}",
+                NO_FINDING: int(example["no_finding"]),
+            }
+            row.update({target: int(value) for target, value in zip(TARGETS, example["labels"])})
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs["source"] = str(config.data)
+    return frame
+
+
+def _tfds_source(config, split):
+    """Unbatched (image, labels) from a `tfds:<name>` source (masked, resized), in split order."""
+    dataset = _tfds_load(config, split)
     masks_dir = str(config.masks or "")
 
     def convert(example):
@@ -292,7 +331,7 @@ def _tfds_source(config, split):
         labels = tf.cast(example["labels"], tf.float32)  # (5,)
         return mask_and_resize(image, mask_path, config), labels
 
-    return dataset.map(convert, num_parallel_calls=AUTOTUNE)
+    return dataset.map(convert, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def label_matrix(frame):
