@@ -101,6 +101,7 @@ def test_batched_matches_single():
     for mode in MASK_MODES:
         batched = apply_mask(images, masks, mode, margin=0.05).numpy()
         assert batched.shape == images.shape
+        np.testing.assert_array_equal(apply_mask(images, masks[..., 0], mode, margin=0.05).numpy(), batched)
         for i in range(2):
             np.testing.assert_allclose(batched[i], apply_mask(images[i], masks[i], mode, margin=0.05).numpy())
 

@@ -292,8 +292,6 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     lung_mask = tf.convert_to_tensor(lung_mask)
     if lung_mask.shape.rank == 2:
         lung_mask = lung_mask[..., tf.newaxis]
-    if lung_mask.dtype == tf.bool:
-        lung_mask = tf.cast(lung_mask, tf.float32)
     lung_mask = tf.cast(tf.cast(lung_mask, tf.float32) > 0.5, tf.float32)
     batch, single = _as_batch(lung_mask)
     if mode == "original":
@@ -312,8 +310,8 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
 
     Args:
         image: float32 (height, width, 1) or (batch, height, width, 1) in [0, 1].
-        lung_mask: bool or float, same height and width as `image`, with or without
-            the channel axis; > 0.5 (or True) = lung. Ignored for `original`.
+        lung_mask: bool, uint8 or float, same height and width as `image`, with or
+            without the channel axis; > 0.5 (True, 255) = lung. Ignored for `original`.
         mode: `"original"`, `"tight"`, `"loose"` or `"box"`.
         margin: `loose` dilation radius / `box` margin: fraction of the image
             width in [0, 1) or pixels (`int` or `"11px"`).
@@ -329,6 +327,9 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
     image = tf.convert_to_tensor(image, tf.float32)
     if mode == "original":
         return image
+    lung_mask = tf.convert_to_tensor(lung_mask)
+    if lung_mask.shape.rank == image.shape.rank - 1:
+        lung_mask = lung_mask[..., tf.newaxis]  # add the channel axis
     region = region_mask(lung_mask, mode, margin, fill_lung_holes)
     if region.shape.rank != image.shape.rank:
         raise ValueError(

@@ -20,10 +20,10 @@ and checkpoints/ keep the last good epoch), 2 for bad arguments or inputs.
 """
 
 import argparse
-import csv
 import json
 import logging
 import math
+import os
 import pathlib
 import sys
 import time
@@ -32,7 +32,7 @@ import numpy as np
 
 from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
 from tfcxr.labels import NO_FINDING, TARGETS
-from tfcxr.masking import FILL_MODES, MASK_MODES
+from tfcxr.masking import FILL_MODES, MASK_MODES, parse_margin
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import BACKBONES
 
@@ -172,8 +172,6 @@ def _device_and_strategy(precision):
             details = tf.config.experimental.get_device_details(gpus[0])
             device = f"GPU ({details.get('device_name', gpus[0].name)})"
         else:
-            import os
-
             device = f"CPU ({os.cpu_count()} cores)"
     return strategy, device, precision
 
@@ -253,7 +251,7 @@ def write_predictions(path, frame, probs):
     out[f"y_{NO_FINDING}"] = frame[NO_FINDING].astype(int).to_numpy()
     for k, name in enumerate(TARGETS):
         out[f"p_{name}"] = probs[:, k]
-    out.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    out.to_csv(path, index=False, float_format="%.6g")
     return out
 
 
@@ -427,11 +425,12 @@ def _overrides(args):
         if key not in ("config", "verbose") and value is not None
     }
     if "margin" in overrides:
-        margin = overrides["margin"]
         try:
-            overrides["margin"] = float(margin) if "px" not in margin else margin
+            unit, value = parse_margin(overrides["margin"])
         except ValueError:
             pass  # TrainConfig echoes the bad value.
+        else:
+            overrides["margin"] = value if unit == "fraction" else f"{value}px"
     return overrides
 
 
