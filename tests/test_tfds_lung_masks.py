@@ -76,6 +76,7 @@ def test_split_is_stable_hash():
     assert 0.17 < splits.count("test") / len(splits) < 0.23
 
 
+@pytest.mark.slow  # a TF-importing subprocess: ~10-25 s on 2 cores
 def test_tfds_build_cli_then_load_by_name(tmp_path):
     """`tfds build` in a subprocess on all three layouts, then tfds.load by name."""
     manual = make_dummy_data(tmp_path / "manual")
