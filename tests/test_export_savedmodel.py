@@ -187,3 +187,21 @@ def test_embedded_segmenter_serves_raw_xrays(tmp_path):
     expected = loaded.signatures["predict_images"](images=x)
     np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
     assert savedmodel.read_export_info(version_dir)["embed_segmenter"] is True
+
+
+def test_savedmodel_is_self_contained(original):
+    """TF Serving has no Python: the export must load and run with tfcxr and keras unavailable."""
+    import subprocess
+    import sys
+
+    _, version_dir, _, images = original
+    code = (
+        "import sys; sys.modules['tfcxr'] = None; sys.modules['keras'] = None\n"
+        "import tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(version_dir)!r})\n"
+        f"out = m.signatures['serving_default'](image_bytes=tf.constant([open({str(images[0])!r}, 'rb').read()]))\n"
+        "print(out['probabilities'].shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 5)" in result.stdout
