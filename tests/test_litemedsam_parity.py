@@ -55,11 +55,9 @@ def _real_image(shared_data):
         (shared_data / "nih" / "images").glob("*.png"))
     if not candidates:
         pytest.skip(f"no real image under {shared_data}/shenzhen_lungs or nih/images")
-    from tfcxr.segment.model import float32_policy  # noqa: F401  (tf imported before cv2 reads)
-    import cv2
+    from tfcxr.data.io import read_image
 
-    image = cv2.imread(str(candidates[0]), cv2.IMREAD_GRAYSCALE)
-    return candidates[0], image.astype(np.float32)[..., None] / 255.0
+    return candidates[0], read_image(candidates[0])  # float32 (H, W, 1) in [0, 1]
 
 
 def test_litemedsam_matches_pytorch_reference(shared_data, tmp_path, monkeypatch):

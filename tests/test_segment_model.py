@@ -142,7 +142,8 @@ def test_wrong_shape_missing_and_unexpected_keys(tiny):
     state = W.export_weights(tiny.weight_map())
     key = "image_encoder.neck.0.weight"
     bad = dict(state, **{key: np.zeros((3, 3), np.float32)})
-    with pytest.raises(W.WeightsError, match=r"image_encoder\.neck\.0\.weight: expected shape \(1, 1, 48, 32\), got \(3, 3\)"):
+    message = r"image_encoder\.neck\.0\.weight: expected shape \(1, 1, 48, 32\), got \(3, 3\)"
+    with pytest.raises(W.WeightsError, match=message):
         W.assign_weights(tiny.weight_map(), bad, "bad.npz", torch_layout=False)
     missing = {k: v for k, v in state.items() if k != key}
     with pytest.raises(W.WeightsError, match=r"bad\.npz.*1 missing keys \['image_encoder\.neck\.0\.weight'\]"):
@@ -168,7 +169,8 @@ def _pytorch_layout_state(model):
 def test_torch_layout_shape_error_names_key_in_pytorch_layout(tiny):
     state = _pytorch_layout_state(tiny)
     state["image_encoder.neck.0.weight"] = np.zeros((32, 48, 3, 3), np.float32)
-    with pytest.raises(W.WeightsError, match=r"image_encoder\.neck\.0\.weight: expected shape \(32, 48, 1, 1\), got \(32, 48, 3, 3\)$"):
+    message = r"image_encoder\.neck\.0\.weight: expected shape \(32, 48, 1, 1\), got \(32, 48, 3, 3\)$"
+    with pytest.raises(W.WeightsError, match=message):
         W.assign_weights(tiny.weight_map(), state, "x.pth", torch_layout=True)
 
 
@@ -195,8 +197,6 @@ def test_reader_matches_torch_save_and_pth_loading(tiny, tmp_path):
     assert set(read) == set(state)
     for key in state:
         np.testing.assert_array_equal(read[key], state[key].numpy())
-    with pytest.raises(W.WeightsError, match=r"ckpt\.pth: checkpoint does not match the model: \d+ missing keys"):
-        load_segmenter(str(tmp_path / "ckpt.pth"))  # a .pth is read as the full-size LiteMedSAM
     model = load_segmenter("tiny")
     model.load_weights(tmp_path / "ckpt.pth")
     expected = {k: v for k, v in W.export_weights(tiny.weight_map()).items()}

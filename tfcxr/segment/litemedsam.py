@@ -88,8 +88,7 @@ def build_litemedsam(config: LiteMedSAMConfig):
 
     sam_config = config.sam_config()
     image_encoder = TinyViT(config.encoder, name="image_encoder")
-    s = config.image_size
-    image_encoder(tf.zeros((1, s, s, 3)))  # build
+    image_encoder(tf.zeros((1, 32, 32, 3)))  # build (variable shapes do not depend on the input size)
     pos = TFSamPositionalEmbedding(sam_config.vision_config, name="shared_image_embedding")
     prompt_encoder = TFSamPromptEncoder(sam_config.prompt_encoder_config, pos, name="prompt_encoder")
     mask_decoder = TFSamMaskDecoder(sam_config.mask_decoder_config, name="mask_decoder")

@@ -88,8 +88,10 @@ class SamLungModel(tf.Module):
         self.config = config
         self._hf_holder = [hf_model]  # kept for save_pretrained; its variables are the three layers' own
         s = self.image_size
-        self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)])
-        self._decode_fn = tf.function(self._decode_impl)
+        # autograph=False: no Python control flow depends on tensors here, and conversion doubles tracing time.
+        self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)],
+                                     autograph=False)
+        self._decode_fn = tf.function(self._decode_impl, autograph=False)
 
     @property
     def name(self) -> str:
