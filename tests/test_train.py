@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfcxr.config import TrainConfig
+from tfcxr.config import TrainConfig, resolve_config, save_config
 from tfcxr.data.synthetic import SyntheticConfig, generate
 from tfcxr.labels import NO_FINDING, TARGETS
-from tfcxr.train import RUN_FILES, main, train
+from tfcxr.train import RUN_FILES, _overrides, build_parser, main, train
 
 PREDICTION_COLUMNS = [
     "image_id", "patient_id", "image_path", "mask_path",
@@ -31,11 +31,32 @@ def _config(synthetic, out, **kwargs):
     return TrainConfig(**values)
 
 
-def test_cli_writes_the_run_directory(synthetic, tmp_path):
+class _Interrupt(keras.callbacks.Callback):
+    """Simulate a crash in the middle of the second epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_run_resumes_and_writes_the_run_directory(synthetic, tmp_path):
     out = tmp_path / "run"
-    argv = ["--data", str(synthetic), "--masks", str(synthetic / "masks"), "--mask", "loose", "--margin", "2px",
-            "--image-size", "32", "--batch-size", "16", "--epochs", "2", "--out", str(out), "--no-augment"]
-    assert main(argv) == 0
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(
+        f"data: {synthetic}\nmasks: {synthetic / 'masks'}\nimage_size: 32\nbatch_size: 16\nepochs: 2\n"
+        "val_fraction: 0.2\ntest_fraction: 0.2\ncache: null\naugment: false\n"
+    )
+    flags = ["--config", str(config_path), "--mask", "loose", "--margin", "2px", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve_config(config_path, _overrides(build_parser().parse_args(flags))), callbacks=[_Interrupt()])
+    assert len(pd.read_csv(out / "history.csv")) == 1  # epoch 0 done, epoch 1 interrupted
+    assert json.loads((out / "checkpoints" / "training_metadata.json").read_text())["epoch"] == 1
+
+    assert main(flags) == 0  # the same command resumes at epoch 1
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
     assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
     predictions = pd.read_csv(out / "test_predictions.csv")
     assert list(predictions.columns) == PREDICTION_COLUMNS
@@ -46,42 +67,12 @@ def test_cli_writes_the_run_directory(synthetic, tmp_path):
     assert efficiency["epochs_run"] == 2 and efficiency["precision"] == "float32"
     history = pd.read_csv(out / "history.csv")
     assert {"epoch", "loss", "val_loss", "val_macro_auroc", "val_auroc_Mass"} <= set(history.columns)
-    model = keras.models.load_model(out / "best.keras")
-    assert model.output_shape == (None, 5)
+    assert keras.models.load_model(out / "best.keras").output_shape == (None, 5)
     assert "margin: 2px" in (out / "config.yaml").read_text()
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.epoch == 1 and batch == 1:
-            raise KeyboardInterrupt("simulated interruption")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-
-def test_resume_after_interruption(synthetic, tmp_path):
-    config = _config(synthetic, tmp_path / "run", epochs=2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[_Interrupt()])
-    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1  # epoch 0 done, epoch 1 interrupted
-    started = []
-
-    class _Record(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            started.append(epoch)
-
-    result = train(_config(synthetic, tmp_path / "run", epochs=2), callbacks=[_Record()])
-    assert result["status"] == "ok"
-    assert started == [1]  # resumed from the checkpoint of epoch 0
-    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0, 1]
 
 
 def test_resume_refuses_a_different_config(synthetic, tmp_path):
     (tmp_path / "run").mkdir()
-    _config(synthetic, tmp_path / "run")  # valid
-    from tfcxr.config import save_config
-
     save_config(_config(synthetic, tmp_path / "run", mask="tight"), tmp_path / "run" / "config.yaml")
     with pytest.raises(ValueError, match="mask: 'tight' -> 'loose'"):
         train(_config(synthetic, tmp_path / "run"))

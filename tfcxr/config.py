@@ -28,7 +28,8 @@ class TrainConfig:
         data: `demo` (built-in synthetic set), an NIH-layout folder, a metadata
             CSV, or `tfds:<name>`.
         masks: lung mask folder (MASKDIR/<stem>.png); default for `demo`: the
-            synthetic ground-truth masks. Not needed for mask=original.
+            synthetic ground-truth masks, otherwise `<data>/masks` when it exists.
+            Not needed for mask=original.
         mask: `original`, `tight`, `loose` or `box` (tfcxr.masking).
         margin: loose/box margin: fraction of image width in [0, 1) or "11px".
         fill: background fill outside the region, `zero` or `mean`.

@@ -189,6 +189,9 @@ def _prepare_data(config):
         if masks is None:
             masks = str(pathlib.Path(data) / "masks")
             logger.info("data=demo: using the synthetic GROUND-TRUTH lung masks in %s (pass --masks DIR to change)", masks)
+    elif masks is None and config.mask != "original" and (pathlib.Path(data) / "masks").is_dir():
+        masks = str(pathlib.Path(data) / "masks")
+        logger.info("--masks not given: using %s", masks)
     return data, masks
 
 
