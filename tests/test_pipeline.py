@@ -112,3 +112,13 @@ def test_tfds_source_matches_its_records(tmp_path):
     assert set(records["split"]) == {"train", "validation", "test"}
     labels = np.concatenate([y.numpy() for _, y in make_dataset(config, "test", records)])
     np.testing.assert_array_equal(labels, split_records(records, "test")[list(TARGETS)].to_numpy(np.float32))
+
+
+@pytest.mark.real_data
+def test_real_nih_sample_reads(shared_data):
+    """shared/data/nih_cxr14_384 (labels.csv + images/): curated records and one batch, mask=original."""
+    config = PipelineConfig(data=str(shared_data / "nih_cxr14_384"), mask="original", image_size=64, batch_size=4)
+    records = load_records(config)
+    assert len(records) > 500 and set(records["split"]) == {"train", "validation", "test"}
+    x, y = next(iter(make_dataset(config, "validation", records)))
+    assert x.shape == (4, 64, 64, 1) and y.shape == (4, 5)
