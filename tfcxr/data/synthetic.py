@@ -61,7 +61,7 @@ METADATA_NAME = "Data_Entry_2017.csv"
 BBOX_NAME = "BBox_List_2017.csv"
 CONFIG_NAME = "config.json"
 # Bump when the drawing changes, so cached demo sets are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 _OTHER_FINDINGS = tuple(name for name in NIH_FINDINGS if name not in TARGETS)
 # Right lung (image left) outline in a unit box: u from lateral (0) to medial (1),
@@ -434,11 +434,15 @@ def _draw_findings(findings, lungs, union, size, rng):
         radius = rng.uniform(0.045, 0.075) * s
         lung = lungs[rng.integers(0, 2)]
         x, y = _sample_point(rng, lung["mask"], 0.8 * radius)
-        angle = np.arctan2(yy - y, xx - x)
+        reach = int(np.ceil(1.6 * radius)) + 2  # the blob lies within 1.23 radius: draw in a window
+        x0, x1 = max(0, int(x) - reach), min(s, int(x) + reach + 1)
+        y0, y1 = max(0, int(y) - reach), min(s, int(y) + reach + 1)
+        wy, wx = yy[y0:y1] - y, xx[:, x0:x1] - x
+        angle = np.arctan2(wy, wx)
         lobes = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6.3)) + 0.08 * np.sin(5 * angle + rng.uniform(0, 6.3))
-        dist = np.sqrt((xx - x) ** 2 + (yy - y) ** 2) / (radius * lobes)
+        dist = np.sqrt(wx**2 + wy**2) / (radius * lobes)
         blob = np.clip(1 - dist**2, 0, 1) ** 0.4
-        layer += rng.uniform(0.24, 0.34) * _blur(blob.astype(np.float32), 0.08 * radius)
+        layer[y0:y1, x0:x1] += rng.uniform(0.24, 0.34) * _blur(blob.astype(np.float32), 0.08 * radius)
         boxes.append(("Mass", x - radius, y - radius, 2 * radius, 2 * radius))
     if "Nodule" in findings:
         for _ in range(int(rng.integers(3, 7))):
@@ -452,21 +456,14 @@ def _draw_findings(findings, lungs, union, size, rng):
         reticular = np.zeros((s, s), np.float32)
         thickness = max(1, int(round(s / 128)))  # survives downsampling to the classifier's input size
         for lung in lungs:
-            for _ in range(int(rng.integers(50, 80))):
-                # Basal and peripheral: bias v towards 1 and u towards the lateral wall.
-                v = 1 - rng.random() ** 1.8 * 0.85
-                x, y = _sample_point_in_box(rng, lung, v)
-                length = rng.uniform(0.02, 0.05) * s
-                theta = rng.uniform(0, np.pi)
-                p0 = (x - 0.5 * length * np.cos(theta), y - 0.5 * length * np.sin(theta))
-                p1 = (x + 0.5 * length * np.cos(theta), y + 0.5 * length * np.sin(theta))
-                cv2.line(
-                    reticular,
-                    (int(p0[0] * 16), int(p0[1] * 16)),
-                    (int(p1[0] * 16), int(p1[1] * 16)),
-                    1.0, thickness, cv2.LINE_AA, 4,
-                )
-        layer += rng.uniform(0.11, 0.15) * np.minimum(reticular, 1.5)
+            count = int(rng.integers(50, 80))
+            xs, ys = _sample_rows(rng, lung, 1 - rng.random(count) ** 1.8 * 0.85)  # mostly basal
+            half = 0.5 * rng.uniform(0.02, 0.05, count) * s
+            theta = rng.uniform(0, np.pi, count)
+            dx, dy = half * np.cos(theta), half * np.sin(theta)
+            ends = np.stack([xs - dx, ys - dy, xs + dx, ys + dy], axis=1).reshape(count, 2, 2)
+            cv2.polylines(reticular, list(np.round(ends * 16).astype(np.int32)), False, 1.0, thickness, cv2.LINE_AA, 4)
+        layer += rng.uniform(0.11, 0.15) * reticular
     if "Edema" in findings:
         haze = np.zeros((s, s), np.float32)
         for lung in lungs:
@@ -493,7 +490,8 @@ def _draw_findings(findings, lungs, union, size, rng):
     if "Pneumonia" in findings:
         lung = lungs[rng.integers(0, 2)]
         zone = rng.uniform(0.2, 0.4) if rng.random() < 0.35 else rng.uniform(0.6, 0.85)
-        x, y = _sample_point_in_box(rng, lung, zone)
+        xs, ys = _sample_rows(rng, lung, np.array([zone]))
+        x, y = float(xs[0]), float(ys[0])
         radius = rng.uniform(0.08, 0.12) * s
         envelope = _gauss(xx, yy, x, y, radius)
         patches = np.clip(0.6 + 0.6 * _smooth_noise(rng, s, 20), 0, 1.5)
@@ -502,16 +500,17 @@ def _draw_findings(findings, lungs, union, size, rng):
     return layer, boxes
 
 
-def _sample_point_in_box(rng, lung, v):
-    """A lung pixel near relative height `v` of the lung's box (falls back to any lung pixel)."""
+def _sample_rows(rng, lung, v):
+    """Random lung points at relative heights `v` (array in [0, 1]) of the lung's box: (xs, ys) float arrays."""
+    mask = lung["mask"].astype(bool)
     x0, y0, x1, y1 = lung["box"]
-    row = int(np.clip(y0 + v * (y1 - y0), y0, y1 - 1))
-    xs = np.flatnonzero(lung["mask"][row])
-    if xs.size == 0:
-        ys, xs = np.nonzero(lung["mask"])
-        pick = rng.integers(0, xs.size)
-        return float(xs[pick]), float(ys[pick])
-    return float(xs[rng.integers(0, xs.size)]), float(row)
+    valid = np.flatnonzero(mask.any(axis=1))
+    rows = np.clip(np.round(y0 + v * (y1 - 1 - y0)).astype(int), valid[0], valid[-1])
+    rows = valid[np.minimum(np.searchsorted(valid, rows), valid.size - 1)]  # rows that hold lung pixels
+    first = mask.argmax(axis=1)
+    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+    xs = first[rows] + rng.random(rows.size) * (last[rows] - first[rows])
+    return xs, rows.astype(float)
 
 
 def _draw_distractors(view, union, size, rng):
