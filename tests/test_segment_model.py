@@ -112,6 +112,17 @@ def test_save_load_round_trip(tiny, tmp_path):
     assert loaded.normalization == tiny.normalization and loaded.image_size == 64
 
 
+def test_predict_contract(tiny):
+    images = [_image(40, 56), _image(64, 48, 1)]
+    for prompt in ("prior", [np.asarray([[2.0, 2.0, 20.0, 30.0]]), np.asarray([[0, 0, 47, 63], [5, 5, 20, 20]])]):
+        masks = tiny.predict(images, prompt=prompt)
+        assert [m.shape for m in masks] == [(40, 56), (64, 48)] and all(m.dtype == bool for m in masks)
+    with pytest.raises(ValueError, match="one \\(B, 4\\) box array per image"):
+        tiny.predict(images, prompt=[np.zeros((1, 4))])
+    with pytest.raises(ValueError, match="prompt"):
+        tiny.predict(images, prompt="lungs")
+
+
 def test_gradients_reach_decoder_and_encoder(tiny):
     pixel_values, _ = tiny.preprocess(_image(64, 64)[None])
     with tf.GradientTape() as tape:

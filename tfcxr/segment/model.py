@@ -25,6 +25,7 @@ import logging
 import os
 import pathlib
 
+import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class SamLungModel(tf.Module):
         self.embedding_size = int(embedding_size)
         self.normalization = _check_normalization(normalization)
         self.config = config
-        self._hf_holder = [hf_model]  # kept for save_pretrained; its variables are the three layers' own
+        # Kept for save_pretrained, untracked: its variables are the three layers' own.
+        object.__setattr__(self, "_hf_model", hf_model)
+        self.source_dir = None  # directory it was loaded from (its lung_priors.json feeds `predict`)
         s = self.image_size
         # autograph=False: no Python control flow depends on tensors here, and conversion doubles tracing time.
         self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)],
@@ -242,6 +245,36 @@ class SamLungModel(tf.Module):
             return self._decode_impl(self._embed_impl(pixel_values, training=True), boxes, training=True)
         return self.decode(self.embed(pixel_values), boxes)
 
+    def predict(self, images, prompt="refine", **kwargs):
+        """Lung masks for a list of images (the ``LungSegmenter.predict`` contract).
+
+        Args:
+            images: sequence of float32 (H_i, W_i, 1) in [0, 1] (or an (N, H, W, 1) array).
+            prompt: "prior" or "refine" (``tfcxr.segment.prompts.segment_lungs``; prior boxes from
+                ``lung_priors.json`` of the directory the model was loaded from, else the defaults), or explicit
+                boxes: one float (B, 4) xyxy array in original-image pixels per image; the mask is their union.
+            **kwargs: passed to ``segment_lungs`` (e.g. ``refine_rounds``, ``clean``, ``batch_size``).
+
+        Returns:
+            list of bool (H_i, W_i) masks.
+        """
+        if isinstance(prompt, str):
+            from .prompts import load_priors, segment_lungs
+
+            kwargs.setdefault("priors", load_priors(self.source_dir))
+            return segment_lungs(self, list(images), prompt=prompt, **kwargs)
+        if kwargs:
+            raise TypeError(f"explicit box prompts take no options. Received: {sorted(kwargs)}")
+        if len(prompt) != len(images):
+            raise ValueError(f"one (B, 4) box array per image is needed: {len(prompt)} for {len(images)} images")
+        masks = []
+        for image, boxes in zip(images, prompt):
+            pixel_values, sizes = self.preprocess(np.asarray(image, np.float32)[None])
+            boxes = self.original_to_input_boxes(np.asarray(boxes, np.float32).reshape(1, -1, 4), sizes)
+            logits = self.postprocess(self.decode(self.embed(pixel_values), boxes), sizes)  # (1, B, H, W)
+            masks.append(np.asarray(tf.reduce_any(logits[0] > 0.0, axis=0)))
+        return masks
+
     # ------------------------------------------------------------------------------------------------------------
     # Weights
     # ------------------------------------------------------------------------------------------------------------
@@ -279,7 +312,7 @@ class SamLungModel(tf.Module):
             weights.save_npz_atomic(directory / "weights.npz", weights.export_weights(self.weight_map()))
             meta.update(config=self.config.to_dict(), weights="weights.npz")
         else:
-            self._hf_holder[0].save_pretrained(str(directory / "hf_sam"))
+            self._hf_model.save_pretrained(str(directory / "hf_sam"))
             meta.update(weights="hf_sam")
         tmp = directory / f".{SAVE_FILENAME}.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
@@ -366,7 +399,9 @@ def load_segmenter(model: str = "litemedsam", *, from_pt: bool | None = None) ->
         return build_litemedsam_model(PRESETS[key], name=key)
     path = pathlib.Path(model).expanduser()
     if path.is_dir() and (path / SAVE_FILENAME).is_file():
-        return _load_saved(path, from_pt=from_pt)
+        loaded = _load_saved(path, from_pt=from_pt)
+        loaded.source_dir = path
+        return loaded
     if path.is_file() and path.suffix in (".pth", ".pt"):
         return _load_litemedsam(checkpoint=path)
     if path.exists() and not (path / "config.json").is_file():
