@@ -82,7 +82,7 @@ def make_run(run_dir, image_paths, mask_paths, mask="original", backbone="tiny",
         "image_id": [pathlib.Path(path).name for path in image_paths],
         "patient_id": patients if patients is not None else [str(i // 2) for i in range(n)],
         "image_path": image_paths,
-        "mask_path": mask_paths,
+        "mask_path": mask_paths if mask != "original" else "",  # like a run trained without masks
     })
     for k, t in enumerate(TARGETS):
         frame[f"y_{t}"] = y[:, k]

@@ -343,7 +343,10 @@ def _image_figures(runs, out_dir, count, notes):
     rows, explain = _pick_examples(base, count)
     picked = base.predictions.loc[rows]
     image_paths = picked["image_path"].astype(str).tolist()
-    mask_paths = picked["mask_path"].fillna("").astype(str).tolist()
+    mask_paths = [""] * len(rows)
+    for run in runs:  # an `original` run may have no mask_path; take the lung masks from any run that has them
+        known = run.predictions.set_index("image_id")["mask_path"].fillna("").astype(str)
+        mask_paths = [m or known.get(iid, "") for m, iid in zip(mask_paths, picked["image_id"])]
     row_titles = [f"{iid}\n{','.join(t for t in TARGETS if picked.loc[i, f'y_{t}'] == 1) or 'no target'}"
                   for i, iid in zip(rows, picked["image_id"])]
     size = max(192, int(config_value(base.config, "image_size", 224) or 224))  # display size of the mask grid
@@ -379,12 +382,7 @@ def _image_figures(runs, out_dir, count, notes):
                 raise FileNotFoundError(f"{run.model_path}: missing")
             model = _load_model(run.model_path)
             run_size = model.inputs[0].shape[1] or int(config_value(run.config, "image_size", size))
-            config = run.config
-            try:
-                inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, config, run_size)
-            except ImportError as err:
-                notes.append(f"Grad-CAM of {run.label} on unmasked images ({err})")
-                inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, {"mask": "original"}, run_size)
+            inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, run.config, run_size)
             probs = np.asarray(model(inputs, training=False))
             idx = [e if e is not None else int(np.argmax(p)) for e, p in zip(explain, probs)]
             cams, probs = gradcam.grad_cam(model, inputs, idx)
