@@ -74,24 +74,46 @@ def _gelu(x):
 
 
 class Conv2dBN(tf_keras.layers.Layer):
-    """Conv (no bias) + BatchNorm, PyTorch ``Conv2d_BN``. Depthwise when ``groups == filters``."""
+    """Conv (no bias) + BatchNorm, PyTorch ``Conv2d_BN``. Depthwise when ``depthwise=True``.
+
+    The BatchNorm (inference mode) is folded into the conv kernel and a bias at call time: one pass over the
+    activations instead of two, identical maths, and gradients still reach the conv kernel, gamma and beta.
+    """
 
     def __init__(self, filters, kernel_size=1, strides=1, pad=0, depthwise=False, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides, self.pad, self.depthwise = (
             filters, kernel_size, strides, pad, depthwise)
-        # Explicit symmetric zero padding reproduces PyTorch's `padding=pad` for any stride.
-        self.zero_pad = tf_keras.layers.ZeroPadding2D(pad, name="pad") if pad else None
+        # PyTorch's symmetric `padding=pad` is TF "SAME" for stride 1 and an odd kernel with pad = k // 2;
+        # otherwise pad explicitly and use "VALID".
+        self.same = strides == 1 and pad == kernel_size // 2 and kernel_size % 2 == 1
         if depthwise:
             self.c = tf_keras.layers.DepthwiseConv2D(kernel_size, strides, use_bias=False, name="c")
         else:
             self.c = tf_keras.layers.Conv2D(filters, kernel_size, strides, use_bias=False, name="c")
         self.bn = tf_keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")
 
+    def build(self, input_shape):
+        with tf.name_scope(self.c.name):
+            self.c.build(input_shape)
+        with tf.name_scope(self.bn.name):
+            self.bn.build(tf.TensorShape(input_shape)[:-1].concatenate([self.filters]))
+        super().build(input_shape)
+
     def call(self, x):
-        if self.zero_pad is not None:
-            x = self.zero_pad(x)
-        return self.bn(self.c(x), training=False)
+        bn = self.bn
+        scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)  # (filters,)
+        shift = bn.beta - bn.moving_mean * scale
+        padding = "SAME" if self.same else "VALID"
+        if self.pad and not self.same:
+            x = tf.pad(x, [[0, 0], [self.pad, self.pad], [self.pad, self.pad], [0, 0]])
+        strides = [1, self.strides, self.strides, 1]
+        if self.depthwise:
+            kernel = self.c.depthwise_kernel * scale[:, None]  # (k, k, C, 1)
+            y = tf.nn.depthwise_conv2d(x, kernel, strides, padding)
+        else:
+            y = tf.nn.conv2d(x, self.c.kernel * scale, strides, padding)  # kernel (k, k, in, filters)
+        return tf.nn.bias_add(y, shift)
 
     def weight_map(self, prefix):
         kernel = self.c.depthwise_kernel if self.depthwise else self.c.kernel
