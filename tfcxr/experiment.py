@@ -229,7 +229,7 @@ def run_experiment(experiment, dry_run=False):
     report = None
     if done:
         report = experiment.out / "report"
-        result = write_report(load_runs(done), report, title=f"{experiment.name}: {len(done)} runs",
+        result = write_report(load_runs(done), report, title=f"{experiment.name} ({len(done)} of {len(cells)} cells complete)",
                               **experiment.evaluate)
         from tfcxr.evaluate import summary_table
 
