@@ -70,7 +70,7 @@ def test_bootstrap_ci_covers_point_estimate_and_nan_resamples_are_dropped():
     y, s = _toy(300, seed=2)
     patients = np.arange(300) // 2
     counts, image_patient = bootstrap.patient_resample_counts(patients, 1000, seed=0)
-    values = bootstrap.bootstrap_metric(y[:, None], s[:, None], counts, image_patient, "auroc")
+    values = bootstrap.bootstrap_metrics(y[:, None], s[:, None], counts, image_patient)["auroc"]
     ci = bootstrap.percentile_ci(values[:, 0])
     point = roc_auc_score(y, s)
     assert ci["low"] < point < ci["high"] and ci["high"] - ci["low"] < 0.2
@@ -78,8 +78,10 @@ def test_bootstrap_ci_covers_point_estimate_and_nan_resamples_are_dropped():
     # One positive patient: most resamples miss it and are NaN, not a crash.
     y_rare = np.zeros(300, int)
     y_rare[:2] = 1
-    rare = bootstrap.bootstrap_metric(y_rare, s, counts, image_patient, "auprc")
+    rare = bootstrap.bootstrap_metrics(y_rare, s, counts, image_patient, ("auprc",))["auprc"]
     assert np.isnan(rare).any() and bootstrap.percentile_ci(rare[:, 0])["valid_resamples"] < 1000
+    with pytest.raises(ValueError, match="auc"):
+        bootstrap.bootstrap_metrics(y, s, counts, image_patient, ("auc",))
 
 
 def _slow_delong(y, sa, sb):

@@ -40,18 +40,43 @@ def patient_resample_counts(patient_ids, num_resamples=1000, seed=0):
     return counts.astype(np.int32), image_patient.astype(np.int64)
 
 
-def _grouped(y, scores, weights, descending):
-    """Sort by score, sum positive/negative weights per tied-score group.
+def _grouped(y, scores, weights):
+    """Sort by ascending score, sum positive/negative weights per tied-score group.
 
-    Returns pos, neg: float64 (B, num_groups) in score order.
+    Returns pos, neg: float64 (B, num_groups), groups in ascending score order.
     """
-    order = np.argsort(-scores if descending else scores, kind="mergesort")
+    order = np.argsort(scores, kind="mergesort")
     s = scores[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     w = weights[:, order]
     pos = np.add.reduceat(w * y[order], starts, axis=1)
     neg = np.add.reduceat(w * (1 - y[order]), starts, axis=1)
     return pos, neg
+
+
+def _auroc_from_groups(pos, neg):
+    neg_below = np.cumsum(neg, axis=1) - neg
+    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.sum(pos * (neg_below + 0.5 * neg), axis=1) / (total_pos * total_neg)
+    out[(total_pos == 0) | (total_neg == 0)] = np.nan
+    return out
+
+
+def _average_precision_from_groups(pos, neg):
+    pos, neg = pos[:, ::-1], neg[:, ::-1]  # descending thresholds
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    total_pos, total_neg = tp[:, -1], fp[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        out = np.sum(pos * precision, axis=1) / total_pos
+    out[(total_pos == 0) | (total_neg == 0)] = np.nan
+    return out
+
+
+def _prepare(y_true, scores, weights):
+    return (np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64),
+            np.asarray(weights, dtype=np.float64))
 
 
 def weighted_auroc(y_true, scores, weights):
@@ -65,15 +90,7 @@ def weighted_auroc(y_true, scores, weights):
     Returns:
         float64 (B,), NaN where a weighting has no positive or no negative weight.
     """
-    y = np.asarray(y_true, dtype=np.float64)
-    pos, neg = _grouped(y, np.asarray(scores, dtype=np.float64), np.asarray(weights, dtype=np.float64), False)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
-    num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / (total_pos * total_neg)
-    out[(total_pos == 0) | (total_neg == 0)] = np.nan
-    return out
+    return _auroc_from_groups(*_grouped(*_prepare(y_true, scores, weights)))
 
 
 def weighted_average_precision(y_true, scores, weights):
@@ -87,35 +104,28 @@ def weighted_average_precision(y_true, scores, weights):
     Returns:
         float64 (B,), NaN where a weighting has no positive or no negative weight.
     """
-    y = np.asarray(y_true, dtype=np.float64)
-    pos, neg = _grouped(y, np.asarray(scores, dtype=np.float64), np.asarray(weights, dtype=np.float64), True)
-    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
-    total_pos, total_neg = tp[:, -1], fp[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
-        out = np.sum(pos * precision, axis=1) / total_pos
-    out[(total_pos == 0) | (total_neg == 0)] = np.nan
-    return out
+    return _average_precision_from_groups(*_grouped(*_prepare(y_true, scores, weights)))
 
 
-_METRICS = {"auroc": weighted_auroc, "auprc": weighted_average_precision}
+_METRICS = {"auroc": _auroc_from_groups, "auprc": _average_precision_from_groups}
 
 
-def bootstrap_metric(y_true, scores, counts, image_patient, metric="auroc"):
-    """Per-resample metric values for each column.
+def bootstrap_metrics(y_true, scores, counts, image_patient, metrics=("auroc", "auprc")):
+    """Per-resample metric values for each column; one sort and grouping serves every metric.
 
     Args:
         y_true: (num_images, K) 0/1 labels.
         scores: (num_images, K) scores.
         counts, image_patient: from `patient_resample_counts`.
-        metric: "auroc" or "auprc".
+        metrics: names among "auroc", "auprc".
 
     Returns:
-        float64 (B, K); NaN where a resample holds a single class for that column.
+        dict metric -> float64 (B, K); NaN where a resample holds a single class for that column.
     """
-    if metric not in _METRICS:
-        raise ValueError(f"`metric` must be one of {tuple(_METRICS)}. Received: metric={metric!r}")
-    y = np.asarray(y_true)
+    bad = [m for m in metrics if m not in _METRICS]
+    if bad:
+        raise ValueError(f"`metrics` must be among {tuple(_METRICS)}. Received: metrics={tuple(metrics)!r}")
+    y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if y.ndim == 1:
         y, s = y[:, None], s[:, None]
@@ -123,14 +133,15 @@ def bootstrap_metric(y_true, scores, counts, image_patient, metric="auroc"):
         raise ValueError(
             f"Shapes disagree: y_true {y.shape}, scores {s.shape}, image_patient {image_patient.shape}"
         )
-    fn = _METRICS[metric]
     num_resamples = counts.shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, y.shape[0]))
-    out = np.empty((num_resamples, y.shape[1]), dtype=np.float64)
+    out = {m: np.empty((num_resamples, y.shape[1]), dtype=np.float64) for m in metrics}
     for start in range(0, num_resamples, chunk):
-        weights = counts[start : start + chunk][:, image_patient]  # (chunk, num_images)
+        weights = counts[start : start + chunk][:, image_patient].astype(np.float64)  # (chunk, num_images)
         for k in range(y.shape[1]):
-            out[start : start + chunk, k] = fn(y[:, k], s[:, k], weights)
+            pos, neg = _grouped(y[:, k], s[:, k], weights)
+            for m in metrics:
+                out[m][start : start + chunk, k] = _METRICS[m](pos, neg)
     return out
 
 

@@ -52,7 +52,7 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
     y_all = np.concatenate([y, y_nf[:, None]], axis=1)  # (N, 6)
     s_all = np.concatenate([p, s_nf[:, None]], axis=1)  # (N, 6)
     counts, image_patient = bootstrap.patient_resample_counts(run.predictions["patient_id"], num_resamples, seed)
-    boot = {m: bootstrap.bootstrap_metric(y_all, s_all, counts, image_patient, m) for m in ("auroc", "auprc")}
+    boot = bootstrap.bootstrap_metrics(y_all, s_all, counts, image_patient)  # metric -> (B, 6)
 
     classes = {}
     for k, name in enumerate(COLUMNS):
