@@ -203,6 +203,8 @@ def test_reader_matches_torch_save_and_pth_loading(tiny, tmp_path):
     state["image_encoder.patch_embed.seq.0.bn.num_batches_tracked"] = torch.tensor(7)
     state["image_encoder.layers.1.blocks.0.attn.attention_biases"] = state[
         "image_encoder.layers.1.blocks.0.attn.attention_biases"].t().contiguous().t()  # non-contiguous view
+    key = "image_encoder.layers.1.blocks.0.attn.attention_bias_idxs"  # a derived buffer: optional, verified
+    state[key] = torch.from_numpy(tiny.buffer_map()[key].astype(np.int64))
     torch.save({"model": state}, tmp_path / "ckpt.pth")
     read = W.read_torch_state_dict(tmp_path / "ckpt.pth")
     assert set(read) == set(state)
@@ -210,9 +212,13 @@ def test_reader_matches_torch_save_and_pth_loading(tiny, tmp_path):
         np.testing.assert_array_equal(read[key], state[key].numpy())
     model = load_segmenter("tiny")
     model.load_weights(tmp_path / "ckpt.pth")
-    expected = {k: v for k, v in W.export_weights(tiny.weight_map()).items()}
+    expected = W.export_weights(tiny.weight_map())
     got = W.export_weights(model.weight_map())
     assert all(np.allclose(got[k], expected[k] + 0.5) for k in expected)
+    state[key] = state[key] + 1
+    torch.save(state, tmp_path / "bad_buffer.pth")
+    with pytest.raises(W.WeightsError, match=r"bad_buffer\.pth: buffers differ .*attention_bias_idxs"):
+        model.load_weights(tmp_path / "bad_buffer.pth")
 
 
 def test_hf_from_pretrained_path(tiny_hf_dir, tmp_path):

