@@ -106,6 +106,9 @@ def bench_backbone(args, backbone, work, segmenter):
     run = write_run(work / f"run-{backbone}", backbone, size, mask="loose")
     version_dir = export_savedmodel(run, work / "models", model_name=backbone)
     onnx_path = onnx_export.export_onnx(run, work / "onnx", model_name=backbone)
+    e2e_dir = None
+    if segmenter is not None:
+        e2e_dir = export_savedmodel(run, work / "models", model_name=f"{backbone}-e2e", segmenter=segmenter)
     loaded = tf.saved_model.load(str(version_dir))
     predict_images = loaded.signatures["predict_images"]
     import onnxruntime as ort
@@ -138,8 +141,7 @@ def bench_backbone(args, backbone, work, segmenter):
                              unavailable=trt_note))
     if runner is not None:
         runner.close()
-    if segmenter is not None:
-        e2e_dir = export_savedmodel(run, work / "models", model_name=f"{backbone}-e2e", segmenter=segmenter)
+    if e2e_dir is not None:
         serve = tf.saved_model.load(str(e2e_dir)).signatures["serving_default"]
         pngs = synthetic_pngs(max(args.batch_sizes), args.source_size)
         for batch in args.batch_sizes:
@@ -176,22 +178,22 @@ def main(argv=None) -> int:
         segmenter = load_serving_segmenter(args.segmenter)
     load_before = os.getloadavg()
     rows = []
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tfcxr-bench-") as tmp:
         for backbone in args.backbones:
             rows.extend(bench_backbone(args, backbone, pathlib.Path(tmp), segmenter))
-    result = {
-        "machine": {
-            "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            "tf_num_intraop_threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
-        },
-        "settings": vars(args),
-        "results": rows,
-    }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+            result = {  # rewritten after each backbone, so a long run keeps what it measured
+                "machine": {
+                    "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                    "tf_num_intraop_threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+                },
+                "settings": vars(args),
+                "results": rows,
+            }
+            out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(rows)
     logger.info("wrote %s", out)
     return 0

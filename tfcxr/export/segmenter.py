@@ -38,8 +38,13 @@ def _serving_segmenter_class():
             # object.__setattr__ bypasses tf.Module's automatic tracking: the model is used, not saved.
             object.__setattr__(self, "_model", model)
 
+        @tf.autograph.experimental.do_not_convert
         def serving_fn(self, images):
-            """images float32 (batch, H, W, 1) in [0, 1] -> float32 (batch, H, W, 1) lung mask in {0, 1}."""
+            """images float32 (batch, H, W, 1) in [0, 1] -> float32 (batch, H, W, 1) lung mask in {0, 1}.
+
+            Not converted by autograph: the SAM code has no tensor-dependent Python control flow, tracing is
+            faster, and tracing does not re-read the segment sources (which breaks if they change on disk).
+            """
             from tfcxr.segment.prompts import lung_masks_tf
 
             return lung_masks_tf(self._model, images, priors=self.priors, refine_rounds=self.refine_rounds)
