@@ -171,17 +171,25 @@ def dilate(mask, radius):
     return _dilate_segment(mask, diagonal, one, -one)
 
 
-def _propagate_along_rows(reach, background):
-    """Spread `reach` along each horizontal run of background pixels.
+def _run_ids(background):
+    """Id of each horizontal run of equal pixels, flattened row-major.
 
-    reach, background: bool (rows, width). Returns bool (rows, width).
+    background: bool (rows, width). Returns int32 (rows * width,), ids 0, 1, ...
+    in order; a run never crosses a row end.
     """
-    width = tf.shape(background)[1]
     changes = tf.not_equal(background[:, 1:], background[:, :-1])
     starts = tf.concat([tf.ones_like(background[:, :1]), changes], axis=1)
-    run_ids = tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), [-1])) - 1
+    return tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), [-1])) - 1
+
+
+def _propagate_along_runs(reach, background, run_ids):
+    """Spread `reach` along each horizontal run of background pixels.
+
+    reach, background: bool (rows, width); run_ids from `_run_ids(background)`.
+    Returns bool (rows, width).
+    """
     run_reach = tf.math.segment_max(tf.reshape(tf.cast(reach, tf.int32), [-1]), run_ids)
-    spread = tf.reshape(tf.gather(run_reach, run_ids), [-1, width]) > 0
+    spread = tf.reshape(tf.gather(run_reach, run_ids), tf.shape(background)) > 0
     return spread & background
 
 
@@ -210,12 +218,13 @@ def fill_holes(mask, max_iterations=64):
 
     rows_bg = tf.reshape(background, [-1, shape[2]])  # (batch * height, width)
     cols_bg = tf.reshape(tf.transpose(background, [0, 2, 1]), [-1, shape[1]])
+    row_runs, col_runs = _run_ids(rows_bg), _run_ids(cols_bg)  # computed once
 
     def body(reach, _, iteration):
-        rows = _propagate_along_rows(tf.reshape(reach, [-1, shape[2]]), rows_bg)
+        rows = _propagate_along_runs(tf.reshape(reach, [-1, shape[2]]), rows_bg, row_runs)
         rows = tf.reshape(rows, shape)
-        cols = _propagate_along_rows(
-            tf.reshape(tf.transpose(rows, [0, 2, 1]), [-1, shape[1]]), cols_bg
+        cols = _propagate_along_runs(
+            tf.reshape(tf.transpose(rows, [0, 2, 1]), [-1, shape[1]]), cols_bg, col_runs
         )
         new = tf.transpose(tf.reshape(cols, [shape[0], shape[2], shape[1]]), [0, 2, 1])
         new.set_shape(background.shape)
