@@ -331,7 +331,8 @@ def _draw_anatomy(seed, patient_id, view, size):
     neck = np.clip((0.08 * s - np.abs(xx - cx)) / (0.02 * s), 0, 1) * (yy < top)
     body_f = np.maximum(np.clip((1 - torso) * 8, 0, 1), neck)  # soft edge, no blur needed
     lateral = np.clip(np.abs(xx - cx) / body_w, 0, 1)
-    base = 0.05 + body_f * (a["tissue_level"] + 0.1 * lateral**6 + 0.06 * (yy > bottom) * np.clip((yy - bottom) / (0.1 * s), 0, 1))
+    abdomen = 0.06 * np.clip((yy - bottom) / (0.1 * s), 0, 1)  # (S, 1): brighter below the diaphragm
+    base = 0.05 + body_f * (a["tissue_level"] + 0.1 * lateral**6 + abdomen)
 
     # Mediastinum and spine: bright vertical bands; heart low and to the patient's left.
     spine = np.exp(-(((xx - cx) / (0.035 * s)) ** 2) * 2.0)
