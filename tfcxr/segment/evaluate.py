@@ -43,7 +43,8 @@ def _json_safe(rows: list[dict]) -> list[dict]:
 
 
 def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int = 1,
-             margin: float = DEFAULT_REFINE_MARGIN, batch_size: int = 8, clean: bool = True) -> dict:
+             margin: float = DEFAULT_REFINE_MARGIN, batch_size: int = 8, clean: bool = True,
+             cache_dir=None) -> dict:
     """Segment every pair's image with each prompt strategy and score it against the pair's mask.
 
     Args:
@@ -54,21 +55,17 @@ def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int 
         refine_rounds, margin: refinement settings for "refine".
         batch_size: images per model call.
         clean: fill holes and keep the two largest components.
+        cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
 
     Returns:
         ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``.
     """
-    import tensorflow as tf
-    from tqdm import tqdm
-
+    from .finetune import cached_embeddings
     from .metrics import segmentation_metrics
 
     images = [p.image for p in pairs]
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc="embeddings", unit="batch"):
-        batch = [model.preprocess(image[None])[0] for image in images[start : start + batch_size]]
-        chunks.append(np.asarray(model.embed(tf.concat(batch, axis=0))))
-    embeddings = np.concatenate(chunks)
+    pixel_values = np.concatenate([np.asarray(model.preprocess(image[None])[0]) for image in images])
+    embeddings = cached_embeddings(model, pixel_values, cache_dir, batch_size)
     results = {}
     for prompt in prompts:
         start_time = time.time()
@@ -93,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=float, default=DEFAULT_REFINE_MARGIN,
                         help="refine margin, fraction of the model input size")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cache-dir", help="embedding cache folder (shared with fine-tuning)")
     parser.add_argument("--max-pairs", type=int, default=0, help="seeded subset size (0 = all)")
     parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
                         help="fill holes and keep the two largest components")
@@ -111,7 +109,7 @@ def main(argv=None) -> int:
     pairs = load_pairs(args.data, args.max_pairs)
     start = time.time()
     results = evaluate(model, pairs, args.prompt, priors, args.refine_rounds, args.margin, args.batch_size,
-                       args.clean)
+                       args.clean, args.cache_dir)
     payload = {
         "data": args.data, "model": args.model, "n": len(pairs), "priors": np.round(priors, 5).tolist(),
         "refine_rounds": args.refine_rounds, "margin": args.margin, "clean": args.clean,

@@ -52,6 +52,7 @@ class FinetuneConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     max_pairs: int = 0  # 0 = all; >0 = a seeded subset (e.g. for whole-model fine-tuning on CPU)
+    cache_dir: str = ""  # frozen-encoder embedding cache; "" = OUT/cache
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -75,19 +76,20 @@ class Pair:
     mask: np.ndarray
 
 
-def _pair_paths(spec: str) -> list[tuple[str, str]]:
-    """(image_path, mask_path) pairs of a pairs directory or a CSV manifest with image_path,mask_path columns."""
-    path = pathlib.Path(spec)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and not {"image_path", "mask_path"} <= set(rows[0]):
-            raise ValueError(f"{path}: a pairs manifest needs `image_path` and `mask_path` columns. "
-                             f"Received: {sorted(rows[0])}")
-        return [(r["image_path"], r["mask_path"]) for r in rows]
-    from tfcxr.data.pairs import discover_pairs
+def _pair_files(spec: str) -> list:
+    """``tfcxr.data.pairs.ImageMaskPair`` list of a pairs folder or of a CSV manifest (image_path, mask_path)."""
+    from tfcxr.data.pairs import ImageMaskPair, find_pairs
 
-    return [(str(p.image), str(p.mask)) for p in discover_pairs(path)]
+    path = pathlib.Path(spec)
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return find_pairs(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"image_path", "mask_path"} <= set(rows[0]):
+        raise ValueError(f"{path}: a pairs manifest needs `image_path` and `mask_path` columns. "
+                         f"Received: {sorted(rows[0])}")
+    return [ImageMaskPair(pathlib.Path(r["image_path"]), (pathlib.Path(r["mask_path"]),),
+                          pathlib.Path(r["image_path"]).stem, "manifest") for r in rows]
 
 
 def load_pairs(spec: str, max_pairs: int = 0, seed: int = 0) -> list[Pair]:
@@ -105,25 +107,25 @@ def load_pairs(spec: str, max_pairs: int = 0, seed: int = 0) -> list[Pair]:
     Returns:
         list of :class:`Pair`, in a stable order.
     """
-    from tfcxr.data.io import ImageReadError, read_image, read_mask
+    from tfcxr.data.io import ImageReadError
+    from tfcxr.data.pairs import read_pair
 
     if pathlib.Path(spec).exists():
-        paths = _pair_paths(spec)
-        if max_pairs and len(paths) > max_pairs:
-            keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_pairs, replace=False))
-            paths = [paths[i] for i in keep]
+        files = _pair_files(spec)
+        if max_pairs and len(files) > max_pairs:
+            keep = np.sort(np.random.default_rng(seed).choice(len(files), max_pairs, replace=False))
+            files = [files[i] for i in keep]
         pairs, bad = [], 0
-        for image_path, mask_path in paths:
+        for pair_files in files:
             try:
-                image = read_image(image_path)
-                mask = read_mask(mask_path, expected_shape=image.shape)
+                image, mask = read_pair(pair_files)
             except ImageReadError as err:
                 bad += 1
                 logger.warning("Skipping pair: %s", err)
                 continue
-            pairs.append(Pair(pathlib.Path(image_path).stem, image, mask))
+            pairs.append(Pair(pair_files.stem, image, mask))
         if bad:
-            logger.warning("Skipped %d of %d pairs from %s", bad, len(paths), spec)
+            logger.warning("Skipped %d of %d pairs from %s", bad, len(files), spec)
     else:
         pairs = _load_tfds_pairs(spec, max_pairs, seed)
     if not pairs:
@@ -213,31 +215,42 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_embeddings(model, pixel_values: np.ndarray, names: list[str], cache_dir, batch_size: int = 8):
-    """Image embeddings of `pixel_values`, computed once and cached as float16 ``.npy`` under `cache_dir`.
+def cached_embeddings(model, pixel_values: np.ndarray, cache_dir=None, batch_size: int = 8) -> np.ndarray:
+    """Image embeddings of `pixel_values`, each computed once and cached as ``.npy`` under `cache_dir`.
 
-    The cache file is keyed by the encoder weights and the example names, so a rerun (resume) or another run with
-    the same frozen encoder and data reuses it.
+    Files are content-addressed: ``cache_dir/<encoder weights SHA-1>/<pixel_values SHA-1>.npy``, so fine-tuning
+    (resume included) and evaluation with the same frozen encoder share them, and a changed encoder never reads
+    stale embeddings.
+
+    Args:
+        model: a ``SamLungModel``.
+        pixel_values: float32 (n, S, S, 3) from ``model.preprocess``.
+        cache_dir: cache folder; None computes without caching.
+        batch_size: images per ``model.embed`` call.
 
     Returns:
-        float32 array (n, ...) of ``model.embed`` outputs.
+        float32 (n, C, e, e) ``model.embed`` outputs.
     """
     from tqdm import tqdm
 
-    key = hashlib.sha1((model_fingerprint(model) + "\n".join(names)).encode()).hexdigest()[:16]
-    path = pathlib.Path(cache_dir) / f"embeddings-{key}.npy"
-    if path.is_file():
-        logger.info("Using cached embeddings %s", path)
-        return np.load(path).astype(np.float32)
-    chunks = []
-    for start in tqdm(range(0, len(pixel_values), batch_size), desc="embeddings", unit="batch"):
-        chunks.append(np.asarray(model.embed(pixel_values[start : start + batch_size])).astype(np.float16))
-    embeddings = np.concatenate(chunks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, embeddings)
-    tmp.replace(path)
-    return embeddings.astype(np.float32)
+    folder = pathlib.Path(cache_dir) / model_fingerprint(model) if cache_dir else None
+    paths = [folder / f"{hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()[:20]}.npy" if folder else None
+             for v in pixel_values]
+    out = [np.load(p) if p is not None and p.is_file() else None for p in paths]
+    todo = [i for i, e in enumerate(out) if e is None]
+    if folder is not None:
+        logger.info("Embeddings: %d cached, %d to compute (%s)", len(out) - len(todo), len(todo), folder)
+        folder.mkdir(parents=True, exist_ok=True)
+    for start in tqdm(range(0, len(todo), batch_size), desc="embeddings", unit="batch", disable=not todo):
+        idx = todo[start : start + batch_size]
+        batch = np.asarray(model.embed(pixel_values[idx]))
+        for i, embedding in zip(idx, batch):
+            out[i] = embedding
+            if folder is not None:
+                tmp = paths[i].with_name(paths[i].stem + ".tmp.npy")
+                np.save(tmp, embedding)
+                tmp.replace(paths[i])
+    return np.stack(out).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,11 +344,9 @@ def finetune(config: FinetuneConfig) -> dict:
 
     frozen = config.freeze_image_encoder
     if frozen:
-        cache = out / "cache"
-        train_inputs = cached_embeddings(model, train["pixel_values"], [p.name for p in train_pairs], cache,
-                                         config.batch_size)
-        val_inputs = (cached_embeddings(model, val["pixel_values"], [p.name for p in val_pairs], cache,
-                                        config.batch_size) if val else None)
+        cache = config.cache_dir or out / "cache"
+        train_inputs = cached_embeddings(model, train["pixel_values"], cache, config.batch_size)
+        val_inputs = cached_embeddings(model, val["pixel_values"], cache, config.batch_size) if val else None
     else:
         train_inputs, val_inputs = train["pixel_values"], (val["pixel_values"] if val else None)
 
@@ -426,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--jitter", type=float, help="max outward box shift per side, model-input px")
     parser.add_argument("--max-pairs", type=int, help="seeded subset size (0 = all)")
+    parser.add_argument("--cache-dir", help="embedding cache for a frozen encoder (default OUT/cache)")
     return parser
 
 

@@ -1,0 +1,163 @@
+"""Segmentation benchmarks: the seeded held-out split of the real lung pairs, and LiteMedSAM / ViT SAM speed.
+
+Subcommands::
+
+    # Seeded split of ../shared/data into pairs manifests (CSV) + a JSON listing the stems and counts.
+    python benchmarks/segmentation.py split --data-root ../shared/data --out /tmp/seg_split \\
+        --json benchmarks/results/segmentation_split.json
+
+    # images/s at batch 1 and 8, and peak resident memory (resource.getrusage).
+    python benchmarks/segmentation.py speed --model litemedsam --json benchmarks/results/segmentation_speed.json
+    python benchmarks/segmentation.py speed --model flaviagiammarino/medsam-vit-base   # ViT SAM: GPU + hub only
+
+Split (seed 0): ``lungs_v7_covid`` 80% train / 20% test; ``lungs_shenzhen_montgomery`` 50/50 within each source
+(Shenzhen ``CHNCXR_*``, Montgomery ``MCUCXR_*``); ``shenzhen_lungs`` all test. ``--v7-train-max`` /
+``--v7-test-max`` take seeded subsets when CPU time is short. Test sets: ``test_classic.csv`` (Shenzhen/Montgomery
+manual masks) and ``test_v7.csv`` (V7 masks, which include the lung behind the heart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import pathlib
+import platform
+import resource
+import time
+
+import numpy as np
+
+logger = logging.getLogger("benchmarks.segmentation")
+SEGMENTATION_SETS = ("lungs_v7_covid", "lungs_shenzhen_montgomery", "shenzhen_lungs")
+
+
+def _write_manifest(path: pathlib.Path, pairs) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "mask_path", "dataset"])
+        for pair, dataset in pairs:
+            writer.writerow([str(pair.image_path), str(pair.mask_paths[0]), dataset])
+
+
+def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test_max: int = 0) -> dict:
+    """Write train.csv, test_classic.csv, test_v7.csv under `out_dir`; return {split: {dataset: [stems]}}."""
+    from tfcxr.data.pairs import find_pairs
+
+    root = pathlib.Path(data_root)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {"train": [], "test_classic": [], "test_v7": []}
+
+    v7 = find_pairs(root / "lungs_v7_covid")
+    order = rng.permutation(len(v7))
+    n_test = round(0.2 * len(v7))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    if v7_test_max:
+        test_idx = test_idx[:v7_test_max]
+    if v7_train_max:
+        train_idx = train_idx[:v7_train_max]
+    splits["test_v7"] += [(v7[i], "lungs_v7_covid") for i in sorted(test_idx)]
+    splits["train"] += [(v7[i], "lungs_v7_covid") for i in sorted(train_idx)]
+
+    sm = find_pairs(root / "lungs_shenzhen_montgomery")
+    for prefix in ("CHNCXR", "MCUCXR"):
+        group = [p for p in sm if p.stem.startswith(prefix)]
+        order = rng.permutation(len(group))
+        half = len(group) // 2
+        splits["test_classic"] += [(group[i], "lungs_shenzhen_montgomery") for i in sorted(order[:half])]
+        splits["train"] += [(group[i], "lungs_shenzhen_montgomery") for i in sorted(order[half:])]
+    splits["test_classic"] += [(p, "shenzhen_lungs") for p in find_pairs(root / "shenzhen_lungs")]
+
+    listing = {}
+    for name, pairs in splits.items():
+        _write_manifest(out / f"{name}.csv", pairs)
+        listing[name] = {d: sorted(p.stem for p, ds in pairs if ds == d) for d in SEGMENTATION_SETS}
+        listing[name] = {d: s for d, s in listing[name].items() if s}
+    counts = {name: {d: len(s) for d, s in v.items()} for name, v in listing.items()}
+    logger.info("Split counts: %s", counts)
+    return {"seed": seed, "data_root": str(root), "counts": counts, "stems": listing}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure_speed(model_name: str, batch_sizes=(1, 8), repeats: int = 3) -> dict:
+    """Images/s of preprocess + embed + decode (2 prior boxes) per batch size, and peak RSS."""
+    import tensorflow as tf
+
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.prompts import DEFAULT_PRIORS, input_boxes
+
+    is_hub = "/" in model_name and not pathlib.Path(model_name).exists()
+    if is_hub and not tf.config.list_physical_devices("GPU"):
+        return {"model": model_name, "skipped": "ViT SAM needs a GPU (and hub access); none found"}
+    try:
+        model = load_segmenter(model_name)
+    except OSError as err:
+        return {"model": model_name, "skipped": f"cannot load: {err}"}
+    rng = np.random.default_rng(0)
+    results = {"model": model_name, "image_size": model.image_size, "device": tf.config.list_physical_devices("GPU")
+               and "GPU" or "CPU", "machine": platform.processor() or platform.machine(), "batches": {}}
+    for batch_size in batch_sizes:
+        images = rng.random((batch_size, 512, 512, 1), dtype=np.float32)
+
+        def run():
+            pixel_values, sizes = model.preprocess(images)
+            boxes = input_boxes(model, np.broadcast_to(DEFAULT_PRIORS, (batch_size, 2, 4)), sizes)
+            return np.asarray(model.decode(model.embed(pixel_values), boxes))
+
+        start = time.perf_counter()
+        run()  # warm-up / tracing
+        warmup = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        best = min(times)
+        results["batches"][str(batch_size)] = {
+            "images_per_second": round(batch_size / best, 3), "seconds_per_batch_best": round(best, 3),
+            "seconds_per_batch_median": round(float(np.median(times)), 3), "warmup_seconds": round(warmup, 2)}
+        logger.info("batch %d: %.3f images/s", batch_size, batch_size / best)
+    results["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    split = sub.add_parser("split", help="seeded held-out split of the real lung pairs")
+    split.add_argument("--data-root", default="../shared/data")
+    split.add_argument("--out", required=True, help="folder for the CSV manifests")
+    split.add_argument("--json", help="also write the stems and counts here")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--v7-train-max", type=int, default=0)
+    split.add_argument("--v7-test-max", type=int, default=0)
+    speed = sub.add_parser("speed", help="images/s at batch 1 and 8, peak memory")
+    speed.add_argument("--model", default="litemedsam")
+    speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--json", help="write the results here")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "split":
+        result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max)
+    else:
+        result = measure_speed(args.model, args.batch_sizes, args.repeats)
+    if args.json:
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result if args.command == "speed" else result["counts"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

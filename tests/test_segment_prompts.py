@@ -1,0 +1,116 @@
+"""Tests for tfcxr.segment.prompts: boxes, priors, post-processing, refinement and the exportable lung_masks_tf."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfcxr.segment import prompts
+
+
+def two_lungs(height=100, width=120):
+    mask = np.zeros((height, width), bool)
+    mask[20:80, 10:50] = True  # image-left lung
+    mask[15:85, 70:110] = True  # image-right lung
+    return mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tfcxr.segment import load_segmenter
+
+    return load_segmenter("tiny")
+
+
+def test_components_and_boxes_left_to_right():
+    mask = two_lungs()
+    mask[0:2, 0:2] = True  # speck, dropped (< 5% of the largest)
+    parts = prompts.lung_components(mask)
+    assert len(parts) == 2 and parts[0][50, 20] and parts[1][50, 80]
+    np.testing.assert_array_equal(prompts.component_boxes(mask), [[10, 20, 49, 79], [70, 15, 109, 84]])
+    assert prompts.component_boxes(np.zeros((5, 5), bool)).shape == (0, 4)
+    with pytest.raises(ValueError, match="2-D"):
+        prompts.lung_components(np.zeros((2, 2, 2)))
+
+
+def test_jitter_moves_sides_outwards_within_limit():
+    boxes = np.array([[10.0, 20.0, 49.0, 79.0]] * 50)
+    out = prompts.jitter_boxes(boxes, 5.0, (100, 120), np.random.default_rng(0))
+    delta = (out - boxes) * np.array([-1, -1, 1, 1])
+    assert np.all(delta >= 0) and np.all(delta <= 5.0) and delta.max() > 2.0
+    edge = prompts.jitter_boxes(np.array([[0.0, 0.0, 119.0, 99.0]]), 20.0, (100, 120), np.random.default_rng(1))
+    np.testing.assert_array_equal(edge, [[0, 0, 119, 99]])
+
+
+def test_fit_save_load_priors(tmp_path):
+    priors = prompts.fit_priors([two_lungs(), two_lungs(), np.ones((10, 10), bool), np.zeros((10, 10), bool)])
+    np.testing.assert_allclose(priors, [[10 / 120, 0.2, 49 / 120, 0.79], [70 / 120, 0.15, 109 / 120, 0.84]],
+                               atol=0.01)
+    np.testing.assert_array_equal(prompts.fit_priors([np.ones((5, 5), bool)]), prompts.DEFAULT_PRIORS)
+    prompts.save_priors(tmp_path, priors, num_masks=2)
+    np.testing.assert_allclose(prompts.load_priors(tmp_path), priors, atol=1e-5)
+    np.testing.assert_array_equal(prompts.load_priors(tmp_path / "missing"), prompts.DEFAULT_PRIORS)
+    (tmp_path / prompts.PRIORS_FILENAME).write_text(json.dumps({"boxes": [[0, 0, 2, 1]]}))
+    with pytest.raises(ValueError, match="lung_priors.json"):
+        prompts.load_priors(tmp_path)
+
+
+def test_clean_fills_holes_and_keeps_two_largest():
+    mask = two_lungs()
+    mask[40:50, 20:30] = False  # hole
+    mask[90:95, 55:60] = True  # third, small component
+    cleaned = prompts.clean_lung_mask(mask)
+    assert cleaned[45, 25] and not cleaned[92, 57]
+    assert cleaned.sum() == two_lungs().sum()
+
+
+def test_refine_boxes_bbox_plus_margin_and_keeps_empty():
+    import tensorflow as tf
+
+    logits = -np.ones((1, 2, 16, 16), np.float32)
+    logits[0, 0, 4:8, 2:6] = 1.0  # rows 4..7, cols 2..5 of a 16x16 frame over a 64 input: scale 4
+    boxes = np.array([[[0, 0, 63, 63], [1, 2, 3, 4]]], np.float32)
+    out = prompts.refine_boxes(tf.constant(logits), boxes, image_size=64, margin=0.0625)  # 4 px
+    np.testing.assert_allclose(out[0, 0], [2 * 4 - 4, 4 * 4 - 4, 6 * 4 - 1 + 4, 8 * 4 - 1 + 4])
+    np.testing.assert_allclose(out[0, 1], boxes[0, 1])  # empty prediction keeps its box
+
+
+def test_segment_lungs_shapes_and_validation(tiny):
+    rng = np.random.default_rng(0)
+    images = [rng.random((90, 70, 1), dtype=np.float32), rng.random((50, 60, 1), dtype=np.float32)]
+    gt = [two_lungs(90, 70), np.zeros((50, 60), bool)]  # an empty gt mask falls back to the priors
+    for prompt in prompts.PROMPTS:
+        masks = prompts.segment_lungs(tiny, images, prompt, gt_masks=gt, batch_size=1)
+        assert [m.shape for m in masks] == [(90, 70), (50, 60)] and masks[0].dtype == bool
+    with pytest.raises(ValueError, match="gt_masks"):
+        prompts.segment_lungs(tiny, images, "gt")
+    with pytest.raises(ValueError, match="prompt='box'"):
+        prompts.segment_lungs(tiny, images, "box")
+
+
+def test_lung_masks_tf_traces_and_saved_model_round_trip(tiny, tmp_path):
+    import tensorflow as tf
+
+    images = np.random.default_rng(1).random((2, 72, 60, 1), dtype=np.float32)
+    eager = prompts.lung_masks_tf(tiny, images, refine_rounds=1)
+    assert eager.shape == (2, 72, 60, 1) and eager.dtype == tf.float32
+    assert set(np.unique(eager.numpy())) <= {0.0, 1.0}
+    reference = prompts.segment_lungs(tiny, list(images), "refine", clean=False)
+    agreement = np.mean(eager.numpy()[..., 0] == np.stack(reference))
+    assert agreement > 0.99
+
+    class Segmenter(tf.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+        def __call__(self, x):
+            return prompts.lung_masks_tf(self.model, x, refine_rounds=1)
+
+    module = Segmenter(tiny)
+    traced = module(tf.constant(images))
+    np.testing.assert_array_equal(traced.numpy(), eager.numpy())
+    tf.saved_model.save(module, str(tmp_path / "sm"))
+    restored = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_array_equal(restored(tf.constant(images)).numpy(), eager.numpy())
