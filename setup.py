@@ -10,11 +10,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["tfcxr", "tfcxr.*"]),
-    package_data={"tfcxr": ["configs/*.yaml"]},
     install_requires=[
         "tensorflow==2.21.*",
         "keras>=3.15,<4",
         "tf-keras==2.21.*",
+        "tensorboard==2.21.*",
         "transformers==4.57.*",
         "tensorflow-datasets==4.9.*",
         "keras-cv==0.9.*",
@@ -37,7 +37,8 @@ setup(
         # The `tfds build` command of tensorflow-datasets 4.9 imports these at start-up.
         "tfds": ["apache-beam>=2.60", "mlcroissant>=1.0"],
         "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
-        "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
+        # TensorRT 11 removed the FP16/INT8 builder flags and calibrators that export uses.
+        "tensorrt": ["tensorrt>=10,<11", "cuda-python>=12"],
         "dev": [
             "pytest>=8",
             "pydicom>=2.4",
