@@ -1,0 +1,92 @@
+"""Tests for tfcxr.segment.finetune (tiny model, tiny synthetic pairs): loss, data loading, resume, bad checkpoints."""
+
+import csv
+import dataclasses
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from tfcxr.segment import finetune
+
+
+def write_pairs(root, count=6, size=(72, 64)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    height, width = size
+    for i in range(count):
+        mask = np.zeros(size, np.uint8)
+        cv2.ellipse(mask, (width // 4, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
+        cv2.ellipse(mask, (3 * width // 4, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
+        image = (rng.random(size) * 60).astype(np.uint8) + (mask > 0).astype(np.uint8) * 120
+        cv2.imwrite(str(root / "images" / f"p{i}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"p{i}.png"), mask)
+    return root
+
+
+def test_loss_and_jitter():
+    import tensorflow as tf
+
+    labels = np.zeros((1, 2, 8, 8), np.float32)
+    labels[..., 2:6, 2:6] = 1
+    good = finetune.segmentation_loss(tf.constant(labels * 20 - 10), labels)
+    bad = finetune.segmentation_loss(tf.constant(10 - labels * 20), labels)
+    assert float(good) < 0.05 < 1.0 < float(bad)
+    boxes = tf.constant([[[10.0, 10.0, 20.0, 20.0]] * 2])
+    out = finetune.jitter_boxes_tf(boxes, 5.0, 64, tf.constant([1, 2])).numpy()
+    delta = (out - boxes.numpy()) * np.array([-1, -1, 1, 1])
+    assert np.all(delta >= 0) and np.all(delta <= 5.0)
+
+
+def test_load_pairs_skips_bad_pairs_and_checks_manifest(tmp_path, caplog):
+    root = write_pairs(tmp_path / "pairs", count=3)
+    cv2.imwrite(str(root / "masks" / "p1.png"), np.zeros((10, 10), np.uint8))  # wrong size
+    with caplog.at_level(logging.WARNING):
+        pairs = finetune.load_pairs(str(root))
+    assert [p.name for p in pairs] == ["p0", "p2"]
+    assert "p1.png" in caplog.text and "does not match" in caplog.text
+    manifest = tmp_path / "pairs.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "mask"], ["a.png", "b.png"]])
+    with pytest.raises(ValueError, match="image_path"):
+        finetune.load_pairs(str(manifest))
+    train, val = finetune.split_pairs(list(range(10)), 0.2, seed=0)
+    assert len(val) == 2 and sorted(train + val) == list(range(10))
+
+
+def test_config_yaml_and_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nlr: 5.0e-5\n")
+    args = finetune.build_parser().parse_args(["--config", str(config), "--epochs", "4", "--no-freeze-image-encoder"])
+    resolved = finetune.resolve_config(args)
+    assert (resolved.epochs, resolved.lr, resolved.freeze_image_encoder) == (4, 5e-5, False)
+    config.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(config)]))
+    with pytest.raises(ValueError, match="val_fraction"):
+        finetune.FinetuneConfig(val_fraction=1.5)
+
+
+def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.litemedsam import PRESETS
+    from tfcxr.segment.model import build_litemedsam_model
+    from tfcxr.segment.prompts import load_priors
+
+    data = write_pairs(tmp_path / "pairs")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--model", "tiny", "--out", str(out), "--batch-size", "4", "--val-fraction", "0.2"]
+    assert finetune.main(args + ["--epochs", "1"]) == 0  # the "interrupted" run: one epoch done
+    assert finetune.main(args + ["--epochs", "2"]) == 0  # resumes at epoch 2
+    with open(out / "history.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert (out / "checkpoints" / "ckpt-2.index").is_file()
+    assert load_priors(out).shape == (2, 4) and (out / "lung_priors.json").is_file()
+    assert load_segmenter(str(out)).image_size == 64
+
+    other = dataclasses.replace(PRESETS["litemedsam-tiny"], decoder_mlp_dim=48)
+    build_litemedsam_model(other, name="other").save(tmp_path / "other")
+    with pytest.raises(ValueError, match="checkpoint does not match"):
+        finetune.main(["--data", str(data), "--model", str(tmp_path / "other"), "--out", str(out), "--epochs", "3"])
