@@ -1,10 +1,5 @@
 """Tests for the cxr_lung_masks TFDS builder: dummy_data, the `tfds build` CLI, tfds.load, errors, real folders."""
 
-import importlib.util
-import os
-import pathlib
-import shutil
-import subprocess
 import sys
 
 import cv2
@@ -16,25 +11,18 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import tfcxr.datasets  # noqa: E402  (registers cxr_lung_masks)
 from tfcxr.data.io import ImageReadError  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tfds_helpers import REPO, load_module, run_tfds_build  # noqa: E402
+
 BUILDER_DIR = REPO / "datasets" / "cxr_lung_masks"
 Builder = tfcxr.datasets.register("cxr_lung_masks")
 builder_module = sys.modules[Builder.__module__]
 
 
-def _load_module(name, path):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
-
-make_dummy_data = _load_module("cxr_lung_masks_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
+make_dummy_data = load_module("cxr_lung_masks_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
 try:  # tfds.testing needs `dill` (a dev dependency)
     # The TFDS DatasetBuilderTestCase living beside the builder, collected here too.
-    CxrLungMasksTest = _load_module(
+    CxrLungMasksTest = load_module(
         "cxr_lung_masks_dataset_builder_test", BUILDER_DIR / "cxr_lung_masks_dataset_builder_test.py"
     ).CxrLungMasksTest
 except ImportError as err:
@@ -43,24 +31,7 @@ except ImportError as err:
     def test_dataset_builder_test_case():
         pytest.skip(f"tfds.testing unavailable: {_TESTING_IMPORT_ERROR}")
 
-# `tfds build` minus its top-level module, which imports apache_beam (not a tfcxr dependency):
-# the same `build.Args` parsing and execution that `tfds build` runs.
-_TFDS_BUILD_SHIM = (
-    "from absl import app; from tensorflow_datasets.scripts.cli import build, cli_utils; "
-    "app.run(lambda args: args.execute(), flags_parser=cli_utils.make_flags_parser(build.Args, 'tfds build'))"
-)
 
-
-def _tfds_build(manual_dir, data_dir):
-    args = [str(BUILDER_DIR), "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)]
-    tfds_cli = shutil.which("tfds", path=str(pathlib.Path(sys.executable).parent))
-    if tfds_cli and importlib.util.find_spec("apache_beam") is not None:
-        command = [tfds_cli, "build", *args]
-    else:
-        command = [sys.executable, "-c", _TFDS_BUILD_SHIM, *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_committed_dummy_data_matches_generator(tmp_path):
@@ -81,7 +52,7 @@ def test_tfds_build_cli_then_load_by_name(tmp_path):
     """`tfds build` in a subprocess on all three layouts, then tfds.load by name."""
     manual = make_dummy_data(tmp_path / "manual")
     data_dir = tmp_path / "tfds"
-    result = _tfds_build(manual, data_dir)
+    result = run_tfds_build(BUILDER_DIR, manual, data_dir)
     assert result.returncode == 0, result.stderr[-4000:]
 
     splits, info = tfds.load("cxr_lung_masks", data_dir=data_dir, download=False, with_info=True)

@@ -1,11 +1,5 @@
 """Tests for the nih_cxr14 TFDS builder: dummy_data, the `tfds build` CLI, tfds.load, errors."""
 
-import importlib.util
-import os
-import pathlib
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,23 +9,16 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import tfcxr.datasets  # noqa: E402  (registers nih_cxr14)
 from tfcxr.labels import TARGETS  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tfds_helpers import REPO, load_module, run_tfds_build  # noqa: E402
+
 BUILDER_DIR = REPO / "datasets" / "nih_cxr14"
 
 
-def _load_module(name, path):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
-
-make_dummy_data = _load_module("nih_cxr14_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
+make_dummy_data = load_module("nih_cxr14_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
 try:  # tfds.testing needs `dill` (a dev dependency)
     # The TFDS DatasetBuilderTestCase living beside the builder, collected here too.
-    NihCxr14Test = _load_module(
+    NihCxr14Test = load_module(
         "nih_cxr14_dataset_builder_test", BUILDER_DIR / "nih_cxr14_dataset_builder_test.py"
     ).NihCxr14Test
 except ImportError as err:
@@ -40,12 +27,6 @@ except ImportError as err:
     def test_dataset_builder_test_case():
         pytest.skip(f"tfds.testing unavailable: {_TESTING_IMPORT_ERROR}")
 
-# `tfds build` minus its top-level module, which imports apache_beam (not a tfcxr dependency):
-# the same `build.Args` parsing and execution that `tfds build` runs.
-_TFDS_BUILD_SHIM = (
-    "from absl import app; from tensorflow_datasets.scripts.cli import build, cli_utils; "
-    "app.run(lambda args: args.execute(), flags_parser=cli_utils.make_flags_parser(build.Args, 'tfds build'))"
-)
 
 
 def test_committed_dummy_data_matches_generator(tmp_path):
@@ -64,23 +45,12 @@ def test_registered_by_tfcxr_datasets(tmp_path, caplog):
     assert "not found" in caplog.text
 
 
-def _tfds_build_command(manual_dir, data_dir):
-    args = [str(BUILDER_DIR), "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)]
-    tfds_cli = shutil.which("tfds", path=str(pathlib.Path(sys.executable).parent))
-    if tfds_cli and importlib.util.find_spec("apache_beam") is not None:
-        return [tfds_cli, "build", *args]
-    return [sys.executable, "-c", _TFDS_BUILD_SHIM, *args]
-
 
 @pytest.mark.slow  # a TF-importing subprocess: ~10-25 s on 2 cores
 def test_tfds_build_cli_then_load_by_name(tmp_path):
     manual = make_dummy_data(tmp_path / "manual", official_lists=False)  # seeded grouped split
     data_dir = tmp_path / "tfds"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        _tfds_build_command(manual, data_dir), env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_tfds_build(BUILDER_DIR, manual, data_dir)
     assert result.returncode == 0, result.stderr[-4000:]
 
     splits, info = tfds.load("nih_cxr14", data_dir=data_dir, download=False, with_info=True)
