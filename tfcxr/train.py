@@ -176,8 +176,9 @@ def _device_and_strategy(precision):
     return strategy, device, precision
 
 
-def _prepare_data(config):
-    """Generate the demo set if needed; return (data, masks) paths."""
+def resolve_data(config) -> tuple[str, str | None]:
+    """The (data, masks) sources of a `TrainConfig`: generates the demo set when `data` is "demo" and missing,
+    and defaults `masks` to the demo's ground-truth masks or to `<data>/masks` when that folder exists."""
     data, masks = config.data, config.masks
     if data == DEMO:
         from tfcxr.data.synthetic import SyntheticConfig, generate
@@ -275,7 +276,7 @@ def train(config, callbacks=()):
     from tfcxr.models import build_classifier, compile_classifier
 
     keras.utils.set_random_seed(config.seed)
-    data, masks = _prepare_data(config)
+    data, masks = resolve_data(config)
     out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
     config.out = str(out)
     resumed = _check_resume(out, config)

@@ -148,10 +148,10 @@ def training_sample(rundir, num_images: int = 256):
 
     from tfcxr.config import load_config
     from tfcxr.data.pipeline import PipelineConfig, make_dataset
-    from tfcxr.train import _prepare_data  # resolves `data: demo` exactly as training did
+    from tfcxr.train import resolve_data  # resolves `data: demo` exactly as training did
 
     config = load_config(pathlib.Path(rundir) / "config.yaml")
-    data, masks = _prepare_data(config)
+    data, masks = resolve_data(config)
     pipeline = PipelineConfig(
         data=data, masks=masks, mask=config.mask, margin=config.margin, fill=config.fill,
         image_size=config.image_size, batch_size=16, augment=False, cache=None, seed=config.seed,
