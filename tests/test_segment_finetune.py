@@ -67,6 +67,8 @@ def test_config_yaml_and_flags(tmp_path):
         finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(config)]))
     with pytest.raises(ValueError, match="val_fraction"):
         finetune.FinetuneConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="prior_prompt_fraction"):
+        finetune.FinetuneConfig(prior_prompt_fraction=2.0)
 
 
 def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
@@ -77,11 +79,14 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
 
     data = write_pairs(tmp_path / "pairs")
     out = tmp_path / "run"
-    args = ["--data", str(data), "--model", "tiny", "--out", str(out), "--batch-size", "4", "--val-fraction", "0.2"]
+    args = ["--data", str(data), "--model", "tiny", "--out", str(out), "--batch-size", "4", "--val-fraction", "0.2",
+            "--prior-prompt-fraction", "0.5"]
     assert finetune.main(args + ["--epochs", "1"]) == 0  # the "interrupted" run: one epoch done
     assert finetune.main(args + ["--epochs", "2"]) == 0  # resumes at epoch 2
     with open(out / "history.csv") as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert all(0.0 <= float(row["val_dice_prior"]) <= 1.0 for row in rows)
     assert (out / "checkpoints" / "ckpt-2.index").is_file()
     assert load_priors(out).shape == (2, 4) and (out / "lung_priors.json").is_file()
     assert load_segmenter(str(out)).image_size == 64
@@ -90,3 +95,22 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     build_litemedsam_model(other, name="other").save(tmp_path / "other")
     with pytest.raises(ValueError, match="checkpoint does not match"):
         finetune.main(["--data", str(data), "--model", str(tmp_path / "other"), "--out", str(out), "--epochs", "3"])
+
+
+def test_prepare_examples_boxes_labels_and_priors(tmp_path):
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.prompts import input_boxes
+
+    model = load_segmenter("tiny")
+    pairs = finetune.load_pairs(str(write_pairs(tmp_path / "pairs", count=2)))
+    priors = np.asarray([[0.1, 0.2, 0.45, 0.8], [0.55, 0.2, 0.9, 0.8]], np.float32)
+    examples = finetune.prepare_examples(model, pairs, 32, priors)
+    sizes = model.preprocess(pairs[0].image[None])[1]
+    np.testing.assert_allclose(examples["prior_boxes"][0], np.asarray(input_boxes(model, priors[None], sizes))[0])
+    assert examples["boxes"].shape == examples["prior_boxes"].shape == (2, 2, 4)
+    left, right = examples["boxes"][0]
+    assert left[2] < right[0]  # one box per lung, image-left first, matching the prior order
+    labels = examples["labels"]
+    assert labels.shape == (2, 2, 32, 32) and labels[0, 0].any() and labels[0, 1].any()
+    assert not (labels[0, 0] & labels[0, 1]).any()  # each box's label is its own lung
+    np.testing.assert_array_equal(examples["union"], labels.max(axis=1))

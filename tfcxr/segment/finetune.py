@@ -1,11 +1,14 @@
 """Fine-tune a SAM-style lung segmenter on image/mask pairs, MedSAM recipe (DESIGN.md §3).
 
 - one box prompt per lung component of the ground-truth mask, jittered outwards by up to ``jitter`` px per side;
+  optionally (``prior_prompt_fraction`` > 0, prompt augmentation) a share of the examples is prompted with the
+  generic prior boxes instead, so the model also learns to return the whole lung from the rough boxes that the
+  ``prior`` and ``refine`` strategies start from (the best model is then chosen on the mean of both Dice scores);
 - the prompt encoder is frozen; the mask decoder is trained; the image encoder is frozen (default, fast: its
   embeddings are computed once and cached in ``OUT/cache``) or trained (``--no-freeze-image-encoder``);
 - loss = Dice + BCE on the low-resolution logits against the per-lung label at that resolution (256 for LiteMedSAM);
 - AdamW (lr 1e-4, weight decay 0.01);
-- validation Dice / IoU per epoch (ground-truth boxes, no jitter), a ``tf.train.CheckpointManager`` checkpoint per
+- validation Dice / IoU per epoch (ground-truth boxes, no jitter; Dice with the prior boxes too), a ``tf.train.CheckpointManager`` checkpoint per
   epoch in ``OUT/checkpoints`` (a rerun resumes from the last finished epoch), the best model by validation Dice
   saved with ``model.save(OUT)`` plus the fitted prior boxes (``OUT/lung_priors.json``), so
   ``load_segmenter(OUT)`` loads it.
@@ -49,6 +52,7 @@ class FinetuneConfig:
     val_fraction: float = 0.1
     seed: int = 0
     jitter: float = 10.0  # max outward shift per box side, model-input pixels (MedSAM: 5-20)
+    prior_prompt_fraction: float = 0.0  # share of training examples prompted with the prior boxes, not gt boxes
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     max_pairs: int = 0  # 0 = all; >0 = a seeded subset (e.g. for whole-model fine-tuning on CPU)
@@ -60,6 +64,9 @@ class FinetuneConfig:
                              f"batch_size={self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1). Received: val_fraction={self.val_fraction}")
+        if not 0.0 <= self.prior_prompt_fraction <= 1.0:
+            raise ValueError("`prior_prompt_fraction` must be in [0, 1]. "
+                             f"Received: prior_prompt_fraction={self.prior_prompt_fraction}")
         if self.lr <= 0:
             raise ValueError(f"`lr` must be > 0. Received: lr={self.lr}")
 
@@ -181,17 +188,25 @@ def to_label_frame(mask, frame: tuple[int, int], label_size: int) -> np.ndarray:
     return label
 
 
-def prepare_examples(model, pairs: list[Pair], label_size: int) -> dict[str, np.ndarray]:
+def prepare_examples(model, pairs: list[Pair], label_size: int, priors=None) -> dict[str, np.ndarray]:
     """Model inputs, per-lung boxes and labels for a list of pairs.
 
-    Each image gets two boxes (one per lung component; a single component is repeated) and a label per box: that
-    component's mask in the low-resolution logit frame.
+    Each image gets two boxes (one per lung component, image-left first; a single component is repeated) and a
+    label per box: that component's mask in the low-resolution logit frame.
+
+    Args:
+        model: a ``SamLungModel``.
+        pairs: the labelled pairs.
+        label_size: side of the decoder's low-resolution logits.
+        priors: float32 (2, 4) normalised prior boxes (image-left lung first); :data:`DEFAULT_PRIORS` when None.
 
     Returns:
         dict with ``pixel_values`` (n, S, S, C) float32, ``boxes`` (n, 2, 4) float32 model-input xyxy,
-        ``labels`` (n, 2, label_size, label_size) uint8 in {0, 1}, ``union`` (n, label_size, label_size) uint8.
+        ``prior_boxes`` (n, 2, 4) the prior boxes in the same frame, ``labels`` (n, 2, label_size, label_size)
+        uint8 in {0, 1}, ``union`` (n, label_size, label_size) uint8.
     """
-    pixel_values, boxes, labels = [], [], []
+    priors = DEFAULT_PRIORS if priors is None else np.asarray(priors, np.float32)
+    pixel_values, boxes, prior_boxes, labels = [], [], [], []
     for pair in pairs:
         values, sizes = model.preprocess(pair.image[None])
         frame = _label_frame(model, sizes, label_size)
@@ -200,11 +215,12 @@ def prepare_examples(model, pairs: list[Pair], label_size: int) -> dict[str, np.
         norm = np.stack([normalize_boxes(mask_box(p), pair.mask.shape) if p.any() else DEFAULT_PRIORS[i]
                          for i, p in enumerate(parts)])
         boxes.append(np.asarray(input_boxes(model, norm[None], sizes))[0])
+        prior_boxes.append(np.asarray(input_boxes(model, priors[None], sizes))[0])
         labels.append(np.stack([to_label_frame(p, frame, label_size) for p in parts]))
         pixel_values.append(np.asarray(values)[0])
     labels = np.stack(labels)
-    return {"pixel_values": np.stack(pixel_values), "boxes": np.stack(boxes).astype(np.float32), "labels": labels,
-            "union": labels.max(axis=1)}
+    return {"pixel_values": np.stack(pixel_values), "boxes": np.stack(boxes).astype(np.float32),
+            "prior_boxes": np.stack(prior_boxes).astype(np.float32), "labels": labels, "union": labels.max(axis=1)}
 
 
 def model_fingerprint(model) -> str:
@@ -337,10 +353,10 @@ def finetune(config: FinetuneConfig) -> dict:
     probe = model.decode(model.embed(model.preprocess(train_pairs[0].image[None])[0]),
                          tf.constant([[[0.0, 0.0, 1.0, 1.0]]]))
     label_size = int(probe.shape[-1])  # (1, 1, label_size, label_size)
-    train = prepare_examples(model, train_pairs, label_size)
-    val = prepare_examples(model, val_pairs, label_size) if val_pairs else None
     priors = fit_priors(p.mask for p in train_pairs)
     logger.info("Fitted prior boxes (normalised): %s", np.round(priors, 3).tolist())
+    train = prepare_examples(model, train_pairs, label_size, priors)
+    val = prepare_examples(model, val_pairs, label_size, priors) if val_pairs else None
 
     frozen = config.freeze_image_encoder
     if frozen:
@@ -370,8 +386,11 @@ def finetune(config: FinetuneConfig) -> dict:
         logger.info("Resuming from %s (finished epochs: %d)", manager.latest_checkpoint, int(epoch_var))
 
     @tf.function(reduce_retracing=True)
-    def train_step(inputs, boxes, labels, seed):
+    def train_step(inputs, boxes, prior_boxes, labels, seed):
         boxes = jitter_boxes_tf(boxes, config.jitter, model.image_size, seed)
+        # Prompt augmentation: some examples get the generic prior boxes that "prior"/"refine" start from.
+        use_prior = tf.random.stateless_uniform([tf.shape(boxes)[0], 1, 1], seed=seed + 1) < config.prior_prompt_fraction
+        boxes = tf.where(use_prior, prior_boxes, boxes)
         with tf.GradientTape() as tape:
             embeddings = inputs if frozen else model.embed(inputs)
             logits = model.decode(embeddings, boxes)  # (batch, 2, label_size, label_size)
@@ -390,14 +409,20 @@ def finetune(config: FinetuneConfig) -> dict:
         for step in bar:
             idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
             loss = train_step(tf.constant(train_inputs[idx]), tf.constant(train["boxes"][idx]),
-                              tf.constant(train["labels"][idx]), tf.constant([config.seed, epoch * steps + step]))
+                              tf.constant(train["prior_boxes"][idx]), tf.constant(train["labels"][idx]),
+                              tf.constant([config.seed, epoch * steps + step]))
             losses.append(float(loss))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - start_time, 1)}
         if val is not None:
             scores = evaluate_examples(model, val_inputs, val["boxes"], val["union"], not frozen, config.batch_size)
             row.update({"val_dice": scores["dice"], "val_iou": scores["iou"]})
+            prior_scores = evaluate_examples(model, val_inputs, val["prior_boxes"], val["union"], not frozen,
+                                             config.batch_size)
+            row["val_dice_prior"] = prior_scores["dice"]
         score = row.get("val_dice", -row["loss"])
+        if val is not None and config.prior_prompt_fraction > 0:  # trained for both prompt kinds: select on both
+            score = (row["val_dice"] + row["val_dice_prior"]) / 2
         if score > float(best_var) or not (out / "lung_priors.json").is_file():
             best_var.assign(score)
             model.save(out)
@@ -408,7 +433,8 @@ def finetune(config: FinetuneConfig) -> dict:
         manager.save(checkpoint_number=epoch + 1)
         new = not history_path.is_file()
         with open(history_path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, ["epoch", "loss", "val_dice", "val_iou", "seconds", "saved"])
+            writer = csv.DictWriter(handle, ["epoch", "loss", "val_dice", "val_iou", "val_dice_prior", "seconds",
+                                             "saved"])
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -436,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--jitter", type=float, help="max outward box shift per side, model-input px")
+    parser.add_argument("--prior-prompt-fraction", type=float,
+                        help="share of training examples prompted with the prior boxes instead of gt boxes")
     parser.add_argument("--max-pairs", type=int, help="seeded subset size (0 = all)")
     parser.add_argument("--cache-dir", help="embedding cache for a frozen encoder (default OUT/cache)")
     return parser
