@@ -11,34 +11,21 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import tfcxr.datasets  # noqa: E402  (registers cxr_lung_masks)
 from tfcxr.data.io import ImageReadError  # noqa: E402
 
-from tfds_helpers import REPO, load_module, run_tfds_build  # noqa: E402
+from tfds_helpers import REPO, file_listing, load_builder_folder, run_tfds_build  # noqa: E402
 
 BUILDER_DIR = REPO / "datasets" / "cxr_lung_masks"
 Builder = tfcxr.datasets.register("cxr_lung_masks")
 builder_module = sys.modules[Builder.__module__]
 
 
-
-make_dummy_data = load_module("cxr_lung_masks_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
-try:  # tfds.testing needs `dill` (a dev dependency)
-    # The TFDS DatasetBuilderTestCase living beside the builder, collected here too.
-    CxrLungMasksTest = load_module(
-        "cxr_lung_masks_dataset_builder_test", BUILDER_DIR / "cxr_lung_masks_dataset_builder_test.py"
-    ).CxrLungMasksTest
-except ImportError as err:
-    _TESTING_IMPORT_ERROR = err
-
-    def test_dataset_builder_test_case():
-        pytest.skip(f"tfds.testing unavailable: {_TESTING_IMPORT_ERROR}")
-
-
+# The TFDS DatasetBuilderTestCase living beside the builder is collected here too.
+make_dummy_data, CxrLungMasksTest = load_builder_folder(BUILDER_DIR, "cxr_lung_masks", "CxrLungMasksTest")
 
 
 def test_committed_dummy_data_matches_generator(tmp_path):
     fresh = make_dummy_data(tmp_path / "dummy")
     committed = BUILDER_DIR / "dummy_data"
-    listing = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    assert listing(fresh) == listing(committed)
+    assert file_listing(fresh) == file_listing(committed)
 
 
 def test_split_is_stable_hash():

@@ -9,31 +9,19 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import tfcxr.datasets  # noqa: E402  (registers nih_cxr14)
 from tfcxr.labels import TARGETS  # noqa: E402
 
-from tfds_helpers import REPO, load_module, run_tfds_build  # noqa: E402
+from tfds_helpers import REPO, file_listing, load_builder_folder, run_tfds_build  # noqa: E402
 
 BUILDER_DIR = REPO / "datasets" / "nih_cxr14"
 
 
-
-make_dummy_data = load_module("nih_cxr14_make_dummy_data", BUILDER_DIR / "make_dummy_data.py").make_dummy_data
-try:  # tfds.testing needs `dill` (a dev dependency)
-    # The TFDS DatasetBuilderTestCase living beside the builder, collected here too.
-    NihCxr14Test = load_module(
-        "nih_cxr14_dataset_builder_test", BUILDER_DIR / "nih_cxr14_dataset_builder_test.py"
-    ).NihCxr14Test
-except ImportError as err:
-    _TESTING_IMPORT_ERROR = err
-
-    def test_dataset_builder_test_case():
-        pytest.skip(f"tfds.testing unavailable: {_TESTING_IMPORT_ERROR}")
-
+# The TFDS DatasetBuilderTestCase living beside the builder is collected here too.
+make_dummy_data, NihCxr14Test = load_builder_folder(BUILDER_DIR, "nih_cxr14", "NihCxr14Test")
 
 
 def test_committed_dummy_data_matches_generator(tmp_path):
     fresh = make_dummy_data(tmp_path / "dummy")
     committed = BUILDER_DIR / "dummy_data"
-    listing = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    assert listing(fresh) == listing(committed)
+    assert file_listing(fresh) == file_listing(committed)
     for name in ("Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"):
         assert (fresh / name).read_text() == (committed / name).read_text(), name
 
@@ -43,7 +31,6 @@ def test_registered_by_tfcxr_datasets(tmp_path, caplog):
     assert tfcxr.datasets.register("nih_cxr14") is tfds.builder_cls("nih_cxr14")
     assert tfcxr.datasets.register_all(tmp_path) == {}  # no builders there: skipped with a warning
     assert "not found" in caplog.text
-
 
 
 @pytest.mark.slow  # a TF-importing subprocess: ~10-25 s on 2 cores

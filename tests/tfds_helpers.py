@@ -32,3 +32,17 @@ def run_tfds_build(builder_dir, manual_dir, data_dir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def load_builder_folder(builder_dir, name: str, test_class: str):
+    """(make_dummy_data, the DatasetBuilderTestCase class) of a folder-style builder ``datasets/<name>``."""
+    builder_dir = pathlib.Path(builder_dir)
+    make_dummy_data = load_module(f"{name}_make_dummy_data", builder_dir / "make_dummy_data.py").make_dummy_data
+    test_module = load_module(f"{name}_dataset_builder_test", builder_dir / f"{name}_dataset_builder_test.py")
+    return make_dummy_data, getattr(test_module, test_class)
+
+
+def file_listing(root) -> list[str]:
+    """Sorted relative paths of every file under `root`."""
+    root = pathlib.Path(root)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
