@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import logging
+import pathlib
 
 import cv2
 import numpy as np
@@ -69,6 +70,9 @@ def test_config_yaml_and_flags(tmp_path):
         finetune.FinetuneConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="prior_prompt_fraction"):
         finetune.FinetuneConfig(prior_prompt_fraction=2.0)
+    shipped = pathlib.Path(__file__).resolve().parents[1] / "configs" / "segment_finetune.yaml"
+    recipe = finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(shipped)]))
+    assert (recipe.model, recipe.freeze_image_encoder, recipe.prior_prompt_fraction) == ("litemedsam", True, 0.5)
 
 
 def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
