@@ -17,11 +17,15 @@ def _write(tmp_path, values):
     return path
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "paper_small.yaml"])
-def test_shipped_configs_parse_into_the_six_cell_grid(name):
+@pytest.mark.parametrize("name, backbones", [
+    ("paper.yaml", ("resnet50", "efficientnetb0")),
+    ("paper_small.yaml", ("resnet50", "efficientnetb0")),
+    ("paper_small_nih.yaml", ("tiny", "resnet50", "efficientnetb0")),
+])
+def test_shipped_configs_parse_into_the_grid(name, backbones):
     exp = experiment.load_experiment(REPO / "configs" / name)
     cells = [cell for cell, _ in exp.cells()]
-    assert cells == [f"{b}-{m}" for b in ("resnet50", "efficientnetb0") for m in ("original", "tight", "loose")]
+    assert cells == [f"{b}-{m}" for b in backbones for m in ("original", "tight", "loose")]
     for cell, overrides in exp.cells():
         config = experiment._resolve(exp, cell, overrides)  # every cell is a valid TrainConfig
         assert config.out == str(exp.out / cell)
