@@ -394,7 +394,8 @@ def _image_figures(runs, out_dir, count, notes):
         for i in range(len(rows)):
             grid[i].append((inputs[i], None))
             heat[i].append(cams[i])
-            captions[i].append(f"{TARGETS[idx[i]]} p={probs[i, idx[i]]:.2f}")
+            no_evidence = "" if np.max(cams[i]) > 0 else ", no positive evidence"  # all-zero map after ReLU
+            captions[i].append(f"{TARGETS[idx[i]]} p={probs[i, idx[i]]:.2f}{no_evidence}")
     if titles:
         figures.append(("Grad-CAM (class explained and its probability under each cell)",
                         plots.image_grid_png(out_dir / "gradcam.png", grid, titles, row_titles, heat, captions)))
