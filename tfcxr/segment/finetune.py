@@ -8,10 +8,10 @@
   embeddings are computed once and cached in ``OUT/cache``) or trained (``--no-freeze-image-encoder``);
 - loss = Dice + BCE on the low-resolution logits against the per-lung label at that resolution (256 for LiteMedSAM);
 - AdamW (lr 1e-4, weight decay 0.01);
-- validation Dice / IoU per epoch (ground-truth boxes, no jitter; Dice with the prior boxes too), a ``tf.train.CheckpointManager`` checkpoint per
-  epoch in ``OUT/checkpoints`` (a rerun resumes from the last finished epoch), the best model by validation Dice
-  saved with ``model.save(OUT)`` plus the fitted prior boxes (``OUT/lung_priors.json``), so
-  ``load_segmenter(OUT)`` loads it.
+- validation Dice / IoU per epoch (ground-truth boxes, no jitter; Dice with the prior boxes too), a
+  ``tf.train.CheckpointManager`` checkpoint per epoch in ``OUT/checkpoints`` (a rerun resumes from the last
+  finished epoch), the best model by validation Dice saved with ``model.save(OUT)`` plus the fitted prior boxes
+  (``OUT/lung_priors.json``), so ``load_segmenter(OUT)`` loads it.
 
 Usage::
 
@@ -212,7 +212,7 @@ def prepare_examples(model, pairs: list[Pair], label_size: int, priors=None) -> 
         frame = _label_frame(model, sizes, label_size)
         parts = lung_components(pair.mask, max_components=2) or [pair.mask]
         parts = (parts * 2)[:2]
-        norm = np.stack([normalize_boxes(mask_box(p), pair.mask.shape) if p.any() else DEFAULT_PRIORS[i]
+        norm = np.stack([normalize_boxes(mask_box(p), pair.mask.shape) if p.any() else priors[i]
                          for i, p in enumerate(parts)])
         boxes.append(np.asarray(input_boxes(model, norm[None], sizes))[0])
         prior_boxes.append(np.asarray(input_boxes(model, priors[None], sizes))[0])
@@ -389,7 +389,8 @@ def finetune(config: FinetuneConfig) -> dict:
     def train_step(inputs, boxes, prior_boxes, labels, seed):
         boxes = jitter_boxes_tf(boxes, config.jitter, model.image_size, seed)
         # Prompt augmentation: some examples get the generic prior boxes that "prior"/"refine" start from.
-        use_prior = tf.random.stateless_uniform([tf.shape(boxes)[0], 1, 1], seed=seed + 1) < config.prior_prompt_fraction
+        draw = tf.random.stateless_uniform([tf.shape(boxes)[0], 1, 1], seed=seed + 1)  # (batch, 1, 1)
+        use_prior = draw < config.prior_prompt_fraction
         boxes = tf.where(use_prior, prior_boxes, boxes)
         with tf.GradientTape() as tape:
             embeddings = inputs if frozen else model.embed(inputs)
