@@ -51,6 +51,19 @@ def test_bad_yaml_is_an_error_naming_the_file_and_key(tmp_path, values, match):
     assert str(path) in str(info.value)
 
 
+def test_unreadable_experiment_files_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        experiment.load_experiment(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("grid: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="broken.yaml: invalid YAML"):
+        experiment.load_experiment(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="list.yaml: expected a mapping"):
+        experiment.load_experiment(listing)
+
+
 def test_bad_cell_value_and_cli_error(tmp_path, caplog):
     path = _write(tmp_path, {"grid": {"mask": ["tight", "lose"]}, "train": {"epochs": 1}})
     assert experiment.main(["--config", str(path), "--dry-run"]) == 2

@@ -127,12 +127,12 @@ class TrainConfig:
 FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 
 
-def read_yaml(path):
-    """Read a config YAML into a dict, checking its keys.
+def read_yaml_mapping(path) -> dict:
+    """Read a YAML file that must hold a mapping; an empty file gives {}.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping, or an unknown key (named with the file).
+        ValueError: invalid YAML or not a mapping (named with the file).
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -146,6 +146,17 @@ def read_yaml(path):
         return {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def read_yaml(path):
+    """Read a training config YAML into a dict, checking its keys.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, or an unknown key (named with the file).
+    """
+    values = read_yaml_mapping(path)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown config key(s) {unknown}. Known keys: {', '.join(FIELDS)}")

@@ -137,15 +137,9 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
 
 def load_experiment(path, out=None, sets=()):
     """Read and validate an experiment YAML (see `parse_experiment`)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: experiment config not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: invalid YAML ({err})") from None
-    return parse_experiment(values, str(path), out, sets)
+    from tfcxr.config import read_yaml_mapping
+
+    return parse_experiment(read_yaml_mapping(path), str(path), out, sets)
 
 
 def _resolve(experiment, name, overrides):
