@@ -13,7 +13,9 @@ Subcommands::
 Split (seed 0): ``lungs_v7_covid`` 80% train / 20% test; ``lungs_shenzhen_montgomery`` 50/50 within each source
 (Shenzhen ``CHNCXR_*``, Montgomery ``MCUCXR_*``); ``shenzhen_lungs`` all test. ``--v7-train-max`` /
 ``--v7-test-max`` take seeded subsets when CPU time is short. Test sets: ``test_classic.csv`` (Shenzhen/Montgomery
-manual masks) and ``test_v7.csv`` (V7 masks, which include the lung behind the heart).
+manual masks) and ``test_v7.csv`` (V7 masks, which include the lung behind the heart). ``--v7-val-max N`` also writes
+``val_v7.csv``: N of the training-side V7 pairs that ``--v7-train-max`` left out, for choosing inference settings
+(threshold, refinement, test-time augmentation) without looking at the test sets.
 """
 
 from __future__ import annotations
@@ -41,8 +43,13 @@ def _write_manifest(path: pathlib.Path, pairs) -> None:
             writer.writerow([str(pair.image_path), str(pair.mask_paths[0]), dataset])
 
 
-def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test_max: int = 0) -> dict:
-    """Write train.csv, test_classic.csv, test_v7.csv under `out_dir`; return {split: {dataset: [stems]}}."""
+def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test_max: int = 0,
+               v7_val_max: int = 0) -> dict:
+    """Write train.csv, test_classic.csv, test_v7.csv (and val_v7.csv) under `out_dir`.
+
+    Returns:
+        {"seed", "data_root", "counts": {split: {dataset: n}}, "stems": {split: {dataset: [stems]}}}.
+    """
     from tfcxr.data.pairs import find_pairs
 
     root = pathlib.Path(data_root)
@@ -58,7 +65,11 @@ def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test
     if v7_test_max:
         test_idx = test_idx[:v7_test_max]
     if v7_train_max:
-        train_idx = train_idx[:v7_train_max]
+        train_idx, unused_idx = train_idx[:v7_train_max], train_idx[v7_train_max:]
+        if v7_val_max:
+            splits["val_v7"] = [(v7[i], "lungs_v7_covid") for i in sorted(unused_idx[:v7_val_max])]
+    elif v7_val_max:
+        raise ValueError("`--v7-val-max` draws from the V7 pairs that `--v7-train-max` leaves out; set both.")
     splits["test_v7"] += [(v7[i], "lungs_v7_covid") for i in sorted(test_idx)]
     splits["train"] += [(v7[i], "lungs_v7_covid") for i in sorted(train_idx)]
 
@@ -137,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--v7-train-max", type=int, default=0)
     split.add_argument("--v7-test-max", type=int, default=0)
+    split.add_argument("--v7-val-max", type=int, default=0,
+                       help="write val_v7.csv with this many of the V7 pairs --v7-train-max leaves out")
     speed = sub.add_parser("speed", help="images/s at batch 1 and 8, peak memory")
     speed.add_argument("--model", default="litemedsam")
     speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -149,7 +162,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "split":
-        result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max)
+        result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max,
+                            args.v7_val_max)
     else:
         result = measure_speed(args.model, args.batch_sizes, args.repeats)
     if args.json:
