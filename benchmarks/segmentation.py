@@ -6,6 +6,10 @@ Subcommands::
     python benchmarks/segmentation.py split --data-root ../shared/data --out /tmp/seg_split \\
         --json benchmarks/results/segmentation_split.json
 
+    # Inference settings on validation pairs only: refine rounds x margin x logit threshold x flip averaging.
+    python benchmarks/segmentation.py sweep --model runs/seg --data /tmp/seg_split/val_v7.csv \
+        --json benchmarks/results/segmentation_sweep.json
+
     # images/s at batch 1 and 8, and peak resident memory (resource.getrusage).
     python benchmarks/segmentation.py speed --model litemedsam --json benchmarks/results/segmentation_speed.json
     python benchmarks/segmentation.py speed --model flaviagiammarino/medsam-vit-base   # ViT SAM: GPU + hub only
@@ -92,6 +96,64 @@ def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test
     return {"seed": seed, "data_root": str(root), "counts": counts, "stems": listing}
 
 
+def _flip_priors(priors: np.ndarray) -> np.ndarray:
+    """(2, 4) normalised (image-left, image-right) lung boxes of an image -> the same for its mirror image."""
+    mirrored = np.stack([1.0 - priors[:, 2], priors[:, 1], 1.0 - priors[:, 0], priors[:, 3]], axis=-1)
+    return mirrored[::-1].astype(np.float32)
+
+
+def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds=(-1.0, -0.5, 0.0, 0.5),
+                    rounds=(0, 1, 2), margins=(0.01, 0.02, 0.03)) -> dict:
+    """Mean Dice of refine settings, logit thresholds and flip averaging on labelled validation pairs.
+
+    Each setting decodes the prior boxes, refines `rounds` times with `margin`, upsamples the per-lung logits to the
+    source size, takes the lung-wise max (optionally averaged with the mirrored image's logits, mirrored back),
+    thresholds and cleans the mask, and scores Dice at source resolution.
+
+    Returns:
+        {"model", "data", "n", "names", "mean_dice": {setting: float}, "per_image": {setting: [dice, ...]}}.
+    """
+    import tensorflow as tf
+
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.finetune import cached_embeddings, load_pairs
+    from tfcxr.segment.metrics import segmentation_metrics
+    from tfcxr.segment.prompts import clean_lung_mask, decode_with_refine, input_boxes, load_priors
+
+    model = load_segmenter(model_spec)
+    priors = load_priors(model_spec if pathlib.Path(model_spec).is_dir() else None)
+    pairs = [pair for spec in data for pair in load_pairs(spec)]
+    if not pairs:
+        raise ValueError(f"No labelled pairs found in {data}")
+    views = {"none": (priors, False), "flip": (_flip_priors(priors), True)}
+    embeddings = {}
+    for view, (_, mirrored) in views.items():
+        pixel_values = np.concatenate([np.asarray(model.preprocess(
+            (p.image[:, ::-1] if mirrored else p.image)[None])[0]) for p in pairs])
+        embeddings[view] = cached_embeddings(model, pixel_values, cache_dir)
+    settings = [(r, m) for r in rounds for m in (margins if r else margins[:1])]
+    per_image: dict[str, list[float]] = {}
+    for index, pair in enumerate(pairs):
+        sizes = model.preprocess(pair.image[None])[1]
+        for r, margin in settings:
+            lung_logits = {}
+            for view, (view_priors, mirrored) in views.items():
+                boxes = input_boxes(model, view_priors[None], sizes)
+                logits, _ = decode_with_refine(model, tf.convert_to_tensor(embeddings[view][index : index + 1]),
+                                               boxes, r, margin)
+                full = np.asarray(model.postprocess(logits, sizes))[0].max(axis=0)  # (H, W)
+                lung_logits[view] = full[:, ::-1] if mirrored else full
+            for tta in views:
+                combined = lung_logits["none"] if tta == "none" else (lung_logits["none"] + lung_logits["flip"]) / 2
+                for threshold in thresholds:
+                    dice = segmentation_metrics(clean_lung_mask(combined > threshold), pair.mask)["dice"]
+                    per_image.setdefault(f"rounds={r} margin={margin} threshold={threshold} tta={tta}", []).append(dice)
+        logger.info("sweep: %d/%d images", index + 1, len(pairs))
+    mean = {k: round(float(np.mean(v)), 4) for k, v in sorted(per_image.items(), key=lambda kv: -np.mean(kv[1]))}
+    return {"model": model_spec, "data": list(data), "n": len(pairs), "names": [p.name for p in pairs],
+            "mean_dice": mean, "per_image": {k: [round(d, 4) for d in v] for k, v in per_image.items()}}
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -150,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--v7-test-max", type=int, default=0)
     split.add_argument("--v7-val-max", type=int, default=0,
                        help="write val_v7.csv with this many of the V7 pairs --v7-train-max leaves out")
+    sweep = sub.add_parser("sweep", help="inference settings on validation pairs (never the test sets)")
+    sweep.add_argument("--model", required=True, help="litemedsam | fine-tuned model dir")
+    sweep.add_argument("--data", nargs="+", required=True, help="pairs folders / CSV manifests")
+    sweep.add_argument("--cache-dir", help="embedding cache folder (shared with fine-tuning and evaluation)")
+    sweep.add_argument("--json", help="write the results here")
     speed = sub.add_parser("speed", help="images/s at batch 1 and 8, peak memory")
     speed.add_argument("--model", default="litemedsam")
     speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -164,12 +231,15 @@ def main(argv=None) -> int:
     if args.command == "split":
         result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max,
                             args.v7_val_max)
+    elif args.command == "sweep":
+        result = sweep_inference(args.model, args.data, args.cache_dir)
     else:
         result = measure_speed(args.model, args.batch_sizes, args.repeats)
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result if args.command == "speed" else result["counts"], indent=1))
+    shown = {"split": "counts", "sweep": "mean_dice"}.get(args.command)
+    print(json.dumps(result[shown] if shown else result, indent=1))
     return 0
 
 

@@ -54,3 +54,20 @@ def test_mask_stats_flags():
     one[20:80, 10:40] = True
     assert set(qc.mask_stats(one)["flags"].split(";")) == {"component_count", "imbalance"}
     assert qc.mask_stats(np.zeros((10, 10), bool), image=np.zeros((10, 10, 1)))["flags"] == "blank_image;no_lungs"
+
+
+def test_overlay_outlines_the_reference_in_red():
+    image = np.full((100, 80, 1), 0.5, np.float32)
+    mask = np.zeros((100, 80), bool)
+    mask[20:60, 10:30] = True
+    reference = np.zeros((100, 80), bool)
+    reference[30:90, 40:70] = True
+
+    def red(tile):
+        return (tile[..., 2] == 255) & (tile[..., 1] == 0) & (tile[..., 0] == 0)
+
+    plain = qc.overlay(image, mask, size=100)
+    outlined = qc.overlay(image, mask, size=100, reference=reference)
+    assert plain.shape == outlined.shape == (100, 100, 3) and not red(plain).any()
+    ys, xs = np.nonzero(red(outlined))
+    assert ys.size > 50 and xs.min() >= 35 and ys.min() >= 25  # red only around the reference, right of the mask

@@ -78,8 +78,14 @@ def test_evaluate_cli_json(tmp_path):
     cv2.imwrite(str(root / "images" / "x.png"), (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     cv2.imwrite(str(root / "masks" / "x.png"), mask)
     out = tmp_path / "results.json"
-    assert evaluate.main(["--data", str(root), "--model", "tiny", "--prompt", "gt", "refine", "--out", str(out)]) == 0
+    assert evaluate.main(["--data", str(root), "--model", "tiny", "--prompt", "gt", "refine", "--out", str(out),
+                          "--worst", "2"]) == 0
     result = json.loads(out.read_text())
+    for prompt in ("gt", "refine"):
+        grid = cv2.imread(str(tmp_path / f"results_worst_{prompt}.png"))
+        red = (grid[..., 2] == 255) & (grid[..., 1] == 0) & (grid[..., 0] == 0)
+        assert grid.shape[:2] == (192, 192) and red.sum() > 50  # one image; the ground truth outlined in red
+    assert "worst_tiles" not in result["prompts"]["gt"]
     assert result["n"] == 1 and set(result["prompts"]) == {"gt", "refine"}
     summary = result["prompts"]["gt"]["summary"]
     assert 0.0 <= summary["mean_dice"] <= 1.0 and set(result["prompts"]["gt"]["per_image"][0]) == {

@@ -6,7 +6,10 @@ mask's own (source) resolution; HD95 is in source pixels.
 Usage::
 
     python -m tfcxr.segment.evaluate --data DIR|pairs.csv|TFDS --model litemedsam --prompt gt prior refine \\
-        --out results.json
+        --out results.json --worst 8
+
+``--worst N`` also writes ``results_worst_<prompt>.png``: the N lowest-Dice images of each prompt strategy, the
+prediction tinted green with a yellow outline, the ground truth outlined in red.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 
 import numpy as np
 
+from . import qc
 from .prompts import DEFAULT_REFINE_MARGIN, PROMPTS, load_priors, segment_lungs
 
 logger = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ def _json_safe(rows: list[dict]) -> list[dict]:
 
 def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int = 1,
              margin: float = DEFAULT_REFINE_MARGIN, batch_size: int = 8, clean: bool = True,
-             cache_dir=None) -> dict:
+             cache_dir=None, worst: int = 0) -> dict:
     """Segment every pair's image with each prompt strategy and score it against the pair's mask.
 
     Args:
@@ -56,9 +60,11 @@ def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int 
         batch_size: images per model call.
         clean: fill holes and keep the two largest components.
         cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
+        worst: also return overlay tiles of this many lowest-Dice images per prompt (key "worst_tiles").
 
     Returns:
-        ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``.
+        ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``; with `worst`, each
+        prompt also holds ``"worst_tiles": [(caption, uint8 tile), ...]``, lowest Dice first.
     """
     from .finetune import cached_embeddings
     from .metrics import segmentation_metrics
@@ -74,6 +80,11 @@ def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int 
                               embeddings=embeddings, clean=clean)
         rows = [{"name": p.name, **segmentation_metrics(m, p.mask)} for p, m in zip(pairs, masks)]
         results[prompt] = {"summary": summarize(rows), "per_image": rows}
+        if worst:
+            order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:worst]
+            results[prompt]["worst_tiles"] = [
+                (f"{rows[i]['name']} {rows[i]['dice']:.3f}", qc.overlay(images[i], masks[i], reference=pairs[i].mask))
+                for i in order]
         logger.info("%s: mean Dice %.4f (decode %.1fs)", prompt, results[prompt]["summary"]["mean_dice"],
                     time.time() - start_time)
     return results
@@ -94,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pairs", type=int, default=0, help="seeded subset size (0 = all)")
     parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
                         help="fill holes and keep the two largest components")
+    parser.add_argument("--worst", type=int, default=0, metavar="N",
+                        help="write an overlay grid of the N lowest-Dice images per prompt next to --out")
     return parser
 
 
@@ -109,7 +122,7 @@ def main(argv=None) -> int:
     pairs = load_pairs(args.data, args.max_pairs)
     start = time.time()
     results = evaluate(model, pairs, args.prompt, priors, args.refine_rounds, args.margin, args.batch_size,
-                       args.clean, args.cache_dir)
+                       args.clean, args.cache_dir, args.worst)
     payload = {
         "data": args.data, "model": args.model, "n": len(pairs), "priors": np.round(priors, 5).tolist(),
         "refine_rounds": args.refine_rounds, "margin": args.margin, "clean": args.clean,
@@ -119,6 +132,10 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
+    for prompt, result in results.items():
+        if result.get("worst_tiles"):
+            captions, tiles = zip(*result["worst_tiles"])
+            qc.write_overlay_grid(out.with_name(f"{out.stem}_worst_{prompt}.png"), tiles, captions)
     print(f"{'prompt':8s} {'n':>4s} {'dice':>7s} {'iou':>7s} {'hd95':>7s}  (means; {args.data})")
     for prompt, result in results.items():
         s = result["summary"]

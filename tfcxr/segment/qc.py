@@ -145,23 +145,30 @@ def read_qc(mask_dir):
     return table.drop_duplicates("stem", keep="last").sort_values("stem").reset_index(drop=True)
 
 
-def overlay(image, mask, size: int = 192) -> np.ndarray:
+def overlay(image, mask, size: int = 192, reference=None) -> np.ndarray:
     """Colour overlay of a mask on an image, letterboxed to a square tile.
 
     Args:
         image: float32 (height, width[, 1]) in [0, 1].
         mask: bool (height, width).
         size: tile side in pixels.
+        reference: optional bool (height, width) ground-truth mask, outlined in red.
 
     Returns:
-        uint8 (size, size, 3) BGR tile: the image in gray, the lung mask tinted green with its outline in yellow.
+        uint8 (size, size, 3) BGR tile: the image in gray, the lung mask tinted green with its outline in yellow
+        (and the reference outline in red).
     """
     gray = (np.clip(np.asarray(image, np.float32).reshape(np.shape(mask)), 0, 1) * 255).astype(np.uint8)
     tile = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     mask = np.asarray(mask).astype(np.uint8)
     tile[mask > 0] = (0.6 * tile[mask > 0] + 0.4 * np.array([0, 255, 0])).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(tile, contours, -1, (0, 255, 255), thickness=max(1, max(mask.shape) // 200))
+    thickness = max(1, max(mask.shape) // 200)
+    cv2.drawContours(tile, contours, -1, (0, 255, 255), thickness=thickness)
+    if reference is not None:
+        contours, _ = cv2.findContours(np.asarray(reference).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(tile, contours, -1, (0, 0, 255), thickness=thickness)
     scale = size / max(tile.shape[:2])
     tile = cv2.resize(tile, (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale))))
     canvas = np.zeros((size, size, 3), np.uint8)
