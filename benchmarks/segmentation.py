@@ -7,7 +7,7 @@ Subcommands::
         --json benchmarks/results/segmentation_split.json
 
     # Inference settings on validation pairs only: refine rounds x margin x logit threshold x flip averaging.
-    python benchmarks/segmentation.py sweep --model runs/seg --data /tmp/seg_split/val_v7.csv \
+    python benchmarks/segmentation.py sweep --model runs/seg --run-validation --data /tmp/seg_split/val_v7.csv \
         --json benchmarks/results/segmentation_sweep.json
 
     # images/s at batch 1 and 8, and peak resident memory (resource.getrusage).
@@ -102,9 +102,27 @@ def _flip_priors(priors: np.ndarray) -> np.ndarray:
     return mirrored[::-1].astype(np.float32)
 
 
+def run_validation_pairs(run_dir) -> list:
+    """The validation pairs of a fine-tuning run: ``split.json`` "validation" names looked up in its config's data."""
+    import yaml
+
+    from tfcxr.segment.finetune import load_pairs
+
+    run = pathlib.Path(run_dir)
+    try:
+        names = set(json.loads((run / "split.json").read_text())["validation"])
+        data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{run}: not a fine-tuning run with split.json and config.yaml ({err})") from err
+    return [pair for pair in load_pairs(data) if pair.name in names]
+
+
 def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds=(-1.0, -0.5, 0.0, 0.5),
-                    rounds=(0, 1, 2), margins=(0.01, 0.02, 0.03)) -> dict:
+                    rounds=(0, 1, 2), margins=(0.01, 0.02, 0.03), run_validation: bool = False) -> dict:
     """Mean Dice of refine settings, logit thresholds and flip averaging on labelled validation pairs.
+
+    `data` lists pairs folders / CSV manifests; `run_validation` adds the validation pairs of the fine-tuning run
+    `model_spec` (see :func:`run_validation_pairs`).
 
     Each setting decodes the prior boxes, refines `rounds` times with `margin`, upsamples the per-lung logits to the
     source size, takes the lung-wise max (optionally averaged with the mirrored image's logits, mirrored back),
@@ -122,7 +140,8 @@ def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds
 
     model = load_segmenter(model_spec)
     priors = load_priors(model_spec if pathlib.Path(model_spec).is_dir() else None)
-    pairs = [pair for spec in data for pair in load_pairs(spec)]
+    pairs = (run_validation_pairs(model_spec) if run_validation else []) + [
+        pair for spec in data for pair in load_pairs(spec)]
     if not pairs:
         raise ValueError(f"No labelled pairs found in {data}")
     views = {"none": (priors, False), "flip": (_flip_priors(priors), True)}
@@ -214,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write val_v7.csv with this many of the V7 pairs --v7-train-max leaves out")
     sweep = sub.add_parser("sweep", help="inference settings on validation pairs (never the test sets)")
     sweep.add_argument("--model", required=True, help="litemedsam | fine-tuned model dir")
-    sweep.add_argument("--data", nargs="+", required=True, help="pairs folders / CSV manifests")
+    sweep.add_argument("--data", nargs="*", default=[], help="pairs folders / CSV manifests")
+    sweep.add_argument("--run-validation", action="store_true",
+                       help="add the validation pairs of the fine-tuning run given as --model (its split.json)")
     sweep.add_argument("--cache-dir", help="embedding cache folder (shared with fine-tuning and evaluation)")
     sweep.add_argument("--json", help="write the results here")
     speed = sub.add_parser("speed", help="images/s at batch 1 and 8, peak memory")
@@ -232,7 +253,7 @@ def main(argv=None) -> int:
         result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max,
                             args.v7_val_max)
     elif args.command == "sweep":
-        result = sweep_inference(args.model, args.data, args.cache_dir)
+        result = sweep_inference(args.model, args.data, args.cache_dir, run_validation=args.run_validation)
     else:
         result = measure_speed(args.model, args.batch_sizes, args.repeats)
     if args.json:

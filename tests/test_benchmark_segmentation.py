@@ -67,3 +67,14 @@ def test_sweep_scores_every_setting_on_every_pair(bench, tmp_path):
     assert all(len(v) == 2 and all(0.0 <= d <= 1.0 for d in v) for v in result["per_image"].values())
     means = list(result["mean_dice"].values())
     assert means == sorted(means, reverse=True)
+
+
+def test_run_validation_pairs_reads_the_runs_split(bench, tmp_path):
+    _write_pairs(tmp_path / "pairs", ["a", "b", "c"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data: {tmp_path / 'pairs'}\n")
+    (run / "split.json").write_text('{"train": ["a", "c"], "validation": ["b"]}')
+    assert [p.name for p in bench.run_validation_pairs(run)] == ["b"]
+    with pytest.raises(ValueError, match="split.json"):
+        bench.run_validation_pairs(tmp_path / "pairs")
