@@ -73,6 +73,9 @@ def test_config_yaml_and_flags(tmp_path):
     shipped = pathlib.Path(__file__).resolve().parents[1] / "configs" / "segment_finetune.yaml"
     recipe = finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(shipped)]))
     assert (recipe.model, recipe.freeze_image_encoder, recipe.prior_prompt_fraction) == ("litemedsam", True, 0.5)
+    whole = finetune.resolve_config(finetune.build_parser().parse_args(
+        ["--config", str(shipped.with_name("segment_finetune_whole.yaml")), "--model", "runs/other"]))
+    assert (whole.model, whole.freeze_image_encoder, whole.epochs, whole.lr) == ("runs/other", False, 12, 2e-5)
 
 
 def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
