@@ -145,15 +145,14 @@ def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds
     if not pairs:
         raise ValueError(f"No labelled pairs found in {data}")
     views = {"none": (priors, False), "flip": (_flip_priors(priors), True)}
-    embeddings = {}
+    embeddings, sizes_of = {}, []  # a mirrored image has its original's sizes
     for view, (_, mirrored) in views.items():
-        pixel_values = np.concatenate([np.asarray(model.preprocess(
-            (p.image[:, ::-1] if mirrored else p.image)[None])[0]) for p in pairs])
-        embeddings[view] = cached_embeddings(model, pixel_values, cache_dir)
+        prepared = [model.preprocess((p.image[:, ::-1] if mirrored else p.image)[None]) for p in pairs]
+        embeddings[view] = cached_embeddings(model, np.concatenate([np.asarray(x) for x, _ in prepared]), cache_dir)
+        sizes_of = sizes_of or [sizes for _, sizes in prepared]
     settings = [(r, m) for r in rounds for m in (margins if r else margins[:1])]
     per_image: dict[str, list[float]] = {}
-    for index, pair in enumerate(pairs):
-        sizes = model.preprocess(pair.image[None])[1]
+    for index, (pair, sizes) in enumerate(zip(pairs, sizes_of)):
         for r, margin in settings:
             lung_logits = {}
             for view, (view_priors, mirrored) in views.items():

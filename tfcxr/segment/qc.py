@@ -162,13 +162,12 @@ def overlay(image, mask, size: int = 192, reference=None) -> np.ndarray:
     tile = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     mask = np.asarray(mask).astype(np.uint8)
     tile[mask > 0] = (0.6 * tile[mask > 0] + 0.4 * np.array([0, 255, 0])).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(1, max(mask.shape) // 200)
-    cv2.drawContours(tile, contours, -1, (0, 255, 255), thickness=thickness)
-    if reference is not None:
-        contours, _ = cv2.findContours(np.asarray(reference).astype(np.uint8), cv2.RETR_EXTERNAL,
+    outlines = [(mask, (0, 255, 255))] + ([] if reference is None else [(reference, (0, 0, 255))])
+    for outlined, colour in outlines:
+        contours, _ = cv2.findContours(np.asarray(outlined).astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(tile, contours, -1, (0, 0, 255), thickness=thickness)
+        cv2.drawContours(tile, contours, -1, colour, thickness=thickness)
     scale = size / max(tile.shape[:2])
     tile = cv2.resize(tile, (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale))))
     canvas = np.zeros((size, size, 3), np.uint8)
