@@ -9,22 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from segment_fakes import write_pairs
 from tfcxr.segment import finetune
-
-
-def write_pairs(root, count=6, size=(72, 64)):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    height, width = size
-    for i in range(count):
-        mask = np.zeros(size, np.uint8)
-        cv2.ellipse(mask, (width // 4, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
-        cv2.ellipse(mask, (3 * width // 4, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
-        image = (rng.random(size) * 60).astype(np.uint8) + (mask > 0).astype(np.uint8) * 120
-        cv2.imwrite(str(root / "images" / f"p{i}.png"), image)
-        cv2.imwrite(str(root / "masks" / f"p{i}.png"), mask)
-    return root
 
 
 def test_loss_and_jitter():

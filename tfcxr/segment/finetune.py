@@ -57,11 +57,13 @@ class FinetuneConfig:
     bce_weight: float = 1.0
     max_pairs: int = 0  # 0 = all; >0 = a seeded subset (e.g. for whole-model fine-tuning on CPU)
     cache_dir: str = ""  # frozen-encoder embedding cache; "" = OUT/cache
+    keep_checkpoints: int = 2  # epoch checkpoints kept in OUT/checkpoints (resume; tfcxr.segment.average)
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"`epochs` and `batch_size` must be >= 1. Received: epochs={self.epochs}, "
-                             f"batch_size={self.batch_size}")
+        if self.epochs < 1 or self.batch_size < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"`epochs`, `batch_size` and `keep_checkpoints` must be >= 1. Received: "
+                             f"epochs={self.epochs}, batch_size={self.batch_size}, "
+                             f"keep_checkpoints={self.keep_checkpoints}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1). Received: val_fraction={self.val_fraction}")
         if not 0.0 <= self.prior_prompt_fraction <= 1.0:
@@ -375,7 +377,7 @@ def finetune(config: FinetuneConfig) -> dict:
     checkpoint = tf.train.Checkpoint(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder,
                                      mask_decoder=model.mask_decoder, optimizer=optimizer, epoch=epoch_var,
                                      best_val_dice=best_var)
-    manager = tf.train.CheckpointManager(checkpoint, out / "checkpoints", max_to_keep=2)
+    manager = tf.train.CheckpointManager(checkpoint, out / "checkpoints", max_to_keep=config.keep_checkpoints)
     if manager.latest_checkpoint:
         try:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -467,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of training examples prompted with the prior boxes instead of gt boxes")
     parser.add_argument("--max-pairs", type=int, help="seeded subset size (0 = all)")
     parser.add_argument("--cache-dir", help="embedding cache for a frozen encoder (default OUT/cache)")
+    parser.add_argument("--keep-checkpoints", type=int,
+                        help="epoch checkpoints to keep (default 2; more for tfcxr.segment.average)")
     return parser
 
 
