@@ -73,6 +73,31 @@ def test_refine_boxes_bbox_plus_margin_and_keeps_empty():
     out = prompts.refine_boxes(tf.constant(logits), boxes, image_size=64, margin=0.0625)  # 4 px
     np.testing.assert_allclose(out[0, 0], [2 * 4 - 4, 4 * 4 - 4, 6 * 4 - 1 + 4, 8 * 4 - 1 + 4])
     np.testing.assert_allclose(out[0, 1], boxes[0, 1])  # empty prediction keeps its box
+    logits[0, 0, 13:15, 13:15] = 0.5  # a positive speck far from the lung must not stretch the box
+    speck = prompts.refine_boxes(tf.constant(logits), boxes, image_size=64, margin=0.0625)
+    np.testing.assert_allclose(speck, out)
+
+
+def test_peak_component_follows_the_region_around_the_highest_logit():
+    def u_shape(with_bar):
+        logits = -np.ones((1, 2, 32, 32), np.float32)  # 4-px cells: an 8x8 grid
+        logits[0, 0, 1:14, 1:3] = 1.0  # left arm
+        logits[0, 0, 1:14, 17:19] = 1.0  # right arm, 3 cells away from the left one
+        if with_bar:
+            logits[0, 0, 12:14, 1:19] = 1.0  # joins the arms at the bottom
+        logits[0, 0, 2, 18] = 5.0  # the peak, top of the right arm
+        logits[0, 0, 24:32, 24:32] = 2.0  # a separate, bigger block
+        return logits  # map 1: nothing positive
+
+    joined = np.asarray(prompts.peak_component(u_shape(True)))
+    expected = u_shape(True)[0, 0] > 0
+    expected[24:32, 24:32] = False
+    np.testing.assert_array_equal(joined[0, 0], expected)  # both arms via the bar, not the block
+    assert not joined[0, 1].any()
+    apart = np.asarray(prompts.peak_component(u_shape(False)))
+    expected = np.zeros((32, 32), bool)
+    expected[1:14, 17:19] = True
+    np.testing.assert_array_equal(apart[0, 0], expected)  # only the arm that holds the peak
 
 
 def test_segment_lungs_shapes_and_validation(tiny):

@@ -6,8 +6,8 @@ Three prompt strategies (DESIGN.md §3):
 - ``prior``: two fixed per-lung boxes in normalised image coordinates, fitted from training masks
   (median of each lung's normalised bounding box) or the defaults ``[30,30,125,220]`` and ``[131,30,226,220]``
   in 256-space.
-- ``refine``: run the prior boxes, then re-prompt with the bounding box of each box's predicted mask plus a
-  margin, for 1-2 rounds.
+- ``refine``: run the prior boxes, then re-prompt with the bounding box of each box's predicted lung component
+  (the connected region around its highest logit) plus a margin, for 1-2 rounds.
 
 Boxes are ``(x_min, y_min, x_max, y_max)`` float32. "Normalised" boxes are fractions of the image width/height.
 The union of the per-lung masks is the lung mask; :func:`clean_lung_mask` fills holes and keeps the two largest
@@ -209,8 +209,48 @@ def input_boxes(model, normalized_boxes, sizes):
     return model.normalized_to_input_boxes(tf.convert_to_tensor(normalized_boxes, tf.float32), sizes)
 
 
+def peak_component(low_res_logits, cell: int = 4):
+    """The connected region of positive logits that holds each map's highest logit.
+
+    A pure-TF flood fill, so it runs in ``tf.function`` and a SavedModel: on a grid of `cell` x `cell` cells
+    (a cell is positive when any of its pixels is), a 3x3 max-pool dilation kept inside the positive cells
+    grows from the peak's cell until it stops changing; the region is the positive pixels of the reached cells.
+    Positive specks more than a cell away from the lung are left out, so they cannot stretch the box that
+    :func:`refine_boxes` derives from it.
+
+    Args:
+        low_res_logits: float32 (batch, boxes, h, w) decoder logits; h and w divisible by `cell`.
+        cell: grid cell side in low-res pixels (4 at 256x256 logits: the decoder's 64x64 embedding grid).
+
+    Returns:
+        tf.bool (batch, boxes, h, w); all False where a map has no positive logit.
+    """
+    import tensorflow as tf
+
+    logits = tf.convert_to_tensor(low_res_logits, tf.float32)
+    shape = tf.shape(logits)
+    positive = tf.cast(logits > 0.0, tf.float32)
+    # Channels-last (1, h, w, batch * boxes): one pooling call covers every map.
+    maps = tf.transpose(tf.reshape(positive, [-1, shape[-2], shape[-1]]), [1, 2, 0])[None]
+    allowed = tf.nn.max_pool2d(maps, cell, cell, "VALID")  # (1, h / cell, w / cell, n)
+    grid = tf.shape(allowed)
+    flat_logits = tf.transpose(tf.reshape(logits, [-1, shape[-2] * shape[-1]]))  # (h * w, n)
+    peak = tf.argmax(flat_logits, axis=0, output_type=tf.int32)  # (n,)
+    peak_cell = (peak // shape[-1] // cell) * grid[2] + (peak % shape[-1]) // cell
+    seed = tf.reshape(tf.transpose(tf.one_hot(peak_cell, grid[1] * grid[2])), grid) * allowed
+
+    def grow(region, _):
+        return tf.nn.max_pool2d(region, 3, 1, "SAME") * allowed, region
+
+    region, _ = tf.while_loop(lambda region, previous: tf.reduce_any(region != previous), grow, grow(seed, seed))
+    region = tf.repeat(tf.repeat(region, cell, axis=1), cell, axis=2) * maps  # back to (1, h, w, n)
+    return tf.reshape(tf.transpose(region[0], [2, 0, 1]), shape) > 0.0
+
+
 def refine_boxes(low_res_logits, boxes, image_size: int, margin: float = DEFAULT_REFINE_MARGIN):
-    """Bounding box of each box's predicted mask plus a margin; boxes whose mask is empty are kept as they were.
+    """Bounding box of each box's predicted lung component plus a margin; boxes with an empty mask stay as they were.
+
+    The component is the connected positive region around the highest logit (:func:`peak_component`).
 
     Args:
         low_res_logits: float32 (batch, boxes, h, w) decoder logits covering the whole model input.
@@ -223,9 +263,8 @@ def refine_boxes(low_res_logits, boxes, image_size: int, margin: float = DEFAULT
     """
     import tensorflow as tf
 
-    low_res_logits = tf.convert_to_tensor(low_res_logits, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    positive = low_res_logits > 0.0  # (batch, boxes, h, w)
+    positive = peak_component(low_res_logits)  # (batch, boxes, h, w)
     rows = tf.reduce_any(positive, axis=-1)  # (batch, boxes, h)
     cols = tf.reduce_any(positive, axis=-2)  # (batch, boxes, w)
     height = tf.shape(rows)[-1]
