@@ -292,7 +292,7 @@ def refine_boxes(low_res_logits, boxes, image_size: int, margin: float = DEFAULT
 
 
 def decode_with_refine(model, embeddings, boxes, refine_rounds: int = 0, margin: float = DEFAULT_REFINE_MARGIN):
-    """Decode boxes, then re-prompt `refine_rounds` times with each predicted mask's box plus margin.
+    """Decode boxes, then re-prompt `refine_rounds` times with the box of each predicted lung component plus margin.
 
     Args:
         model: a ``SamLungModel``.
@@ -388,7 +388,7 @@ def lung_masks_tf(model, images, priors=None, refine_rounds: int = 1, margin: fl
         model: a ``SamLungModel``.
         images: float32 (batch, height, width, 1) in [0, 1], one size per batch.
         priors: float32 (2, 4) normalised prior boxes; :data:`DEFAULT_PRIORS` when None.
-        refine_rounds: 0 for plain prior boxes, 1-2 to re-prompt with each predicted mask's box plus margin.
+        refine_rounds: 0 for plain prior boxes, 1-2 to re-prompt with each predicted lung component's box plus margin.
         margin: refinement margin, a fraction of the model input size.
 
     Returns:
