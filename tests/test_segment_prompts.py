@@ -93,6 +93,8 @@ def test_peak_component_follows_the_region_around_the_highest_logit():
     expected = u_shape(True)[0, 0] > 0
     expected[24:32, 24:32] = False
     np.testing.assert_array_equal(joined[0, 0], expected)  # both arms via the bar, not the block
+    cropped = np.asarray(prompts.peak_component(u_shape(True)[..., :30, :29]))  # sizes not divisible by the cell
+    np.testing.assert_array_equal(cropped[0, 0], expected[:30, :29])
     assert not joined[0, 1].any()
     apart = np.asarray(prompts.peak_component(u_shape(False)))
     expected = np.zeros((32, 32), bool)

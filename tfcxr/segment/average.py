@@ -23,9 +23,9 @@ import shutil
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .prompts import PRIORS_FILENAME
 
-PRIORS_FILENAME = "lung_priors.json"
+logger = logging.getLogger(__name__)
 
 
 def kept_epochs(run_dir) -> list[int]:

@@ -219,8 +219,9 @@ def peak_component(low_res_logits, cell: int = 4):
     :func:`refine_boxes` derives from it.
 
     Args:
-        low_res_logits: float32 (batch, boxes, h, w) decoder logits; h and w divisible by `cell`.
-        cell: grid cell side in low-res pixels (4 at 256x256 logits: the decoder's 64x64 embedding grid).
+        low_res_logits: float32 (batch, boxes, h, w) decoder logits.
+        cell: grid cell side in low-res pixels (4 at 256x256 logits: the decoder's 64x64 embedding grid); the
+            maps are padded at the bottom and right to a multiple of it.
 
     Returns:
         tf.bool (batch, boxes, h, w); all False where a map has no positive logit.
@@ -232,7 +233,8 @@ def peak_component(low_res_logits, cell: int = 4):
     positive = tf.cast(logits > 0.0, tf.float32)
     # Channels-last (1, h, w, batch * boxes): one pooling call covers every map.
     maps = tf.transpose(tf.reshape(positive, [-1, shape[-2], shape[-1]]), [1, 2, 0])[None]
-    allowed = tf.nn.max_pool2d(maps, cell, cell, "VALID")  # (1, h / cell, w / cell, n)
+    padded = tf.pad(maps, [[0, 0], [0, -shape[-2] % cell], [0, -shape[-1] % cell], [0, 0]])
+    allowed = tf.nn.max_pool2d(padded, cell, cell, "VALID")  # (1, ceil(h / cell), ceil(w / cell), n)
     grid = tf.shape(allowed)
     flat_logits = tf.transpose(tf.reshape(logits, [-1, shape[-2] * shape[-1]]))  # (h * w, n)
     peak = tf.argmax(flat_logits, axis=0, output_type=tf.int32)  # (n,)
@@ -243,7 +245,8 @@ def peak_component(low_res_logits, cell: int = 4):
         return tf.nn.max_pool2d(region, 3, 1, "SAME") * allowed, region
 
     region, _ = tf.while_loop(lambda region, previous: tf.reduce_any(region != previous), grow, grow(seed, seed))
-    region = tf.repeat(tf.repeat(region, cell, axis=1), cell, axis=2) * maps  # back to (1, h, w, n)
+    region = tf.repeat(tf.repeat(region, cell, axis=1), cell, axis=2)[:, : shape[-2], : shape[-1]]  # (1, h, w, n)
+    region = region * maps
     return tf.reshape(tf.transpose(region[0], [2, 0, 1]), shape) > 0.0
 
 
