@@ -59,17 +59,6 @@ def checkpoint_paths(run_dir, epochs=None, last: int = 0) -> list[str]:
     return [str(run_dir / "checkpoints" / f"ckpt-{epoch}") for epoch in chosen]
 
 
-def _model_variables(model) -> list:
-    """Every variable of the three parts, each once, in a fixed order."""
-    seen, variables = set(), []
-    for part in (model.image_encoder, model.prompt_encoder, model.mask_decoder):
-        for variable in part.variables:
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                variables.append(variable)
-    return variables
-
-
 def average_checkpoints(model, paths) -> None:
     """Set ``model``'s weights to the element-wise mean of the checkpoints at ``paths`` (in place).
 
@@ -82,7 +71,7 @@ def average_checkpoints(model, paths) -> None:
     """
     import tensorflow as tf
 
-    variables = _model_variables(model)
+    variables = list(model.variables)  # SamLungModel is a tf.Module: every variable once, in a fixed order
     checkpoint = tf.train.Checkpoint(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder,
                                      mask_decoder=model.mask_decoder)
     sums = None
