@@ -52,6 +52,9 @@ def test_config_yaml_and_flags(tmp_path):
     config.write_text("epochz: 3\n")
     with pytest.raises(ValueError, match="epochz"):
         finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(config)]))
+    config.write_text("epochs: [3\n")
+    with pytest.raises(ValueError, match="c.yaml: invalid YAML"):
+        finetune.resolve_config(finetune.build_parser().parse_args(["--config", str(config)]))
     with pytest.raises(ValueError, match="val_fraction"):
         finetune.FinetuneConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="prior_prompt_fraction"):

@@ -476,11 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
     """Defaults <- YAML (--config) <- command-line flags."""
-    import yaml
+    from tfcxr.config import read_yaml_mapping
 
     values = {}
     if args.config:
-        loaded = yaml.safe_load(pathlib.Path(args.config).read_text()) or {}
+        loaded = read_yaml_mapping(args.config)
         unknown = set(loaded) - {f.name for f in dataclasses.fields(FinetuneConfig)}
         if unknown:
             raise ValueError(f"{args.config}: unknown fields {sorted(unknown)}")
