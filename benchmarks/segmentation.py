@@ -136,10 +136,10 @@ def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds
     from tfcxr.segment import load_segmenter
     from tfcxr.segment.finetune import cached_embeddings, load_pairs
     from tfcxr.segment.metrics import segmentation_metrics
-    from tfcxr.segment.prompts import clean_lung_mask, decode_with_refine, input_boxes, load_priors
+    from tfcxr.segment.prompts import clean_lung_mask, decode_with_refine, input_boxes
 
     model = load_segmenter(model_spec)
-    priors = load_priors(model_spec if pathlib.Path(model_spec).is_dir() else None)
+    priors = model.priors
     pairs = (run_validation_pairs(model_spec) if run_validation else []) + [
         pair for spec in data for pair in load_pairs(spec)]
     if not pairs:
@@ -181,7 +181,7 @@ def measure_speed(model_name: str, batch_sizes=(1, 8), repeats: int = 3) -> dict
     import tensorflow as tf
 
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.prompts import DEFAULT_PRIORS, input_boxes
+    from tfcxr.segment.prompts import input_boxes
 
     is_hub = "/" in model_name and not pathlib.Path(model_name).exists()
     if is_hub and not tf.config.list_physical_devices("GPU"):
@@ -198,7 +198,7 @@ def measure_speed(model_name: str, batch_sizes=(1, 8), repeats: int = 3) -> dict
 
         def run():
             pixel_values, sizes = model.preprocess(images)
-            boxes = input_boxes(model, np.broadcast_to(DEFAULT_PRIORS, (batch_size, 2, 4)), sizes)
+            boxes = input_boxes(model, np.broadcast_to(model.priors, (batch_size, 2, 4)), sizes)
             return np.asarray(model.decode(model.embed(pixel_values), boxes))
 
         start = time.perf_counter()

@@ -33,7 +33,6 @@ def checkpoint_weights(run_dir, epoch) -> dict:
 
 def test_average_is_the_mean_of_the_chosen_checkpoints(run_dir, tmp_path):
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.prompts import load_priors
     from tfcxr.segment.weights import export_weights
 
     assert average.kept_epochs(run_dir) == [1, 2, 3]
@@ -44,11 +43,11 @@ def test_average_is_the_mean_of_the_chosen_checkpoints(run_dir, tmp_path):
     for key in averaged:
         np.testing.assert_allclose(averaged[key], (second[key] + third[key]) / 2, rtol=1e-6, atol=1e-7)
     assert json.loads((tmp_path / "avg" / "averaged.json").read_text())["epochs"] == [2, 3]
-    np.testing.assert_array_equal(load_priors(tmp_path / "avg"), load_priors(run_dir))
+    np.testing.assert_array_equal(load_segmenter(str(tmp_path / "avg")).priors, load_segmenter(str(run_dir)).priors)
 
 
 def test_average_rejects_bad_choices_and_mismatched_checkpoints(run_dir, tmp_path):
-    from tfcxr.segment.litemedsam import PRESETS
+    from tfcxr.segment.litemedsam import ARCHITECTURES
     from tfcxr.segment.model import build_litemedsam_model
 
     with pytest.raises(ValueError, match=r"no checkpoint for epochs \[7\]; kept epochs: \[1, 2, 3\]"):
@@ -59,7 +58,7 @@ def test_average_rejects_bad_choices_and_mismatched_checkpoints(run_dir, tmp_pat
         average.checkpoint_paths(run_dir, epochs=[1, 2], last=2)
     with pytest.raises(ValueError, match="new folder"):
         average.average_run(run_dir, run_dir, last=2)
-    other = build_litemedsam_model(dataclasses.replace(PRESETS["litemedsam-tiny"], decoder_mlp_dim=48), name="o")
+    other = build_litemedsam_model(dataclasses.replace(ARCHITECTURES["litemedsam-tiny"], decoder_mlp_dim=48), name="o")
     with pytest.raises(ValueError, match="ckpt-1: checkpoint does not match"):
         average.average_checkpoints(other, average.checkpoint_paths(run_dir, epochs=[1, 2]))
     with pytest.raises(SystemExit):

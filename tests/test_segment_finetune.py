@@ -69,7 +69,7 @@ def test_config_yaml_and_flags(tmp_path):
 
 def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.litemedsam import PRESETS
+    from tfcxr.segment.litemedsam import ARCHITECTURES
     from tfcxr.segment.model import build_litemedsam_model
     from tfcxr.segment.prompts import load_priors
 
@@ -87,7 +87,7 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     assert load_priors(out).shape == (2, 4) and (out / "lung_priors.json").is_file()
     assert load_segmenter(str(out)).image_size == 64
 
-    other = dataclasses.replace(PRESETS["litemedsam-tiny"], decoder_mlp_dim=48)
+    other = dataclasses.replace(ARCHITECTURES["litemedsam-tiny"], decoder_mlp_dim=48)
     build_litemedsam_model(other, name="other").save(tmp_path / "other")
     with pytest.raises(ValueError, match="checkpoint does not match"):
         finetune.main(["--data", str(data), "--model", str(tmp_path / "other"), "--out", str(out), "--epochs", "3"])

@@ -38,7 +38,7 @@ def test_parse_shard():
 def test_generate_masks_flags_bad_images_and_resumes(tiny, tmp_path):
     images = write_images(tmp_path / "images")
     out = tmp_path / "masks"
-    counts = predict.generate_masks(tiny, str(images), out, "refine", batch_size=2)
+    counts = predict.generate_masks(tiny, str(images), out, batch_size=2)
     assert counts == {"total": 5, "skipped": 0, "written": 4, "flagged": counts["flagged"], "read_error": 1}
     for stem, shape in (("a", (80, 70)), ("b", (60, 66)), ("deep", (64, 64)), ("blank", (50, 50))):
         mask = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -50,7 +50,7 @@ def test_generate_masks_flags_bad_images_and_resumes(tiny, tmp_path):
     assert (out / "overlay_grid.png").is_file() and not list(out.glob("*.tmp"))
 
     (out / "a.png").unlink()  # a mask lost mid-run: only it is redone
-    again = predict.generate_masks(tiny, str(images), out, "refine", batch_size=2)
+    again = predict.generate_masks(tiny, str(images), out, batch_size=2)
     assert (again["skipped"], again["written"]) == (3, 1)
     assert len(qc.read_qc(out)) == 5  # rows de-duplicated by stem
 

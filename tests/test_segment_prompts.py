@@ -42,17 +42,38 @@ def test_jitter_moves_sides_outwards_within_limit():
     np.testing.assert_array_equal(edge, [[0, 0, 119, 99]])
 
 
-def test_fit_save_load_priors(tmp_path):
+def test_fit_priors_and_read_a_version_1_priors_file(tmp_path):
     priors = prompts.fit_priors([two_lungs(), two_lungs(), np.ones((10, 10), bool), np.zeros((10, 10), bool)])
     np.testing.assert_allclose(priors, [[10 / 120, 0.2, 49 / 120, 0.79], [70 / 120, 0.15, 109 / 120, 0.84]],
                                atol=0.01)
     np.testing.assert_array_equal(prompts.fit_priors([np.ones((5, 5), bool)]), prompts.DEFAULT_PRIORS)
-    prompts.save_priors(tmp_path, priors, num_masks=2)
-    np.testing.assert_allclose(prompts.load_priors(tmp_path), priors, atol=1e-5)
-    np.testing.assert_array_equal(prompts.load_priors(tmp_path / "missing"), prompts.DEFAULT_PRIORS)
-    (tmp_path / prompts.PRIORS_FILENAME).write_text(json.dumps({"boxes": [[0, 0, 2, 1]]}))
-    with pytest.raises(ValueError, match="lung_priors.json"):
-        prompts.load_priors(tmp_path)
+    path = tmp_path / prompts.PRIORS_FILENAME
+    path.write_text(json.dumps({"boxes": priors.tolist()}))
+    np.testing.assert_allclose(prompts.read_priors_file(path), priors, atol=1e-6)
+    for bad in ({"boxes": [[0, 0, 2, 1]]}, {"boxes": [[0.5, 0, 0.1, 1], [0, 0, 1, 1]]}, {"nope": 1}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="lung_priors.json"):
+            prompts.read_priors_file(path)
+
+
+def test_inference_settings_validate_and_round_trip():
+    settings = prompts.InferenceSettings(prompt="prior", refine_rounds=2, margin=0.03, threshold=-0.5, clean=False)
+    assert prompts.InferenceSettings.from_dict(settings.to_dict()) == settings
+    assert settings.rounds == 0 and settings.replace(prompt="refine").rounds == 2
+    assert settings.replace(margin=None, threshold=0.25).threshold == 0.25
+    for bad, match in ((dict(prompt="gt"), "prompt"), (dict(refine_rounds=0), "refine_rounds"),
+                       (dict(margin=0.5), "margin"), (dict(threshold=99.0), "threshold")):
+        with pytest.raises(ValueError, match=match):
+            prompts.InferenceSettings(**bad)
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        prompts.InferenceSettings.from_dict({"prompt": "refine", "rounds": 1})
+
+
+def test_threshold_setting_changes_the_mask(tiny):
+    image = np.random.default_rng(3).random((64, 64, 1), dtype=np.float32)
+    low, high = (prompts.segment_lungs(tiny, [image], "prior", settings=prompts.InferenceSettings(threshold=t))[0]
+                 for t in (-20.0, 20.0))
+    assert low.sum() >= high.sum() and low.sum() > 0 and not high.any()
 
 
 def test_clean_fills_holes_and_keeps_two_largest():
@@ -119,10 +140,11 @@ def test_lung_masks_tf_traces_and_saved_model_round_trip(tiny, tmp_path):
     import tensorflow as tf
 
     images = np.random.default_rng(1).random((2, 72, 60, 1), dtype=np.float32)
-    eager = prompts.lung_masks_tf(tiny, images, refine_rounds=1)
+    eager = prompts.lung_masks_tf(tiny, images)  # the model's own settings: refine, 1 round
     assert eager.shape == (2, 72, 60, 1) and eager.dtype == tf.float32
     assert set(np.unique(eager.numpy())) <= {0.0, 1.0}
-    reference = prompts.segment_lungs(tiny, list(images), "refine", clean=False)
+    reference = prompts.segment_lungs(tiny, list(images), "refine",
+                                      settings=prompts.InferenceSettings(clean=False))
     agreement = np.mean(eager.numpy()[..., 0] == np.stack(reference))
     assert agreement > 0.99
 
@@ -133,7 +155,7 @@ def test_lung_masks_tf_traces_and_saved_model_round_trip(tiny, tmp_path):
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
         def __call__(self, x):
-            return prompts.lung_masks_tf(self.model, x, refine_rounds=1)
+            return prompts.lung_masks_tf(self.model, x)
 
     module = Segmenter(tiny)
     traced = module(tf.constant(images))

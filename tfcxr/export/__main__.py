@@ -2,7 +2,7 @@
 
 Examples:
     python -m tfcxr.export runs/loose --format savedmodel --out export/models --model-name cxr_loose
-    python -m tfcxr.export runs/loose --format savedmodel --out export/models --embed-segmenter --segmenter litemedsam
+    python -m tfcxr.export runs/loose --format savedmodel --out export/models --embed-segmenter
     python -m tfcxr.export runs/loose --format onnx --out export/onnx
     python -m tfcxr.export runs/loose --format tensorrt --out export/trt --precision fp16
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+from tfcxr.segment.presets import DEFAULT_PRESET
 
 logger = logging.getLogger("tfcxr.export")
 
@@ -33,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="savedmodel: put the lung segmenter and masking in the serving graph (clients send only the X-ray)",
     )
     parser.add_argument(
-        "--segmenter", default="litemedsam",
-        help="segmenter for --embed-segmenter: 'litemedsam', 'tiny' or a fine-tuned model dir (default litemedsam)",
+        "--segmenter", default=DEFAULT_PRESET,
+        help=f"segmenter for --embed-segmenter: a preset name or a saved model dir (default {DEFAULT_PRESET})",
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="tensorrt precision (default fp16)")

@@ -1,40 +1,39 @@
 """The lung segmenter as it is embedded in the serving graph (``--embed-segmenter``).
 
-SAM models are tf_keras and classifiers Keras 3 (DESIGN.md §2): they never share a Keras graph. Both are tracked as
+SAM models are tf_keras and classifiers Keras 3: they never share a Keras graph. Both are tracked as
 attributes of the exported ``tf.Module`` and meet at tensors inside its ``tf.function``: this wrapper exposes the
 segment helper's pure-TF :func:`tfcxr.segment.prompts.lung_masks_tf` as
 ``serving_fn(images (batch, H, W, 1) in [0, 1]) -> float32 (batch, H, W, 1) lung mask in {0, 1}``.
 
-In-graph masks use the prior boxes plus `refine_rounds` re-prompts. Unlike the offline mask cache they skip the
-connected-component clean-up (no core TF op); hole filling still happens in :func:`tfcxr.masking.apply_mask`.
+In-graph masks follow the segmenter's own priors and inference settings (prompt, refine rounds, margin, threshold), as
+the offline mask generator does. Unlike the offline mask cache they skip the connected-component clean-up (no core TF
+op); hole filling still happens in :func:`tfcxr.masking.apply_mask`.
 """
 
 from __future__ import annotations
 
-import pathlib
+from tfcxr.segment.presets import DEFAULT_PRESET
 
 
 def _serving_segmenter_class():
     import tensorflow as tf
 
     class ServingSegmenter(tf.Module):
-        """Holds a ``SamLungModel``'s variables (saved with the export) and its prior boxes.
+        """Holds a ``SamLungModel``'s variables (saved with the export), its prior boxes and inference settings.
 
         Only the variables are tracked, not the tf_keras layers: saving tf_keras layers would also trace and
         save each layer's own call functions, which the serving graph never uses and which cost most of the
         export time.
 
         Args:
-            model: a ``tfcxr.segment.SamLungModel``.
-            priors: float32 (2, 4) normalised xyxy prior boxes (one per lung).
-            refine_rounds: 0 (prior boxes only) or 1-2 refinement rounds.
+            model: a ``tfcxr.segment.SamLungModel``; its ``priors`` and ``inference`` settings are embedded.
         """
 
-        def __init__(self, model, priors, refine_rounds: int = 1):
+        def __init__(self, model):
             super().__init__(name="lung_segmenter")
             self.segmenter_variables = list(model.variables)
-            self.priors = tf.constant(priors, tf.float32)  # (2, 4)
-            self.refine_rounds = int(refine_rounds)
+            self.priors = tf.constant(model.priors, tf.float32)  # (2, 4)
+            self.settings = model.inference
             # object.__setattr__ bypasses tf.Module's automatic tracking: the model is used, not saved.
             object.__setattr__(self, "_model", model)
 
@@ -47,19 +46,13 @@ def _serving_segmenter_class():
             """
             from tfcxr.segment.prompts import lung_masks_tf
 
-            return lung_masks_tf(self._model, images, priors=self.priors, refine_rounds=self.refine_rounds)
+            return lung_masks_tf(self._model, images, settings=self.settings, priors=self.priors)
 
     return ServingSegmenter
 
 
-def load_serving_segmenter(model: str = "litemedsam", refine_rounds: int = 1):
-    """Load a segmenter (``"litemedsam"``, ``"tiny"`` or a saved/fine-tuned directory) for embedding.
-
-    The prior boxes come from ``<model dir>/lung_priors.json`` when the directory has one, else the defaults.
-    """
+def load_serving_segmenter(model: str = DEFAULT_PRESET):
+    """Load a segmenter (a preset name such as the default ``litemedsam-lungs``, or a saved directory) for embedding."""
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.prompts import load_priors
 
-    path = pathlib.Path(model)
-    priors = load_priors(path if path.is_dir() else None)
-    return _serving_segmenter_class()(load_segmenter(model), priors, refine_rounds=refine_rounds)
+    return _serving_segmenter_class()(load_segmenter(model))

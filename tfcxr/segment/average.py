@@ -19,11 +19,9 @@ import argparse
 import json
 import logging
 import pathlib
-import shutil
 
 import numpy as np
 
-from .prompts import PRIORS_FILENAME
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +87,8 @@ def average_checkpoints(model, paths) -> None:
 def average_run(run_dir, out, epochs=None, last: int = 0) -> dict:
     """Average checkpoints of the run in ``run_dir`` and save the segmenter to ``out``; returns a summary dict.
 
-    ``out`` gets ``segmenter.json`` + weights, the run's ``lung_priors.json`` and ``averaged.json`` (the source
-    run and the averaged checkpoints).
+    ``out`` gets ``segmenter.json`` (with the run's priors and inference settings) + weights, and ``averaged.json``
+    (the source run and the averaged checkpoints).
     """
     from .model import load_segmenter
 
@@ -100,9 +98,6 @@ def average_run(run_dir, out, epochs=None, last: int = 0) -> dict:
         raise ValueError(f"{out}: write the average to a new folder, not over the run it is taken from")
     model = load_segmenter(str(run_dir))
     average_checkpoints(model, paths)
-    out.mkdir(parents=True, exist_ok=True)
-    if (run_dir / PRIORS_FILENAME).is_file():
-        shutil.copyfile(run_dir / PRIORS_FILENAME, out / PRIORS_FILENAME)
     model.save(out)
     summary = {"run": str(run_dir), "checkpoints": [pathlib.Path(p).name for p in paths],
                "epochs": [int(pathlib.Path(p).name.split("-")[1]) for p in paths]}

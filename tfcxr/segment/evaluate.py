@@ -5,8 +5,10 @@ mask's own (source) resolution; HD95 is in source pixels.
 
 Usage::
 
-    python -m tfcxr.segment.evaluate --data DIR|pairs.csv|TFDS --model litemedsam --prompt gt prior refine \\
-        --out results.json --worst 8
+    python -m tfcxr.segment.evaluate --data DIR|pairs.csv|TFDS --prompt gt prior refine --out results.json --worst 8
+
+``--model`` defaults to the ``litemedsam-lungs`` preset; its own priors and inference settings are used unless a
+flag overrides them.
 
 ``--worst N`` also writes ``results_worst_<prompt>.png``: the N lowest-Dice images of each prompt strategy, the
 prediction tinted green with a yellow outline, the ground truth outlined in red.
@@ -24,7 +26,8 @@ import time
 import numpy as np
 
 from . import qc
-from .prompts import DEFAULT_REFINE_MARGIN, PROMPTS, load_priors, segment_lungs
+from .presets import DEFAULT_PRESET
+from .prompts import PROMPTS, segment_lungs
 
 logger = logging.getLogger(__name__)
 METRICS = ("dice", "iou", "hd95")
@@ -46,19 +49,16 @@ def _json_safe(rows: list[dict]) -> list[dict]:
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in rows]
 
 
-def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int = 1,
-             margin: float = DEFAULT_REFINE_MARGIN, batch_size: int = 8, clean: bool = True,
-             cache_dir=None, worst: int = 0) -> dict:
+def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int = 8, cache_dir=None,
+             worst: int = 0) -> dict:
     """Segment every pair's image with each prompt strategy and score it against the pair's mask.
 
     Args:
         model: a ``SamLungModel``.
         pairs: list of ``tfcxr.segment.finetune.Pair`` (image float32 (H, W, 1) in [0, 1], mask bool (H, W)).
         prompts: strategies from ("gt", "prior", "refine").
-        priors: float32 (2, 4) normalised prior boxes (defaults when None).
-        refine_rounds, margin: refinement settings for "refine".
+        settings: ``InferenceSettings`` (refine rounds, margin, threshold, clean); None for the model's own.
         batch_size: images per model call.
-        clean: fill holes and keep the two largest components.
         cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
         worst: also return overlay tiles of this many lowest-Dice images per prompt (key "worst_tiles").
 
@@ -75,9 +75,8 @@ def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int 
     results = {}
     for prompt in prompts:
         start_time = time.time()
-        masks = segment_lungs(model, images, prompt, priors=priors, gt_masks=[p.mask for p in pairs],
-                              refine_rounds=refine_rounds, margin=margin, batch_size=batch_size,
-                              embeddings=embeddings, clean=clean)
+        masks = segment_lungs(model, images, prompt, settings=settings, gt_masks=[p.mask for p in pairs],
+                              batch_size=batch_size, embeddings=embeddings)
         rows = [{"name": p.name, **segmentation_metrics(m, p.mask)} for p, m in zip(pairs, masks)]
         results[prompt] = {"summary": summarize(rows), "per_image": rows}
         if worst:
@@ -93,18 +92,18 @@ def evaluate(model, pairs, prompts=("refine",), priors=None, refine_rounds: int 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="pairs folder, pairs CSV (image_path,mask_path) or TFDS name")
-    parser.add_argument("--model", default="litemedsam", help="litemedsam | tiny | hub id | model dir")
+    parser.add_argument("--model", default=DEFAULT_PRESET,
+                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET})")
     parser.add_argument("--prompt", nargs="+", choices=PROMPTS, default=["refine"], help="one or more strategies")
     parser.add_argument("--out", required=True, help="results JSON path")
-    parser.add_argument("--priors", help="folder holding lung_priors.json (default: the model dir, else defaults)")
-    parser.add_argument("--refine-rounds", type=int, default=1, choices=(1, 2, 3))
-    parser.add_argument("--margin", type=float, default=DEFAULT_REFINE_MARGIN,
-                        help="refine margin, fraction of the model input size")
+    parser.add_argument("--refine-rounds", type=int, choices=(1, 2, 3), help="default: the model's own")
+    parser.add_argument("--margin", type=float, help="refine margin, fraction of the model input size")
+    parser.add_argument("--threshold", type=float, help="mask logit threshold (default: the model's own)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="embedding cache folder (shared with fine-tuning)")
     parser.add_argument("--max-pairs", type=int, default=0, help="seeded subset size (0 = all)")
-    parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
-                        help="fill holes and keep the two largest components")
+    parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                        help="fill holes and keep the two largest components (default: the model's own)")
     parser.add_argument("--worst", type=int, default=0, metavar="N",
                         help="write an overlay grid of the N lowest-Dice images per prompt next to --out")
     return parser
@@ -117,16 +116,14 @@ def main(argv=None) -> int:
     from .model import load_segmenter
 
     model = load_segmenter(args.model)
-    priors_dir = args.priors or (args.model if pathlib.Path(args.model).is_dir() else None)
-    priors = load_priors(priors_dir)
+    settings = model.inference.replace(refine_rounds=args.refine_rounds, margin=args.margin,
+                                       threshold=args.threshold, clean=args.clean)
     pairs = load_pairs(args.data, args.max_pairs)
     start = time.time()
-    results = evaluate(model, pairs, args.prompt, priors, args.refine_rounds, args.margin, args.batch_size,
-                       args.clean, args.cache_dir, args.worst)
+    results = evaluate(model, pairs, args.prompt, settings, args.batch_size, args.cache_dir, args.worst)
     payload = {
-        "data": args.data, "model": args.model, "n": len(pairs), "priors": np.round(priors, 5).tolist(),
-        "refine_rounds": args.refine_rounds, "margin": args.margin, "clean": args.clean,
-        "seconds": round(time.time() - start, 1),
+        "data": args.data, "model": args.model, "n": len(pairs), "priors": np.round(model.priors, 5).tolist(),
+        "settings": settings.to_dict(), "seconds": round(time.time() - start, 1),
         "prompts": {k: {"summary": v["summary"], "per_image": _json_safe(v["per_image"])} for k, v in results.items()},
     }
     out = pathlib.Path(args.out)

@@ -1,4 +1,4 @@
-"""Fine-tune a SAM-style lung segmenter on image/mask pairs, MedSAM recipe (DESIGN.md §3).
+"""Fine-tune a SAM-style lung segmenter on image/mask pairs, MedSAM recipe.
 
 - one box prompt per lung component of the ground-truth mask, jittered outwards by up to ``jitter`` px per side;
   optionally (``prior_prompt_fraction`` > 0, prompt augmentation) a share of the examples is prompted with the
@@ -10,8 +10,8 @@
 - AdamW (lr 1e-4, weight decay 0.01);
 - validation Dice / IoU per epoch (ground-truth boxes, no jitter; Dice with the prior boxes too), a
   ``tf.train.CheckpointManager`` checkpoint per epoch in ``OUT/checkpoints`` (a rerun resumes from the last
-  finished epoch), the best model by validation Dice saved with ``model.save(OUT)`` plus the fitted prior boxes
-  (``OUT/lung_priors.json``), so ``load_segmenter(OUT)`` loads it.
+  finished epoch), the best model by validation Dice saved with ``model.save(OUT)``, the fitted prior boxes in its
+  ``segmenter.json``, so ``load_segmenter(OUT)`` loads it ready to predict.
 
 Usage::
 
@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-from .prompts import DEFAULT_PRIORS, fit_priors, input_boxes, lung_components, mask_box, \
-    normalize_boxes, save_priors
+from tfcxr.atomic import atomic_write
+
+from .prompts import DEFAULT_PRIORS, fit_priors, input_boxes, lung_components, mask_box, normalize_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class FinetuneConfig:
     max_pairs: int = 0  # 0 = all; >0 = a seeded subset (e.g. for whole-model fine-tuning on CPU)
     cache_dir: str = ""  # frozen-encoder embedding cache; "" = OUT/cache
     keep_checkpoints: int = 2  # epoch checkpoints kept in OUT/checkpoints (resume; tfcxr.segment.average)
+    deterministic: bool = True  # tf.config.experimental.enable_op_determinism: same seed, same weights
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.keep_checkpoints < 1:
@@ -265,9 +267,8 @@ def cached_embeddings(model, pixel_values: np.ndarray, cache_dir=None, batch_siz
         for i, embedding in zip(idx, batch):
             out[i] = embedding
             if folder is not None:
-                tmp = paths[i].with_name(paths[i].stem + ".tmp.npy")
-                np.save(tmp, embedding)
-                tmp.replace(paths[i])
+                with atomic_write(paths[i]) as handle:
+                    np.save(handle, embedding)
     return np.stack(out).astype(np.float32)
 
 
@@ -337,10 +338,12 @@ def finetune(config: FinetuneConfig) -> dict:
     import yaml
     from tqdm import tqdm
 
-    from .model import load_segmenter
+    from .model import SAVE_FILENAME, load_segmenter
 
     if not config.out:
         raise ValueError("`out` must be set to the output directory. Received: out=''")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
@@ -357,6 +360,9 @@ def finetune(config: FinetuneConfig) -> dict:
     label_size = int(probe.shape[-1])  # (1, 1, label_size, label_size)
     priors = fit_priors(p.mask for p in train_pairs)
     logger.info("Fitted prior boxes (normalised): %s", np.round(priors, 3).tolist())
+    model.priors = priors  # saved with the model, so every later user of it prompts with these boxes
+    model.mask_definition = {"name": "trained", "description": f"the lung masks of {config.data} "
+                                                               f"({len(train_pairs)} training pairs)"}
     train = prepare_examples(model, train_pairs, label_size, priors)
     val = prepare_examples(model, val_pairs, label_size, priors) if val_pairs else None
 
@@ -426,10 +432,9 @@ def finetune(config: FinetuneConfig) -> dict:
         score = row.get("val_dice", -row["loss"])
         if val is not None and config.prior_prompt_fraction > 0:  # trained for both prompt kinds: select on both
             score = (row["val_dice"] + row["val_dice_prior"]) / 2
-        if score > float(best_var) or not (out / "lung_priors.json").is_file():
+        if score > float(best_var) or not (out / SAVE_FILENAME).is_file():
             best_var.assign(score)
             model.save(out)
-            save_priors(out, priors, num_masks=len(train_pairs))
             row["saved"] = 1
         logger.info("epoch %d: %s", epoch + 1, row)
         epoch_var.assign(epoch + 1)
@@ -469,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of training examples prompted with the prior boxes instead of gt boxes")
     parser.add_argument("--max-pairs", type=int, help="seeded subset size (0 = all)")
     parser.add_argument("--cache-dir", help="embedding cache for a frozen encoder (default OUT/cache)")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                        help="deterministic TF ops (default on): the same seed gives the same weights")
     parser.add_argument("--keep-checkpoints", type=int,
                         help="epoch checkpoints to keep (default 2; more for tfcxr.segment.average)")
     return parser

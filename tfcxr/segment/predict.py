@@ -10,7 +10,10 @@ image (unreadable, corrupt, blank) is flagged in the QC CSV and never stops the 
 
 Usage::
 
-    python -m tfcxr.segment.predict --images DIR --out MASKDIR --model litemedsam --prompt refine --shard 0/4
+    python -m tfcxr.segment.predict --images DIR --out MASKDIR --shard 0/4     # the default preset, litemedsam-lungs
+
+The segmenter's own inference settings (prompt strategy, refine rounds, margin, threshold) and lung priors are
+used unless a flag overrides them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import cv2
 import numpy as np
 
 from . import qc
-from .prompts import DEFAULT_REFINE_MARGIN, load_priors, segment_lungs
+from .presets import DEFAULT_PRESET
+from .prompts import segment_lungs
 
 logger = logging.getLogger(__name__)
 
@@ -87,28 +91,23 @@ def is_valid_mask(path) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------------------------
-def generate_masks(model, source: str, out_dir, prompt: str = "refine", priors=None, batch_size: int = 8,
-                   shard: tuple[int, int] | None = None, refine_rounds: int = 1,
-                   margin: float = DEFAULT_REFINE_MARGIN) -> dict:
+def generate_masks(model, source: str, out_dir, settings=None, batch_size: int = 8,
+                   shard: tuple[int, int] | None = None) -> dict:
     """Write lung masks, QC rows and an overlay grid for every image of `source` in this shard.
 
     Args:
-        model: a ``SamLungModel``.
+        model: a ``SamLungModel``; its ``priors`` prompt the lungs.
         source: a folder of images, or a TFDS dataset name.
         out_dir: the mask directory.
-        prompt: "prior" or "refine".
-        priors: float32 (2, 4) normalised prior boxes (defaults when None).
+        settings: ``tfcxr.segment.prompts.InferenceSettings``; None for the model's own.
         batch_size: images per model call.
         shard: (i, n) to process every n-th image starting at i; None for all.
-        refine_rounds, margin: refinement settings.
 
     Returns:
         counts: ``{"total", "skipped", "written", "flagged", "read_error"}``.
     """
     from tfcxr.data.io import ImageReadError, read_image, write_png_atomic
 
-    if prompt not in PREDICT_PROMPTS:
-        raise ValueError(f"`prompt` must be one of {PREDICT_PROMPTS}. Received: prompt={prompt!r}")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if pathlib.Path(source).is_dir():
@@ -135,7 +134,7 @@ def generate_masks(model, source: str, out_dir, prompt: str = "refine", priors=N
         """Segment the readable images of a batch, write masks and QC rows."""
         rows = []
         readable = [(stem, path, image) for stem, path, image in batch if not qc.is_blank(image)]
-        kwargs = dict(prompt=prompt, priors=priors, refine_rounds=refine_rounds, margin=margin)
+        kwargs = dict(settings=settings)
         try:
             masks = segment_lungs(model, [im for _, _, im in readable], batch_size=batch_size, **kwargs)
         except Exception as err:  # one odd image must not kill a 100k-image run: retry one by one
@@ -206,15 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, help="folder of images (searched recursively) or TFDS name")
     parser.add_argument("--out", required=True, help="mask directory")
-    parser.add_argument("--model", default="litemedsam", help="litemedsam | hub id | fine-tuned model dir")
-    parser.add_argument("--prompt", choices=PREDICT_PROMPTS, default="refine")
-    parser.add_argument("--priors", help="folder holding lung_priors.json (default: the model dir, else defaults)")
+    parser.add_argument("--model", default=DEFAULT_PRESET,
+                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET})")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", type=parse_shard, help="i/n: process every n-th image starting at i")
-    parser.add_argument("--refine-rounds", type=int, default=1, choices=(1, 2, 3))
-    parser.add_argument("--margin", type=float, default=DEFAULT_REFINE_MARGIN,
-                        help="refine margin, fraction of the model input size")
+    add_inference_flags(parser)
     return parser
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, prompts=PREDICT_PROMPTS) -> None:
+    """``--prompt``, ``--refine-rounds``, ``--margin``, ``--threshold``: overrides of the model's own settings."""
+    parser.add_argument("--prompt", choices=prompts, help="prompt strategy (default: the model's own)")
+    parser.add_argument("--refine-rounds", type=int, choices=(1, 2, 3), help="default: the model's own")
+    parser.add_argument("--margin", type=float, help="refine margin, fraction of the model input size")
+    parser.add_argument("--threshold", type=float, help="mask logit threshold (default: the model's own)")
+
+
+def settings_from_args(model, args: argparse.Namespace):
+    """The model's inference settings with the command-line overrides applied."""
+    prompt = args.prompt if args.prompt in PREDICT_PROMPTS else None
+    return model.inference.replace(prompt=prompt, refine_rounds=args.refine_rounds, margin=args.margin,
+                                   threshold=args.threshold)
 
 
 def main(argv=None) -> int:
@@ -223,9 +234,9 @@ def main(argv=None) -> int:
     from .model import load_segmenter
 
     model = load_segmenter(args.model)
-    priors = load_priors(args.priors or (args.model if pathlib.Path(args.model).is_dir() else None))
-    counts = generate_masks(model, args.images, args.out, args.prompt, priors, args.batch_size, args.shard,
-                            args.refine_rounds, args.margin)
+    settings = settings_from_args(model, args)
+    logger.info("Segmenter %s, %s, priors %s", model.name, settings, np.round(model.priors, 3).tolist())
+    counts = generate_masks(model, args.images, args.out, settings, args.batch_size, args.shard)
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 

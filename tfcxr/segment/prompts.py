@@ -1,6 +1,6 @@
 """Box prompts for lung segmentation with a SAM-style model, and mask post-processing.
 
-Three prompt strategies (DESIGN.md §3):
+Three prompt strategies:
 
 - ``gt``: one box per lung component of a ground-truth mask (optionally jittered outwards, MedSAM style).
 - ``prior``: two fixed per-lung boxes in normalised image coordinates, fitted from training masks
@@ -19,15 +19,15 @@ The model is any object with the ``SamLungModel`` interface of :mod:`tfcxr.segme
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import pathlib
 
 import cv2
 import numpy as np
 
 PROMPTS = ("gt", "prior", "refine")
-PRIORS_FILENAME = "lung_priors.json"
+PRIORS_FILENAME = "lung_priors.json"  # priors of a version-1 saved segmenter; later versions keep them in its JSON
 DEFAULT_PRIOR_BOXES_256 = ((30.0, 30.0, 125.0, 220.0), (131.0, 30.0, 226.0, 220.0))
 DEFAULT_PRIORS = np.asarray(DEFAULT_PRIOR_BOXES_256, np.float32) / 256.0  # (2, 4) normalised xyxy
 DEFAULT_REFINE_MARGIN = 0.02  # fraction of the model input size (about 5 px at 256)
@@ -38,6 +38,68 @@ def check_prompt(prompt: str) -> str:
     if prompt not in PROMPTS:
         raise ValueError(f"`prompt` must be one of {PROMPTS}. Received: prompt={prompt!r}")
     return prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How a segmenter turns an image into a lung mask without ground truth; saved with the segmenter.
+
+    Attributes:
+        prompt: "prior" (the two prior boxes) or "refine" (prior boxes, then each lung's predicted component box).
+        refine_rounds: re-prompting rounds for "refine" (1-3).
+        margin: refine margin, a fraction of the model input size.
+        threshold: logit threshold of the lung mask (0 = probability 0.5).
+        clean: fill holes and keep the two largest components (:func:`clean_lung_mask`).
+    """
+
+    prompt: str = "refine"
+    refine_rounds: int = 1
+    margin: float = DEFAULT_REFINE_MARGIN
+    threshold: float = 0.0
+    clean: bool = True
+
+    def __post_init__(self):
+        if self.prompt not in ("prior", "refine"):
+            raise ValueError(f"`prompt` must be one of ('prior', 'refine'). Received: prompt={self.prompt!r}")
+        if not (isinstance(self.refine_rounds, int) and 1 <= self.refine_rounds <= 3):
+            raise ValueError(f"`refine_rounds` must be 1, 2 or 3. Received: refine_rounds={self.refine_rounds!r}")
+        if not 0.0 <= float(self.margin) <= 0.25:
+            raise ValueError(f"`margin` must be in [0, 0.25]. Received: margin={self.margin!r}")
+        if not -20.0 <= float(self.threshold) <= 20.0:
+            raise ValueError(f"`threshold` must be a logit in [-20, 20]. Received: threshold={self.threshold!r}")
+
+    @property
+    def rounds(self) -> int:
+        """Refinement rounds actually run: 0 for "prior"."""
+        return self.refine_rounds if self.prompt == "refine" else 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "InferenceSettings":
+        """Settings from a mapping; unknown keys are an error."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown inference settings {sorted(unknown)}")
+        return cls(**values)
+
+    def replace(self, **overrides) -> "InferenceSettings":
+        """A copy with the non-None `overrides` applied (e.g. command-line flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_priors(priors, source="priors") -> np.ndarray:
+    """Validate (2, 4) normalised xyxy prior boxes in [0, 1] -> float32 array; errors name `source`."""
+    try:
+        boxes = np.asarray(priors, np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: prior boxes must be numbers ({err})") from err
+    if boxes.shape != (2, 4) or not np.all(np.isfinite(boxes) & (boxes >= 0) & (boxes <= 1)) or not np.all(
+            boxes[:, 2:] > boxes[:, :2]):
+        raise ValueError(f"{source}: prior boxes must be (2, 4) normalised xyxy in [0, 1] with max > min. "
+                         f"Received: {boxes.tolist()}")
+    return boxes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,12 +169,6 @@ def normalize_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(boxes, np.float32) / np.asarray([width, height, width, height], np.float32)
 
 
-def denormalize_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
-    """Normalised xyxy boxes (..., 4) -> pixel xyxy boxes in an image of (height, width)."""
-    height, width = size
-    return np.asarray(boxes, np.float32) * np.asarray([width, height, width, height], np.float32)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Priors
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,34 +195,14 @@ def fit_priors(masks) -> np.ndarray:
     return np.median(np.stack(boxes), axis=0).astype(np.float32)
 
 
-def save_priors(directory, priors, num_masks: int | None = None) -> pathlib.Path:
-    """Write (2, 4) normalised prior boxes to ``directory/lung_priors.json``; returns the path."""
-    path = pathlib.Path(directory) / PRIORS_FILENAME
-    payload = {
-        "format": "xyxy, normalised to image width/height; (image-left lung, image-right lung)",
-        "boxes": np.asarray(priors, np.float32).round(5).tolist(),
-        "num_masks": num_masks,
-    }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def load_priors(directory=None) -> np.ndarray:
-    """Read ``directory/lung_priors.json`` -> float32 (2, 4) normalised boxes; defaults when absent or None."""
-    if directory is None:
-        return DEFAULT_PRIORS.copy()
-    path = pathlib.Path(directory) / PRIORS_FILENAME
-    if not path.is_file():
-        return DEFAULT_PRIORS.copy()
+def read_priors_file(path) -> np.ndarray:
+    """Read a version-1 ``lung_priors.json`` -> float32 (2, 4) normalised boxes; errors name the file."""
+    path = pathlib.Path(path)
     try:
-        boxes = np.asarray(json.loads(path.read_text())["boxes"], np.float32)
-    except (ValueError, KeyError, TypeError) as err:
+        boxes = json.loads(path.read_text())["boxes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a valid priors file ({err})") from err
-    if boxes.shape != (2, 4) or not np.all((boxes >= 0) & (boxes <= 1)):
-        raise ValueError(f"{path}: `boxes` must be (2, 4) normalised xyxy in [0, 1]. Received: {boxes.tolist()}")
-    return boxes
+    return check_priors(boxes, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,42 +359,37 @@ def _gt_normalized_boxes(mask, fallback) -> np.ndarray:
     return np.concatenate([boxes, boxes[-1:]])[:2] if len(boxes) == 1 else boxes
 
 
-def segment_lungs(
-    model,
-    images,
-    prompt: str = "refine",
-    priors=None,
-    gt_masks=None,
-    refine_rounds: int = 1,
-    margin: float = DEFAULT_REFINE_MARGIN,
-    batch_size: int = 8,
-    embeddings=None,
-    clean: bool = True,
-) -> list[np.ndarray]:
+def resolve(model, settings=None, priors=None) -> tuple["InferenceSettings", np.ndarray]:
+    """The settings and (2, 4) priors to use: the given ones, else the model's own, else the defaults."""
+    settings = settings if settings is not None else getattr(model, "inference", None) or InferenceSettings()
+    priors = priors if priors is not None else getattr(model, "priors", None)
+    return settings, check_priors(DEFAULT_PRIORS if priors is None else priors)
+
+
+def segment_lungs(model, images, prompt: str | None = None, *, settings: InferenceSettings | None = None,
+                  priors=None, gt_masks=None, batch_size: int = 8, embeddings=None) -> list[np.ndarray]:
     """Segment the lungs of a list of images with box prompts (eager, batched).
 
     Args:
         model: a ``SamLungModel``.
         images: sequence of float32 (height, width, 1) images in [0, 1]; sizes may differ.
-        prompt: "gt" (needs `gt_masks`), "prior" or "refine".
-        priors: float32 (2, 4) normalised prior boxes; :data:`DEFAULT_PRIORS` when None.
+        prompt: "gt" (needs `gt_masks`), "prior" or "refine"; None for ``settings.prompt``.
+        settings: :class:`InferenceSettings` (refine rounds, margin, threshold, clean); None for the model's own.
+        priors: float32 (2, 4) normalised prior boxes; None for the model's own (else :data:`DEFAULT_PRIORS`).
         gt_masks: for prompt "gt", bool (height, width) masks, one per image.
-        refine_rounds: rounds of re-prompting for "refine" (1-2).
-        margin: refinement margin, a fraction of the model input size.
         batch_size: images per model call.
         embeddings: optional precomputed ``model.embed`` outputs, one per image (stacked along axis 0).
-        clean: fill holes and keep the two largest components (:func:`clean_lung_mask`).
 
     Returns:
         list of bool (height, width) lung masks at each image's own size.
     """
     import tensorflow as tf
 
-    check_prompt(prompt)
+    settings, priors = resolve(model, settings, priors)
+    prompt = check_prompt(prompt or settings.prompt)
     if prompt == "gt" and (gt_masks is None or len(gt_masks) != len(images)):
         raise ValueError("`prompt='gt'` needs one ground-truth mask per image in `gt_masks`.")
-    priors = DEFAULT_PRIORS if priors is None else np.asarray(priors, np.float32)
-    rounds = refine_rounds if prompt == "refine" else 0
+    rounds = settings.refine_rounds if prompt == "refine" else 0
     masks = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
@@ -373,15 +404,15 @@ def segment_lungs(
         else:
             norm = np.broadcast_to(priors, (len(batch), 2, 4))
         boxes = tf.concat([input_boxes(model, norm[i : i + 1], p[1]) for i, p in enumerate(prepared)], axis=0)
-        logits, _ = decode_with_refine(model, batch_embeddings, boxes, rounds, margin)  # (batch, 2, h, w)
+        logits, _ = decode_with_refine(model, batch_embeddings, boxes, rounds, settings.margin)  # (batch, 2, h, w)
         for i, (_, sizes) in enumerate(prepared):
             full = model.postprocess(logits[i : i + 1], sizes)  # (1, 2, height, width)
-            mask = np.any(np.asarray(full)[0] > 0.0, axis=0)
-            masks.append(clean_lung_mask(mask) if clean else mask)
+            mask = np.any(np.asarray(full)[0] > settings.threshold, axis=0)
+            masks.append(clean_lung_mask(mask) if settings.clean else mask)
     return masks
 
 
-def lung_masks_tf(model, images, priors=None, refine_rounds: int = 1, margin: float = DEFAULT_REFINE_MARGIN):
+def lung_masks_tf(model, images, settings: InferenceSettings | None = None, priors=None):
     """Pure-TF lung masks for export: prior boxes, optional in-graph refinement, union of both lungs.
 
     Traceable in ``tf.function`` and savable in a ``tf.Module`` SavedModel. Unlike :func:`segment_lungs` it does
@@ -390,21 +421,20 @@ def lung_masks_tf(model, images, priors=None, refine_rounds: int = 1, margin: fl
     Args:
         model: a ``SamLungModel``.
         images: float32 (batch, height, width, 1) in [0, 1], one size per batch.
-        priors: float32 (2, 4) normalised prior boxes; :data:`DEFAULT_PRIORS` when None.
-        refine_rounds: 0 for plain prior boxes, 1-2 to re-prompt with each predicted lung component's box plus margin.
-        margin: refinement margin, a fraction of the model input size.
+        settings: :class:`InferenceSettings` (prompt, refine rounds, margin, threshold); None for the model's own.
+        priors: float32 (2, 4) normalised prior boxes; None for the model's own (else :data:`DEFAULT_PRIORS`).
 
     Returns:
         tf.float32 (batch, height, width, 1) lung mask in {0, 1}.
     """
     import tensorflow as tf
 
-    priors = tf.constant(DEFAULT_PRIORS if priors is None else np.asarray(priors, np.float32))
+    settings, priors = resolve(model, settings, priors)
     images = tf.convert_to_tensor(images, tf.float32)
     pixel_values, sizes = model.preprocess(images)
     embeddings = model.embed(pixel_values)
-    norm = tf.tile(priors[None], [tf.shape(images)[0], 1, 1])  # (batch, 2, 4)
+    norm = tf.tile(tf.constant(priors)[None], [tf.shape(images)[0], 1, 1])  # (batch, 2, 4)
     boxes = input_boxes(model, norm, sizes)
-    logits, _ = decode_with_refine(model, embeddings, boxes, refine_rounds, margin)  # (batch, 2, h, w)
+    logits, _ = decode_with_refine(model, embeddings, boxes, settings.rounds, settings.margin)  # (batch, 2, h, w)
     full = model.postprocess(logits, sizes)  # (batch, 2, height, width)
-    return tf.cast(tf.reduce_any(full > 0.0, axis=1), tf.float32)[..., None]  # (batch, height, width, 1)
+    return tf.cast(tf.reduce_any(full > settings.threshold, axis=1), tf.float32)[..., None]  # (batch, H, W, 1)

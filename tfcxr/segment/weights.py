@@ -198,13 +198,13 @@ def export_weights(weight_map) -> dict:
 
 
 def save_npz_atomic(path, arrays: dict) -> None:
-    """Write ``arrays`` to ``path`` (.npz, uncompressed) via a temporary file and ``os.replace``."""
+    """Write ``arrays`` to ``path`` (.npz, uncompressed) atomically, mode ``0o666 & ~umask``."""
+    from tfcxr.atomic import atomic_write
+
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def load_npz(path) -> dict:
@@ -236,12 +236,24 @@ def litemedsam_checkpoint_path() -> pathlib.Path:
     return path
 
 
-def _sha256(path, chunk=1 << 20) -> str:
+def sha256_file(path, chunk=1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_sha256(path, expected: str) -> None:
+    """Raise ``WeightsError`` naming `path` when it is missing or its sha256 differs from `expected`."""
+    try:
+        actual = sha256_file(path)
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot read weights file ({err})") from err
+    if actual != expected:
+        raise WeightsError(f"{path}: sha256 mismatch: the file is corrupt or was replaced "
+                           f"(expected {expected}, got {actual})")
 
 
 def converted_litemedsam_weights(weight_map_fn, checkpoint=None, buffers=None) -> tuple[dict, pathlib.Path]:
@@ -253,7 +265,7 @@ def converted_litemedsam_weights(weight_map_fn, checkpoint=None, buffers=None) -
     ``<cache>/litemedsam/lite_medsam-<sha256[:16]>.npz``; later calls read only the cache.
     """
     checkpoint = pathlib.Path(checkpoint) if checkpoint else litemedsam_checkpoint_path()
-    digest = _sha256(checkpoint)
+    digest = sha256_file(checkpoint)
     cached = cache_dir() / "litemedsam" / f"lite_medsam-{digest[:16]}.npz"
     if cached.is_file():
         return load_npz(cached), cached
