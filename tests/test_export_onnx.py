@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import export_helpers as H
+from permission_helpers import mode, not_shared
 from tfcxr.export import onnx as export_onnx_module
 from tfcxr.export.savedmodel import run_savedmodel
 from tfcxr.labels import TARGETS
@@ -76,13 +77,16 @@ def test_opset_below_17_is_refused(exported):
         export_onnx_module.convert(load_classifier(info), info, opset=13)
 
 
-def test_cli_onnx_with_parity_check(tmp_path, capsys):
+def test_cli_onnx_with_parity_check(tmp_path, capsys, umask):
     from tfcxr.export.__main__ import main
 
+    umask(0o022)
     run = H.write_run(tmp_path / "run")
     assert main([str(run), "--format", "onnx", "--out", str(tmp_path / "out"), "--model-name", "m"]) == 0
     assert capsys.readouterr().out.strip().endswith("m.onnx")
     assert tf.io.gfile.exists(str(tmp_path / "out" / "m.onnx"))
+    assert mode(tmp_path / "out" / "m.onnx") == 0o644 and not_shared(tmp_path / "out") == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.onnx"]  # no temporary left behind
 
 
 def test_tfcxr_tiny_classifier_exports_with_parity(tmp_path):

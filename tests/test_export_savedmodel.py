@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import export_helpers as H
+from permission_helpers import mode, not_shared
 from tfcxr.export import savedmodel, serving_layout
 from tfcxr.labels import TARGETS
 
@@ -31,7 +32,8 @@ def _bytes(paths):
     return tf.constant([p.read_bytes() for p in paths])
 
 
-def test_layout_and_models_config(original, tmp_path):
+def test_layout_and_models_config(original, tmp_path, umask):
+    umask(0o022)
     run, version_dir, _, _ = original
     assert version_dir.name == "1" and version_dir.parent.name == "tfcxr"
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
@@ -49,6 +51,8 @@ def test_layout_and_models_config(original, tmp_path):
     text = (out / "models.config").read_text()
     assert text.count("config {") == 2 and 'base_path: "/models/b"' in text
     assert not [p for p in (out / "a").iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert not_shared(out) == []  # TF Serving (another user) can read every file and folder
+    assert mode(out / "a" / "2") == 0o755 and mode(out / "models.config") == 0o644
     with pytest.raises(ValueError, match="model_name="):
         serving_layout.check_model_name("bad name/")
 

@@ -2,6 +2,7 @@
 
 import csv
 import logging
+import stat
 
 import cv2
 import numpy as np
@@ -140,11 +141,13 @@ def test_read_mask_and_shape_check(tmp_path):
         io.read_mask(path, expected_shape=(8, 7))
 
 
-def test_write_png_atomic(tmp_path):
+def test_write_png_atomic(tmp_path, umask):
+    umask(0o027)
     array = _gradient()[..., None]
     path = tmp_path / "sub" / "out.png"
     io.write_png_atomic(path, array)
     assert [p.name for p in path.parent.iterdir()] == ["out.png"]  # no temporary left behind
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the umask's default, not mkstemp's 0600
     np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), array[..., 0])
     with pytest.raises(ValueError, match="Received: dtype=float64"):
         io.write_png_atomic(path, np.zeros((2, 2)))

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from permission_helpers import mode, not_shared
 from tfcxr.data import synthetic
 from tfcxr.labels import NO_FINDING, TARGETS, parse_finding_labels
 
@@ -27,9 +28,11 @@ def test_config_validation_echoes_value():
         synthetic.SyntheticConfig(num_images=10, num_patients=20)
 
 
-def test_generate_layout_csv_and_idempotence(tmp_path):
+def test_generate_layout_csv_and_idempotence(tmp_path, umask):
+    umask(0o022)
     config = synthetic.SyntheticConfig(num_images=24, image_size=64, seed=3)
     out = synthetic.generate(tmp_path / "syn", config)
+    assert not_shared(out) == [] and mode(out / "config.json") == 0o644 and mode(out / "masks") == 0o755
     meta = pd.read_csv(out / "Data_Entry_2017.csv")
     assert list(meta.columns[:7]) == [
         "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",

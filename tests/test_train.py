@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from permission_helpers import not_shared
 from tfcxr.config import TrainConfig, resolve_config, save_config
 from tfcxr.data.synthetic import SyntheticConfig, generate
 from tfcxr.labels import NO_FINDING, TARGETS
@@ -42,7 +43,8 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_interrupted_run_resumes_and_writes_the_run_directory(synthetic, tmp_path):
+def test_interrupted_run_resumes_and_writes_the_run_directory(synthetic, tmp_path, umask):
+    umask(0o022)
     out = tmp_path / "run"
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(
@@ -69,6 +71,8 @@ def test_interrupted_run_resumes_and_writes_the_run_directory(synthetic, tmp_pat
     assert {"epoch", "loss", "val_loss", "val_macro_auroc", "val_auroc_Mass"} <= set(history.columns)
     assert keras.models.load_model(out / "best.keras").output_shape == (None, 5)
     assert "margin: 2px" in (out / "config.yaml").read_text()
+    # Keras saves, BackupAndRestore checkpoints, CSVLogger, TensorBoard logs, YAML/JSON/CSV: all shareable.
+    assert not_shared(out) == []
 
 
 def test_resume_refuses_a_different_config(synthetic, tmp_path):

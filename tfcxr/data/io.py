@@ -13,12 +13,12 @@ unsupported mode) raises `ImageReadError`, whose message starts with the path.
 
 import csv
 import logging
-import os
 import pathlib
-import tempfile
 
 import cv2
 import numpy as np
+
+from tfcxr.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def read_mask(path, expected_shape=None):
 
 
 def write_png_atomic(path, array_uint8):
-    """Write an 8-bit (or 16-bit) gray PNG atomically: to a temporary file, then `os.replace`.
+    """Write an 8-bit (or 16-bit) gray PNG atomically (`tfcxr.atomic`; mode 0o666 & ~umask, like `open`).
 
     Args:
         path: destination `.png` path; parent folders are created.
@@ -192,14 +192,7 @@ def write_png_atomic(path, array_uint8):
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def read_images_bulk(paths, rejected_csv=None, reader=read_image):

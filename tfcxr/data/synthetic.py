@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from tfcxr.atomic import write_text_atomic
 from tfcxr.data.io import write_png_atomic
 from tfcxr.labels import NIH_FINDINGS, NO_FINDING, TARGETS
 
@@ -677,9 +678,7 @@ def generate(out_dir=DEFAULT_DEMO_DIR, config=None, overwrite=False):
     pd.DataFrame(
         box_rows, columns=["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"]
     ).round(2).to_csv(out_dir / BBOX_NAME, index=False)
-    tmp = config_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-    tmp.replace(config_path)
+    write_text_atomic(config_path, json.dumps(config.to_dict(), indent=2, sort_keys=True))
     logger.info(
         "Wrote %d synthetic images (%d px, %d patients) to %s in %.1f s.",
         len(cases), config.image_size, config.resolved_num_patients, out_dir, time.perf_counter() - start,

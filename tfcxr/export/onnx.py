@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 
 import numpy as np
 
+from tfcxr.atomic import write_bytes_atomic
 from tfcxr.export.savedmodel import RunInfo, load_classifier, read_run
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,7 @@ def export_onnx(rundir, out_dir, model_name: str = "tfcxr", opset: int = DEFAULT
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{model_name}.onnx"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(model_proto.SerializeToString())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, model_proto.SerializeToString())
     logger.info("Wrote %s (opset %d, %.1f MB)", path, opset, path.stat().st_size / 1e6)
     return path
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
+
+from tfcxr.atomic import make_staging_dir, write_text_atomic
 
 MODELS_CONFIG = "models.config"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -62,12 +63,12 @@ def resolve_version(out_dir, model_name: str, version: int | None = None) -> int
 
 
 def staging_dir(out_dir, model_name: str, version: int) -> pathlib.Path:
-    """A fresh hidden folder beside the final version folder (TF Serving ignores non-numeric names)."""
-    staging = pathlib.Path(out_dir) / check_model_name(model_name) / f".staging-{int(version)}-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    return staging
+    """A fresh, empty hidden folder beside the final version folder (TF Serving ignores non-numeric names).
+
+    Made by :func:`tfcxr.atomic.make_staging_dir`: a unique name, mode ``0o777 & ~umask`` (so the published
+    version folder is as readable as any folder the user creates).
+    """
+    return make_staging_dir(pathlib.Path(out_dir) / check_model_name(model_name) / str(int(version)))
 
 
 def publish_version(staging, out_dir, model_name: str, version: int) -> pathlib.Path:
@@ -102,8 +103,4 @@ def write_models_config(out_dir, base_path: str = "/models") -> pathlib.Path:
     """Regenerate ``<out_dir>/models.config`` from the model folders found under `out_dir`; return its path."""
     out_dir = pathlib.Path(out_dir)
     names = [child.name for child in sorted(out_dir.iterdir()) if child.is_dir() and versions(child)]
-    path = out_dir / MODELS_CONFIG
-    tmp = path.with_name(f".{MODELS_CONFIG}.{os.getpid()}.tmp")
-    tmp.write_text(models_config_text(names, base_path))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out_dir / MODELS_CONFIG, models_config_text(names, base_path))

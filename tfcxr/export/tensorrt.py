@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 
 import numpy as np
+
+from tfcxr.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def make_calibrator(batches, batch_size: int, image_size: int, cache_path=None):
 
         def write_calibration_cache(self, cache):
             if self._cache is not None:
-                self._cache.write_bytes(bytes(cache))
+                write_bytes_atomic(self._cache, bytes(cache))  # a killed build never leaves half a cache
 
         def __del__(self):
             cudart.cudaFree(self._device)  # best effort at teardown
@@ -262,9 +263,7 @@ def build_engine(
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see the TensorRT log)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_bytes_atomic(engine_path, bytes(serialized))
     logger.info("Wrote %s (%s, batch %s..%s)", engine_path, precision, shapes["min"][0], shapes["max"][0])
     return engine_path
 

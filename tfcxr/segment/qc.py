@@ -25,6 +25,8 @@ import pathlib
 import cv2
 import numpy as np
 
+from tfcxr.atomic import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 QC_COLUMNS = (
@@ -199,7 +201,4 @@ def write_overlay_grid(path, tiles, captions=None, columns: int = 4) -> pathlib.
     ok, encoded = cv2.imencode(".png", grid)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, encoded.tobytes())
