@@ -57,6 +57,42 @@ def test_layout_and_models_config(original, tmp_path, umask):
         serving_layout.check_model_name("bad name/")
 
 
+def _signature_shapes(signature):
+    """{name: (shape as a tuple, dtype name)} of a loaded signature's inputs and outputs."""
+    specs = {**signature.structured_input_signature[1], **signature.structured_outputs}
+    return {name: (tuple(spec.shape.as_list()), spec.dtype.name) for name, spec in specs.items()}
+
+
+def _signature_def_shapes(version_dir, signature_name):
+    """The same read from ``saved_model.pb``'s SignatureDef, which is what TF Serving's metadata reports."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    signature = proto.meta_graphs[0].signature_def[signature_name]
+    infos = {**signature.inputs, **signature.outputs}
+    shape = lambda info: tuple(None if d.size == -1 else d.size for d in info.tensor_shape.dim)  # noqa: E731
+    return {name: (shape(info), tf.dtypes.as_dtype(info.dtype).name) for name, info in infos.items()}
+
+
+OUTPUTS = {"probabilities": ((None, 5), "float32"), "no_finding": ((None,), "float32"), "labels": ((None, 5), "string")}
+
+
+@pytest.mark.parametrize("fixture", ["original", "loose"])
+def test_signatures_declare_static_shapes_and_dtypes(fixture, request):
+    version_dir, loaded = request.getfixturevalue(fixture)[1:3]
+    size = H.TINY_SIZE
+    bytes_inputs = {"image_bytes": ((None,), "string")}
+    if fixture == "loose":
+        bytes_inputs["mask_bytes"] = ((None,), "string")
+    expected = {
+        "predict_images": {"images": ((None, size, size, 1), "float32"), **OUTPUTS},
+        "serving_default": {**bytes_inputs, **OUTPUTS},
+    }
+    for name, shapes in expected.items():
+        assert _signature_shapes(loaded.signatures[name]) == shapes, name
+        assert _signature_def_shapes(version_dir, name) == shapes, name
+
+
 def test_bytes_signature_outputs_and_formats(original):
     _, _, loaded, images = original
     png16 = H.png_bytes((H.xray_like(40, 48).astype(np.uint16) * 257))

@@ -19,6 +19,10 @@ The exported ``tf.Module`` has two signatures:
     inputs:  ``images`` float32 (batch, image_size, image_size, 1) in [0, 1], already masked.
     outputs: as above.
 
+Every input and output declares its dtype and static shape (``None`` = the batch axis; S = ``image_size``):
+``images`` (None, S, S, 1), ``image_bytes``/``mask_bytes`` (None,), ``probabilities`` and ``labels`` (None, 5),
+``no_finding`` (None,), so TF Serving's model metadata shows what to send.
+
 Bad requests fail with ``tf.errors.InvalidArgumentError`` naming the problem (empty batch, wrong rank or size,
 bytes that are not PNG/JPEG, a mask of another size); the loaded model keeps serving the next request.
 """
@@ -40,6 +44,7 @@ NO_FINDING_METHODS = ("max", "prod")
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 EXPORT_INFO = "assets.extra/tfcxr_export.json"
+OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "labels": (None, len(TARGETS))}
 
 
 @dataclasses.dataclass
@@ -156,6 +161,24 @@ def load_classifier(info: RunInfo):
     return to_float32(model)
 
 
+def images_spec(image_size: int):
+    """The ``predict_images`` input: float32 (None, image_size, image_size, 1), named ``images``."""
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, int(image_size), int(image_size), 1], tf.float32, name="images")
+
+
+def bytes_specs(info: RunInfo, segmenter=None) -> list:
+    """The ``serving_default`` inputs: ``image_bytes`` string (None,), plus ``mask_bytes`` string (None,) when the
+    run masks and no segmenter is embedded."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec([None], tf.string, name="image_bytes")]
+    if info.needs_mask and segmenter is None:
+        specs.append(tf.TensorSpec([None], tf.string, name="mask_bytes"))
+    return specs
+
+
 def _serving_module_class():
     import tensorflow as tf
 
@@ -177,28 +200,27 @@ def _serving_module_class():
             self.segmenter = segmenter
             self._info = info
             size = info.image_size
-            self.predict_images = tf.function(
-                self._predict_images, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
-            )
-            bytes_spec = [tf.TensorSpec([None], tf.string, name="image_bytes")]
-            if info.needs_mask and segmenter is None:
-                bytes_spec.append(tf.TensorSpec([None], tf.string, name="mask_bytes"))
-            self.serve_bytes = tf.function(self._serve_bytes, input_signature=bytes_spec)
+            self.predict_images = tf.function(self._predict_images, input_signature=[images_spec(size)])
+            self.serve_bytes = tf.function(self._serve_bytes, input_signature=bytes_specs(info, segmenter))
             self._image_spec = tf.TensorSpec([size, size, 1], tf.float32)
 
         def _outputs(self, images):
             probabilities = tf.cast(self.classifier(images, training=False), tf.float32)  # (batch, 5)
+            probabilities = tf.ensure_shape(probabilities, OUTPUT_SHAPES["probabilities"])
             batch = tf.shape(probabilities)[0]
             labels = tf.tile(tf.constant(TARGETS)[tf.newaxis], [batch, 1])  # (batch, 5)
+            no_finding = no_finding_score(probabilities, method=self._info.no_finding_method)  # (batch,)
             return {
                 "probabilities": probabilities,
-                "no_finding": no_finding_score(probabilities, method=self._info.no_finding_method),
-                "labels": labels,
+                "no_finding": tf.ensure_shape(no_finding, OUTPUT_SHAPES["no_finding"]),
+                "labels": tf.ensure_shape(labels, OUTPUT_SHAPES["labels"]),
             }
 
         def _predict_images(self, images):
             size = self._info.image_size
             expected = f"(batch, {size}, {size}, 1) float32 in [0, 1]"
+            # The declared (None, S, S, 1) is metadata: a loaded signature and TF Serving still feed any shape,
+            # so the request is checked here and refused with a message.
             shape = tf.shape(images)
             padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[:4]  # safe for any rank
             well_formed = tf.logical_and(
