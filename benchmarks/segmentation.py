@@ -14,18 +14,12 @@ Subcommands::
     python benchmarks/segmentation.py speed --model litemedsam --json benchmarks/results/segmentation_speed.json
     python benchmarks/segmentation.py speed --model flaviagiammarino/medsam-vit-base   # ViT SAM: GPU + hub only
 
-Split (seed 0): ``lungs_v7_covid`` 80% train / 20% test; ``lungs_shenzhen_montgomery`` 50/50 within each source
-(Shenzhen ``CHNCXR_*``, Montgomery ``MCUCXR_*``); ``shenzhen_lungs`` all test. ``--v7-train-max`` /
-``--v7-test-max`` take seeded subsets when CPU time is short. Test sets: ``test_classic.csv`` (Shenzhen/Montgomery
-manual masks) and ``test_v7.csv`` (V7 masks, which include the lung behind the heart). ``--v7-val-max N`` also writes
-``val_v7.csv``: N of the training-side V7 pairs that ``--v7-train-max`` left out, for choosing inference settings
-(threshold, refinement, test-time augmentation) without looking at the test sets.
+The split itself is :func:`tfcxr.data.lung_split.split_lung_sets` (its docstring gives the rules).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import pathlib
@@ -36,64 +30,6 @@ import time
 import numpy as np
 
 logger = logging.getLogger("benchmarks.segmentation")
-SEGMENTATION_SETS = ("lungs_v7_covid", "lungs_shenzhen_montgomery", "shenzhen_lungs")
-
-
-def _write_manifest(path: pathlib.Path, pairs) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image_path", "mask_path", "dataset"])
-        for pair, dataset in pairs:
-            writer.writerow([str(pair.image_path), str(pair.mask_paths[0]), dataset])
-
-
-def make_split(data_root, out_dir, seed: int = 0, v7_train_max: int = 0, v7_test_max: int = 0,
-               v7_val_max: int = 0) -> dict:
-    """Write train.csv, test_classic.csv, test_v7.csv (and val_v7.csv) under `out_dir`.
-
-    Returns:
-        {"seed", "data_root", "counts": {split: {dataset: n}}, "stems": {split: {dataset: [stems]}}}.
-    """
-    from tfcxr.data.pairs import find_pairs
-
-    root = pathlib.Path(data_root)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    splits = {"train": [], "test_classic": [], "test_v7": []}
-
-    v7 = find_pairs(root / "lungs_v7_covid")
-    order = rng.permutation(len(v7))
-    n_test = round(0.2 * len(v7))
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    if v7_test_max:
-        test_idx = test_idx[:v7_test_max]
-    if v7_train_max:
-        train_idx, unused_idx = train_idx[:v7_train_max], train_idx[v7_train_max:]
-        if v7_val_max:
-            splits["val_v7"] = [(v7[i], "lungs_v7_covid") for i in sorted(unused_idx[:v7_val_max])]
-    elif v7_val_max:
-        raise ValueError("`--v7-val-max` draws from the V7 pairs that `--v7-train-max` leaves out; set both.")
-    splits["test_v7"] += [(v7[i], "lungs_v7_covid") for i in sorted(test_idx)]
-    splits["train"] += [(v7[i], "lungs_v7_covid") for i in sorted(train_idx)]
-
-    sm = find_pairs(root / "lungs_shenzhen_montgomery")
-    for prefix in ("CHNCXR", "MCUCXR"):
-        group = [p for p in sm if p.stem.startswith(prefix)]
-        order = rng.permutation(len(group))
-        half = len(group) // 2
-        splits["test_classic"] += [(group[i], "lungs_shenzhen_montgomery") for i in sorted(order[:half])]
-        splits["train"] += [(group[i], "lungs_shenzhen_montgomery") for i in sorted(order[half:])]
-    splits["test_classic"] += [(p, "shenzhen_lungs") for p in find_pairs(root / "shenzhen_lungs")]
-
-    listing = {}
-    for name, pairs in splits.items():
-        _write_manifest(out / f"{name}.csv", pairs)
-        listing[name] = {d: sorted(p.stem for p, ds in pairs if ds == d) for d in SEGMENTATION_SETS}
-        listing[name] = {d: s for d, s in listing[name].items() if s}
-    counts = {name: {d: len(s) for d, s in v.items()} for name, v in listing.items()}
-    logger.info("Split counts: %s", counts)
-    return {"seed": seed, "data_root": str(root), "counts": counts, "stems": listing}
 
 
 def _flip_priors(priors: np.ndarray) -> np.ndarray:
@@ -249,8 +185,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "split":
-        result = make_split(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max,
-                            args.v7_val_max)
+        from tfcxr.data.lung_split import split_lung_sets
+
+        result = split_lung_sets(args.data_root, args.out, args.seed, args.v7_train_max, args.v7_test_max,
+                                 args.v7_val_max)
     elif args.command == "sweep":
         result = sweep_inference(args.model, args.data, args.cache_dir, run_validation=args.run_validation)
     else:

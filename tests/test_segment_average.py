@@ -27,7 +27,7 @@ def checkpoint_weights(run_dir, epoch) -> dict:
     from tfcxr.segment.weights import export_weights
 
     model = load_segmenter(str(run_dir))
-    average.average_checkpoints(model, [str(run_dir / "checkpoints" / f"ckpt-{epoch}")])
+    average.average_checkpoints(model, [average.checkpoint_path(run_dir, epoch)])
     return export_weights(model.weight_map())
 
 

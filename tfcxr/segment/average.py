@@ -32,6 +32,11 @@ def kept_epochs(run_dir) -> list[int]:
     return sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in directory.glob("ckpt-*.index"))
 
 
+def checkpoint_path(run_dir, epoch: int) -> str:
+    """The prefix of one epoch's checkpoint in ``run_dir/checkpoints`` (``tf.train.CheckpointManager`` naming)."""
+    return str(pathlib.Path(run_dir) / "checkpoints" / f"ckpt-{epoch}")
+
+
 def checkpoint_paths(run_dir, epochs=None, last: int = 0) -> list[str]:
     """Checkpoint prefixes to average: the named ``epochs``, or the ``last`` N kept ones.
 
@@ -54,7 +59,7 @@ def checkpoint_paths(run_dir, epochs=None, last: int = 0) -> list[str]:
     if len(chosen) < 2:
         raise ValueError(f"{run_dir / 'checkpoints'}: averaging needs at least 2 checkpoints; "
                          f"kept epochs: {kept}, chosen: {chosen}")
-    return [str(run_dir / "checkpoints" / f"ckpt-{epoch}") for epoch in chosen]
+    return [checkpoint_path(run_dir, epoch) for epoch in chosen]
 
 
 def average_checkpoints(model, paths) -> None:

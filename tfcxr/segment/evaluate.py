@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from tfcxr.atomic import write_text_atomic
+
 from . import qc
 from .presets import DEFAULT_PRESET
 from .prompts import PROMPTS, segment_lungs
@@ -50,7 +52,7 @@ def _json_safe(rows: list[dict]) -> list[dict]:
 
 
 def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int = 8, cache_dir=None,
-             worst: int = 0) -> dict:
+             worst: int = 0, keep_masks: bool = False) -> dict:
     """Segment every pair's image with each prompt strategy and score it against the pair's mask.
 
     Args:
@@ -61,6 +63,7 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
         batch_size: images per model call.
         cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
         worst: also return overlay tiles of this many lowest-Dice images per prompt (key "worst_tiles").
+        keep_masks: also return the predicted bool (H, W) masks per prompt (key "masks").
 
     Returns:
         ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``; with `worst`, each
@@ -79,6 +82,8 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
                               batch_size=batch_size, embeddings=embeddings)
         rows = [{"name": p.name, **segmentation_metrics(m, p.mask)} for p, m in zip(pairs, masks)]
         results[prompt] = {"summary": summarize(rows), "per_image": rows}
+        if keep_masks:
+            results[prompt]["masks"] = masks
         if worst:
             order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:worst]
             results[prompt]["worst_tiles"] = [
@@ -128,7 +133,7 @@ def main(argv=None) -> int:
     }
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1))
+    write_text_atomic(out, json.dumps(payload, indent=1))
     for prompt, result in results.items():
         if result.get("worst_tiles"):
             captions, tiles = zip(*result["worst_tiles"])

