@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["tfcxr", "tfcxr.*"]),
+    # Segmenter presets ship as package data: segmenter.json, weights, gate and model card per preset folder.
+    package_data={"tfcxr.segment.presets": ["*/*.json", "*/*.npz", "*/*.md"]},
     install_requires=[
         "tensorflow==2.21.*",
         "keras>=3.15,<4",
@@ -39,8 +41,11 @@ setup(
         "serving": ["tensorflow-serving-api==2.21.*", "requests>=2.31"],
         # TensorRT 11 removed the FP16/INT8 builder flags and calibrators that export uses.
         "tensorrt": ["tensorrt>=10,<11", "cuda-python>=12"],
+        # Photo negatives for fitting the CXR gate (tfcxr.segment.gate_data).
+        "gate": ["scikit-image>=0.22"],
         "dev": [
             "pytest>=8",
+            "scikit-image>=0.22",
             "pydicom>=2.4",
             "tensorflow-serving-api==2.21.*",
             "requests>=2.31",

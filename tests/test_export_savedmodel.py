@@ -245,3 +245,34 @@ def test_savedmodel_is_self_contained(original):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 5)" in result.stdout
+
+
+@pytest.mark.slow
+def test_embedded_gate_scores_and_rejects_non_cxr_inputs(tmp_path):
+    from tfcxr.segment import gate, load_segmenter
+    from tfcxr.export.segmenter import _serving_segmenter_class
+
+    model = load_segmenter("tiny")
+    rng = np.random.default_rng(0)
+    features = 32 * gate.GRID * gate.GRID  # the tiny encoder's pooled features
+    model.gate = gate.fit_gate(rng.normal(0, 1, (40, features)), rng.normal(2, 1, (40, features)), components=8)
+    images, _ = H.write_images(tmp_path / "data", 2, size=(40, 48))
+    decoded = [tf.image.decode_png(p.read_bytes(), channels=1) for p in images]
+    scores = [float(model.gate.score(model.embed(model.preprocess(tf.cast(d, tf.float32)[None] / 255.0)[0]))[0])
+              for d in decoded]
+    assert scores[0] != scores[1]
+    model.gate.threshold = np.float32(sum(scores) / 2)  # one image passes, the other does not
+    segmenter = _serving_segmenter_class()(model, reject_non_cxr=True)
+    _, version_dir = H.export_tiny(tmp_path, mask="loose", segmenter=segmenter)
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    assert signature.structured_outputs["in_distribution"].shape.as_list() == [None]
+    passing = int(np.argmax(scores))
+    out = signature(image_bytes=_bytes([images[passing]]))
+    np.testing.assert_allclose(out["in_distribution"].numpy(), [scores[passing]], atol=1e-4)
+    assert out["is_cxr"].numpy().tolist() == [True]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a frontal chest X-ray"):
+        signature(image_bytes=_bytes(images))
+    info = savedmodel.read_export_info(version_dir)["cxr_gate"]
+    assert info["reject_non_cxr"] is True and info["threshold"] == pytest.approx(sum(scores) / 2)
+    with pytest.raises(ValueError, match="has no CXR gate"):
+        _serving_segmenter_class()(load_segmenter("tiny"), reject_non_cxr=True)

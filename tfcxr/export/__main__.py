@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="savedmodel: put the lung segmenter and masking in the serving graph (clients send only the X-ray)",
     )
     parser.add_argument(
+        "--reject-non-cxr", action=argparse.BooleanOptionalAction, default=False,
+        help="with --embed-segmenter: fail requests whose image the segmenter's CXR gate scores below its "
+             "threshold (otherwise the gate's in_distribution and is_cxr are only outputs)",
+    )
+    parser.add_argument(
         "--segmenter", default=DEFAULT_PRESET,
         help=f"segmenter for --embed-segmenter: a preset name or a saved model dir (default {DEFAULT_PRESET})",
     )
@@ -84,7 +89,7 @@ def main(argv=None) -> int:
         if args.embed_segmenter:
             from tfcxr.export.segmenter import load_serving_segmenter
 
-            segmenter = load_serving_segmenter(args.segmenter)
+            segmenter = load_serving_segmenter(args.segmenter, reject_non_cxr=args.reject_non_cxr)
         path = export_savedmodel(args.rundir, args.out, args.model_name, args.version, segmenter=segmenter)
     elif args.format == "onnx":
         from tfcxr.export.onnx import export_onnx, max_abs_diff, run_onnx

@@ -1,4 +1,4 @@
-"""Export a training run as a SavedModel for TF Serving (DESIGN.md §7).
+"""Export a training run as a SavedModel for TF Serving.
 
 The exported ``tf.Module`` has two signatures:
 
@@ -11,6 +11,11 @@ The exported ``tf.Module`` has two signatures:
              ``labels``        string  (batch, 5)  the TARGETS names, repeated per row. (batch, 5) rather than (5,)
                                                    so that every output shares the batch axis, which TF Serving's
                                                    REST row format (``"instances"``) requires.
+             ``in_distribution`` float32 (batch,)  only with an embedded segmenter that has a CXR gate: the gate's
+                                                   probability that the image is a frontal chest X-ray.
+             ``is_cxr``        bool (batch,)       ``in_distribution >= `` the gate's threshold. Exported with
+                                                   ``--reject-non-cxr``, a request holding an image below the
+                                                   threshold fails with an error naming it instead.
     Each image is decoded, masked with the run's mask mode (the mask comes from ``mask_bytes`` or from the embedded
     segmenter), then resized to the run's ``image_size``: the order of the training pipeline
     (decode -> mask -> resize).
@@ -44,7 +49,8 @@ NO_FINDING_METHODS = ("max", "prod")
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 EXPORT_INFO = "assets.extra/tfcxr_export.json"
-OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "labels": (None, len(TARGETS))}
+OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "labels": (None, len(TARGETS)),
+                 "in_distribution": (None,), "is_cxr": (None,)}
 
 
 @dataclasses.dataclass
@@ -203,6 +209,7 @@ def _serving_module_class():
             self.predict_images = tf.function(self._predict_images, input_signature=[images_spec(size)])
             self.serve_bytes = tf.function(self._serve_bytes, input_signature=bytes_specs(info, segmenter))
             self._image_spec = tf.TensorSpec([size, size, 1], tf.float32)
+            self._gated = info.needs_mask and segmenter is not None and getattr(segmenter, "gate", None) is not None
 
         def _outputs(self, images):
             probabilities = tf.cast(self.classifier(images, training=False), tf.float32)  # (batch, 5)
@@ -236,12 +243,31 @@ def _serving_module_class():
         def _prepare(self, image_bytes, mask_bytes=None):
             info = self._info
             return prepare_image(
-                image_bytes, info, mask_bytes=mask_bytes, segmenter=self.segmenter if info.needs_mask else None
+                image_bytes, info, mask_bytes=mask_bytes, segmenter=self.segmenter if info.needs_mask else None,
+                with_cxr_score=self._gated,
             )
+
+        def _gate_outputs(self, outputs, scores):
+            """Add the gate's ``in_distribution`` and ``is_cxr`` outputs; refuse non-CXR images if asked to."""
+            is_cxr = scores >= float(self.segmenter.gate.threshold)
+            if self.segmenter.reject_non_cxr:
+                check = tf.debugging.Assert(tf.reduce_all(is_cxr), [
+                    "not a frontal chest X-ray (CXR gate score below", float(self.segmenter.gate.threshold),
+                    "): images at batch positions", tf.where(tf.logical_not(is_cxr))[:, 0], "scores", scores],
+                    summarize=16)
+                with tf.control_dependencies([check]):
+                    scores = tf.identity(scores)
+            outputs["in_distribution"] = tf.ensure_shape(scores, OUTPUT_SHAPES["in_distribution"])
+            outputs["is_cxr"] = tf.ensure_shape(is_cxr, OUTPUT_SHAPES["is_cxr"])
+            return outputs
 
         def _serve_bytes(self, image_bytes, mask_bytes=None):
             check = tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: `image_bytes` is empty")
             with tf.control_dependencies([check]):
+                if self._gated:
+                    images, scores = tf.map_fn(self._prepare, image_bytes, fn_output_signature=(
+                        self._image_spec, tf.TensorSpec([], tf.float32)))
+                    return self._gate_outputs(self._outputs(images), scores)
                 if mask_bytes is None:
                     images = tf.map_fn(self._prepare, image_bytes, fn_output_signature=self._image_spec)
                 else:
@@ -266,7 +292,7 @@ def _serving_module_class():
     return ServingModule
 
 
-def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
+def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None, with_cxr_score: bool = False):
     """One encoded image -> the classifier input, as `tfcxr.data.pipeline` makes it: decode -> mask -> resize.
 
     Args:
@@ -275,9 +301,10 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
         mask_bytes: tf.string scalar PNG lung mask (0/255, same size as the image); needed when the run masks
             and `segmenter` is None.
         segmenter: optional object with ``serving_fn(images (1, H, W, 1)) -> masks (1, H, W, 1) in {0, 1}``.
+        with_cxr_score: also return the segmenter's CXR gate score (its ``masks_and_scores``).
 
     Returns:
-        float32 (image_size, image_size, 1) in [0, 1].
+        float32 (image_size, image_size, 1) in [0, 1] (and the float32 scalar gate score in [0, 1]).
     """
     import tensorflow as tf
 
@@ -286,8 +313,12 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
     from tfcxr.masking import apply_mask
 
     image = decode_image_tf(image_bytes)  # (H, W, 1)
+    score = None
     if info.needs_mask:
-        if segmenter is not None:
+        if segmenter is not None and with_cxr_score:
+            masks, scores = segmenter.masks_and_scores(image[tf.newaxis])
+            lung, score = masks[0] > 0.5, scores[0]  # (H, W, 1), ()
+        elif segmenter is not None:
             lung = segmenter.serving_fn(image[tf.newaxis])[0] > 0.5  # (H, W, 1)
         elif mask_bytes is None:
             raise ValueError(f"{info.rundir}: the run uses mask={info.mask!r}; a lung mask is required")
@@ -302,7 +333,8 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None):
         image = apply_mask(image, lung, info.mask, info.margin, info.fill)
     # The training pipeline's resize (aspect-preserving, antialiased, padded), reused as is.
     resize_only = PipelineConfig(data="", mask="original", image_size=info.image_size)
-    return mask_and_resize(image, None, resize_only)  # (S, S, 1)
+    resized = mask_and_resize(image, None, resize_only)  # (S, S, 1)
+    return (resized, score) if with_cxr_score else resized
 
 
 def build_serving_module(classifier, info: RunInfo, segmenter=None):
@@ -342,6 +374,10 @@ def export_savedmodel(
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         metadata = dict(info.metadata(), embed_segmenter=segmenter is not None, version=version)
+        if module._gated:
+            metadata["cxr_gate"] = {"threshold": float(segmenter.gate.threshold),
+                                    "reject_non_cxr": segmenter.reject_non_cxr,
+                                    "outputs": ["in_distribution", "is_cxr"]}
         metadata["signatures"] = {
             BYTES_SIGNATURE: ["image_bytes"] + (["mask_bytes"] if info.needs_mask and segmenter is None else []),
             IMAGES_SIGNATURE: ["images"],

@@ -26,14 +26,20 @@ def _serving_segmenter_class():
         export time.
 
         Args:
-            model: a ``tfcxr.segment.SamLungModel``; its ``priors`` and ``inference`` settings are embedded.
+            model: a ``tfcxr.segment.SamLungModel``; its ``priors``, ``inference`` settings and CXR ``gate`` (if
+                any) are embedded.
+            reject_non_cxr: make a request fail when the gate scores an image below its threshold.
         """
 
-        def __init__(self, model):
+        def __init__(self, model, reject_non_cxr: bool = False):
             super().__init__(name="lung_segmenter")
+            if reject_non_cxr and model.gate is None:
+                raise ValueError(f"{model.name} has no CXR gate, so non-CXR inputs cannot be rejected")
             self.segmenter_variables = list(model.variables)
             self.priors = tf.constant(model.priors, tf.float32)  # (2, 4)
             self.settings = model.inference
+            self.reject_non_cxr = bool(reject_non_cxr)
+            object.__setattr__(self, "gate", model.gate)  # numpy constants, folded into the graph
             # object.__setattr__ bypasses tf.Module's automatic tracking: the model is used, not saved.
             object.__setattr__(self, "_model", model)
 
@@ -48,11 +54,24 @@ def _serving_segmenter_class():
 
             return lung_masks_tf(self._model, images, settings=self.settings, priors=self.priors)
 
+        @tf.autograph.experimental.do_not_convert
+        def masks_and_scores(self, images):
+            """images float32 (batch, H, W, 1) in [0, 1] -> (lung masks (batch, H, W, 1) in {0, 1},
+            CXR gate scores float32 (batch,) in [0, 1]); needs a gate."""
+            from tfcxr.segment.prompts import lung_masks_tf
+
+            masks, embeddings = lung_masks_tf(self._model, images, settings=self.settings, priors=self.priors,
+                                              return_embeddings=True)
+            return masks, self.gate.score_tf(embeddings)
+
     return ServingSegmenter
 
 
-def load_serving_segmenter(model: str = DEFAULT_PRESET):
-    """Load a segmenter (a preset name such as the default ``litemedsam-lungs``, or a saved directory) for embedding."""
+def load_serving_segmenter(model: str = DEFAULT_PRESET, reject_non_cxr: bool = False):
+    """Load a segmenter (a preset name such as the default ``litemedsam-lungs``, or a saved directory) for embedding.
+
+    With ``reject_non_cxr`` the serving graph refuses images that its CXR gate scores below the threshold.
+    """
     from tfcxr.segment import load_segmenter
 
-    return _serving_segmenter_class()(load_segmenter(model))
+    return _serving_segmenter_class()(load_segmenter(model), reject_non_cxr=reject_non_cxr)

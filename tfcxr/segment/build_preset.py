@@ -19,7 +19,9 @@ Steps, each resumable (a rerun skips finished fine-tuning epochs and reuses cach
    within ``float16_tolerance`` of float32 on the validation pairs;
 6. evaluation: each test set with gt, prior and refine prompts for the preset and the ``baseline``: mean and
    minimum Dice and HD95 with seeded bootstrap 95% CIs, and how many images below ``flag_dice`` carry a QC flag;
-7. ``OUT/<name>/evaluation.json`` and ``MODEL_CARD.md``. ``--install`` copies the folder into the package's
+7. gate (when the config has ``gate``): the CXR gate is fitted on the packaged model's embeddings
+   (``tfcxr.segment.gate_fit``), its threshold set on validation CXRs, and measured on test inputs;
+8. ``OUT/<name>/evaluation.json`` and ``MODEL_CARD.md``. ``--install`` copies the folder into the package's
    presets (``tfcxr/segment/presets/<name>/``).
 
 The test pairs are used in step 6 only.
@@ -67,6 +69,7 @@ class PresetConfig:
     seed: int = 0
     flag_dice: float = 0.85
     batch_size: int = 8
+    gate: dict | None = None  # tfcxr.segment.gate_fit.GateConfig fields; None = no gate
 
     def __post_init__(self):
         if not self.stages:
@@ -249,8 +252,8 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
 
     preset_dir = out / config.name
     float32_dice, per_image32 = _mean_dice(model, val_pairs, model.inference, cache, config.batch_size)
-    model.save(preset_dir, weights_dtype=config.weights_dtype,
-               extra={"provenance": {"config": dataclasses.asdict(config), "checkpoint_scores": checkpoint_scores}})
+    provenance = {"provenance": {"config": dataclasses.asdict(config), "checkpoint_scores": checkpoint_scores}}
+    model.save(preset_dir, weights_dtype=config.weights_dtype, extra=provenance)
     packaged = load_segmenter(str(preset_dir))
     packaged_dice, per_image_packaged = _mean_dice(packaged, val_pairs, packaged.inference, cache, config.batch_size)
     dtype_check = {"float32_mean_dice": float32_dice, f"{config.weights_dtype}_mean_dice": packaged_dice,
@@ -259,6 +262,17 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
     if dtype_check["mean_abs_difference"] > config.float16_tolerance:
         raise ValueError(f"{preset_dir}: {config.weights_dtype} weights move validation Dice by "
                          f"{dtype_check['mean_abs_difference']:.4f} > {config.float16_tolerance}")
+
+    gate_report = None
+    if config.gate is not None:
+        from .gate_fit import GateConfig, fit_and_measure
+
+        step = time.time()
+        specs = {"train": [sets["train"]], "validation": sets["validation"], "test": list(sets["tests"].values())}
+        packaged.gate, gate_report = fit_and_measure(packaged, GateConfig(**config.gate), specs, cache,
+                                                     root=config.data_root or None)
+        packaged.save(preset_dir, weights_dtype=config.weights_dtype, extra=provenance)  # the same weights + gate
+        cost["gate_s"] = round(time.time() - step, 1)
 
     step = time.time()
     tests = {"preset": evaluate_tests(packaged, sets["tests"], config, cache, with_flags=True)}
@@ -273,7 +287,7 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
         "validation": {"n": len(val_pairs), "checkpoints": checkpoint_scores, "settings": setting_scores,
                        "chosen_settings": packaged.inference.to_dict(), "weights_dtype_check": dtype_check},
         "tests": tests, "cost": cost, "flag_dice": config.flag_dice, "mask_definition": config.mask_definition,
-        "priors": np.round(packaged.priors, 5).tolist(),
+        "priors": np.round(packaged.priors, 5).tolist(), "gate": gate_report,
     }
     write_text_atomic(preset_dir / "evaluation.json", json.dumps(evaluation, indent=1))
     write_model_card(preset_dir / "MODEL_CARD.md", evaluation)

@@ -76,11 +76,13 @@ class SamLungModel(tf.Module):
         priors: float32 (2, 4) normalised xyxy prior boxes (image-left lung first) for "prior"/"refine".
         inference: ``tfcxr.segment.prompts.InferenceSettings`` used when a caller gives none.
         mask_definition: ``{"name", "description"}`` of the lung masks the model was trained to produce.
+        gate: ``tfcxr.segment.gate.CxrGate`` fitted on this image encoder ("is this a frontal CXR?"), or None.
         source_dir: directory it was loaded from, or None.
     """
 
     def __init__(self, *, kind, name, image_encoder, prompt_encoder, mask_decoder, image_size, embedding_size,
-                 normalization, config, hf_model=None, priors=None, inference=None, mask_definition=None):
+                 normalization, config, hf_model=None, priors=None, inference=None, mask_definition=None,
+                 gate=None):
         from .prompts import DEFAULT_PRIORS, InferenceSettings, check_priors
 
         super().__init__(name="sam_lung_model")
@@ -101,6 +103,7 @@ class SamLungModel(tf.Module):
         self.inference = inference or InferenceSettings()
         self.mask_definition = dict(mask_definition or {"name": "unspecified",
                                                         "description": "not recorded with this model"})
+        object.__setattr__(self, "gate", gate)  # numpy arrays, not TF state: kept out of tf.Module tracking
         self.source_dir = None
         s = self.image_size
         # autograph=False: no Python control flow depends on tensors here, and conversion doubles tracing time.
@@ -352,6 +355,11 @@ class SamLungModel(tf.Module):
                 raise ValueError("`weights_dtype='float16'` is supported for LiteMedSAM models only")
             self._hf_model.save_pretrained(str(directory / "hf_sam"))
             meta.update(weights={"file": "hf_sam"})
+        if self.gate is not None:
+            from .gate import GATE_FILENAME
+
+            self.gate.save(directory / GATE_FILENAME)
+            meta["gate"] = {"file": GATE_FILENAME, "sha256": weights.sha256_file(directory / GATE_FILENAME)}
         meta.update(extra or {})
         write_text_atomic(directory / SAVE_FILENAME, json.dumps(meta, indent=2))
         return directory
@@ -424,14 +432,25 @@ def read_metadata(directory) -> dict:
 
 
 def _settings_from(meta: dict, path: pathlib.Path):
+    from . import weights
+    from .gate import CxrGate
     from .prompts import InferenceSettings, check_priors
+
+    gate = None
+    if meta.get("gate"):
+        entry = meta["gate"]
+        if not isinstance(entry, dict) or pathlib.PurePath(str(entry.get("file"))).name != entry.get("file"):
+            raise ValueError(f"{path}: `gate` must name a file inside the directory. Received: {entry!r}")
+        gate_path = path.parent / entry["file"]
+        weights.verify_sha256(gate_path, str(entry.get("sha256")))
+        gate = CxrGate.load(gate_path)
 
     try:
         inference = InferenceSettings.from_dict(meta["inference"]) if meta.get("inference") else None
         priors = check_priors(meta["priors"], path) if meta.get("priors") is not None else None
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: invalid priors or inference settings ({err})") from err
-    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition")}
+    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition"), "gate": gate}
 
 
 def _load_saved(directory: pathlib.Path, from_pt=None, name=None) -> SamLungModel:

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import qc
 from .presets import DEFAULT_PRESET
-from .prompts import segment_lungs
+from .prompts import embed_images, segment_lungs
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,33 @@ def is_valid_mask(path) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------------------------
+def segment_batch(model, images, settings=None, batch_size: int = 8) -> list:
+    """``(mask, cxr_score)`` per image; an image the model fails on gets ``(exception, None)`` instead.
+
+    The embeddings are computed once and feed both the masks and the gate (score None without a gate). When the
+    batch fails, its images are retried one by one, so one odd image cannot stop a 100k-image run.
+    """
+    def run(part):
+        embeddings = embed_images(model, part, batch_size)
+        masks = segment_lungs(model, part, settings=settings, batch_size=batch_size, embeddings=embeddings)
+        scores = model.gate.score(embeddings) if model.gate is not None else [None] * len(part)
+        return [(mask, None if score is None else float(score)) for mask, score in zip(masks, scores)]
+
+    if not images:
+        return []
+    try:
+        return run(images)
+    except Exception as err:  # noqa: BLE001 - any model failure becomes a QC row, never a crash
+        logger.warning("Batch failed (%s: %s); retrying its images one by one", type(err).__name__, err)
+    results = []
+    for image in images:
+        try:
+            results.extend(run([image]))
+        except Exception as single_err:  # noqa: BLE001 - flagged as segment_error in the QC CSV
+            results.append((single_err, None))
+    return results
+
+
 def generate_masks(model, source: str, out_dir, settings=None, batch_size: int = 8,
                    shard: tuple[int, int] | None = None) -> dict:
     """Write lung masks, QC rows and an overlay grid for every image of `source` in this shard.
@@ -104,7 +131,7 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
         shard: (i, n) to process every n-th image starting at i; None for all.
 
     Returns:
-        counts: ``{"total", "skipped", "written", "flagged", "read_error"}``.
+        counts: ``{"total", "skipped", "written", "flagged", "read_error", "not_cxr"}``.
     """
     from tfcxr.data.io import ImageReadError, read_image, write_png_atomic
 
@@ -121,7 +148,10 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
         total = None
     qc_path = out_dir / qc.qc_filename(shard)
     known = set(qc.read_qc(out_dir)["stem"]) if qc_path.is_file() else set()
-    counts = {"total": 0, "skipped": 0, "written": 0, "flagged": 0, "read_error": 0}
+    counts = {"total": 0, "skipped": 0, "written": 0, "flagged": 0, "read_error": 0, "not_cxr": 0}
+    threshold = None if model.gate is None else float(model.gate.threshold)
+    if model.gate is None:
+        logger.warning("%s has no CXR gate: the not_cxr QC flag is not computed", model.name)
     tiles: list[tuple[bool, np.ndarray, str]] = []
     start_time = time.time()
 
@@ -131,23 +161,13 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
             tiles.append((flagged, qc.overlay(image, mask), f"{row['stem']} {row['flags']}"))
 
     def finish(batch, writer):
-        """Segment the readable images of a batch, write masks and QC rows."""
+        """Segment the readable images of a batch (and score them with the gate), write masks and QC rows."""
         rows = []
         readable = [(stem, path, image) for stem, path, image in batch if not qc.is_blank(image)]
-        kwargs = dict(settings=settings)
-        try:
-            masks = segment_lungs(model, [im for _, _, im in readable], batch_size=batch_size, **kwargs)
-        except Exception as err:  # one odd image must not kill a 100k-image run: retry one by one
-            logger.warning("Batch failed (%s: %s); retrying its images one by one", type(err).__name__, err)
-            masks = []
-            for _, _, im in readable:
-                try:
-                    masks.append(segment_lungs(model, [im], **kwargs)[0])
-                except Exception as single_err:  # flagged as segment_error in the QC CSV
-                    masks.append(single_err)
-        by_stem = {stem: mask for (stem, _, _), mask in zip(readable, masks)}
+        results = segment_batch(model, [im for _, _, im in readable], settings, batch_size)
+        by_stem = {stem: result for (stem, _, _), result in zip(readable, results)}
         for stem, path, image in batch:
-            mask = by_stem.get(stem, np.zeros(image.shape[:2], bool))  # blank images get an empty mask
+            mask, score = by_stem.get(stem, (np.zeros(image.shape[:2], bool), None))  # blank: an empty mask
             if isinstance(mask, Exception):
                 logger.warning("%s: segmentation failed (%s)", path, mask)
                 rows.append({"stem": stem, "image_path": path, "mask_path": "", "flags": "segment_error",
@@ -155,13 +175,14 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
                 continue
             mask_path = out_dir / f"{stem}.png"
             write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
-            row = {"stem": stem, "image_path": path, "mask_path": str(mask_path), **qc.mask_stats(mask, image),
-                   "error": ""}
+            row = {"stem": stem, "image_path": path, "mask_path": str(mask_path),
+                   **qc.mask_stats(mask, image, score, threshold), "error": ""}
             rows.append(row)
             keep_tile(image, mask, row)
         writer.write(rows)
         counts["written"] += len(rows)
         counts["flagged"] += sum(bool(r["flags"]) for r in rows)
+        counts["not_cxr"] += sum("not_cxr" in r["flags"] for r in rows)
 
     with qc.QCWriter(qc_path) as writer:
         batch = []

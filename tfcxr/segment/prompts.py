@@ -366,6 +366,18 @@ def resolve(model, settings=None, priors=None) -> tuple["InferenceSettings", np.
     return settings, check_priors(DEFAULT_PRIORS if priors is None else priors)
 
 
+def embed_images(model, images, batch_size: int = 8) -> np.ndarray:
+    """Image embeddings of a list of float32 (H_i, W_i, 1) images in [0, 1] -> float32 (N, 256, 64, 64)."""
+    import tensorflow as tf
+
+    parts = []
+    for start in range(0, len(images), batch_size):
+        pixel_values = tf.concat([model.preprocess(np.asarray(image, np.float32)[None])[0]
+                                  for image in images[start : start + batch_size]], axis=0)
+        parts.append(np.asarray(model.embed(pixel_values)))
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
 def segment_lungs(model, images, prompt: str | None = None, *, settings: InferenceSettings | None = None,
                   priors=None, gt_masks=None, batch_size: int = 8, embeddings=None) -> list[np.ndarray]:
     """Segment the lungs of a list of images with box prompts (eager, batched).
@@ -412,7 +424,8 @@ def segment_lungs(model, images, prompt: str | None = None, *, settings: Inferen
     return masks
 
 
-def lung_masks_tf(model, images, settings: InferenceSettings | None = None, priors=None):
+def lung_masks_tf(model, images, settings: InferenceSettings | None = None, priors=None,
+                  return_embeddings: bool = False):
     """Pure-TF lung masks for export: prior boxes, optional in-graph refinement, union of both lungs.
 
     Traceable in ``tf.function`` and savable in a ``tf.Module`` SavedModel. Unlike :func:`segment_lungs` it does
@@ -423,9 +436,10 @@ def lung_masks_tf(model, images, settings: InferenceSettings | None = None, prio
         images: float32 (batch, height, width, 1) in [0, 1], one size per batch.
         settings: :class:`InferenceSettings` (prompt, refine rounds, margin, threshold); None for the model's own.
         priors: float32 (2, 4) normalised prior boxes; None for the model's own (else :data:`DEFAULT_PRIORS`).
+        return_embeddings: also return the image embeddings (batch, 256, 64, 64), e.g. for the CXR gate.
 
     Returns:
-        tf.float32 (batch, height, width, 1) lung mask in {0, 1}.
+        tf.float32 (batch, height, width, 1) lung mask in {0, 1} (and the embeddings).
     """
     import tensorflow as tf
 
@@ -437,4 +451,5 @@ def lung_masks_tf(model, images, settings: InferenceSettings | None = None, prio
     boxes = input_boxes(model, norm, sizes)
     logits, _ = decode_with_refine(model, embeddings, boxes, settings.rounds, settings.margin)  # (batch, 2, h, w)
     full = model.postprocess(logits, sizes)  # (batch, 2, height, width)
-    return tf.cast(tf.reduce_any(full > settings.threshold, axis=1), tf.float32)[..., None]  # (batch, H, W, 1)
+    masks = tf.cast(tf.reduce_any(full > settings.threshold, axis=1), tf.float32)[..., None]  # (batch, H, W, 1)
+    return (masks, embeddings) if return_embeddings else masks

@@ -10,6 +10,9 @@ Flags (``;``-separated in the ``flags`` column, empty when the mask looks normal
 - ``component_count``: the mask does not have exactly two components (merged or missing lung).
 - ``imbalance``: the smaller of the left/right image halves holds less than ``MIN_BALANCE`` of the larger one's
   lung area.
+- ``not_cxr``: the segmenter's CXR gate (``tfcxr.segment.gate``) scores the image below its threshold: it does not
+  look like a frontal chest X-ray (noise, a photo, a rotated, flipped, inverted or cropped image). The score is in
+  the ``cxr_score`` column (empty when the segmenter has no gate).
 
 Thresholds are module constants, chosen for PA/AP chest X-rays where each lung covers roughly 8-25% of the image.
 """
@@ -31,9 +34,10 @@ logger = logging.getLogger(__name__)
 
 QC_COLUMNS = (
     "stem", "image_path", "mask_path", "height", "width", "area_fraction", "components", "left_fraction",
-    "right_fraction", "balance", "flags", "error",
+    "right_fraction", "balance", "cxr_score", "flags", "error",
 )
-QC_FLAGS = ("read_error", "segment_error", "blank_image", "no_lungs", "area_outlier", "component_count", "imbalance")
+QC_FLAGS = ("read_error", "segment_error", "blank_image", "no_lungs", "area_outlier", "component_count", "imbalance",
+            "not_cxr")
 MIN_AREA_FRACTION = 0.02
 AREA_RANGE = (0.08, 0.65)
 MIN_BALANCE = 0.4
@@ -46,16 +50,18 @@ def is_blank(image) -> bool:
     return bool(high - low < BLANK_RANGE)
 
 
-def mask_stats(mask, image=None) -> dict:
+def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None) -> dict:
     """QC statistics and flags of one lung mask.
 
     Args:
         mask: bool (height, width) lung mask.
         image: optional float32 (height, width[, 1]) image in [0, 1], to flag blank images.
+        cxr_score: optional gate score in [0, 1] of the image (probability of a frontal CXR).
+        cxr_threshold: the gate's threshold; a `cxr_score` below it flags ``not_cxr``.
 
     Returns:
-        dict with ``height, width, area_fraction, components, left_fraction, right_fraction, balance, flags``
-        (``flags`` a ``;``-joined string of :data:`QC_FLAGS`).
+        dict with ``height, width, area_fraction, components, left_fraction, right_fraction, balance, cxr_score,
+        flags`` (``flags`` a ``;``-joined string of :data:`QC_FLAGS`).
     """
     mask = np.asarray(mask).astype(bool)
     height, width = mask.shape
@@ -67,6 +73,8 @@ def mask_stats(mask, image=None) -> dict:
     flags = []
     if image is not None and is_blank(image):
         flags.append("blank_image")
+    if cxr_score is not None and cxr_threshold is not None and cxr_score < cxr_threshold:
+        flags.append("not_cxr")
     if area < MIN_AREA_FRACTION:
         flags.append("no_lungs")
     else:
@@ -79,7 +87,8 @@ def mask_stats(mask, image=None) -> dict:
     return {
         "height": height, "width": width, "area_fraction": round(float(area), 5), "components": int(count),
         "left_fraction": round(float(left), 5), "right_fraction": round(float(right), 5),
-        "balance": round(float(balance), 4), "flags": ";".join(flags),
+        "balance": round(float(balance), 4), "cxr_score": "" if cxr_score is None else round(float(cxr_score), 4),
+        "flags": ";".join(flags),
     }
 
 
