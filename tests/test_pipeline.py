@@ -1,5 +1,7 @@
 """tfcxr.data.pipeline on a tiny synthetic NIH-layout set."""
 
+import pathlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,6 +73,28 @@ def test_missing_mask_is_named(synthetic, tmp_path):
         load_records(_config(synthetic, masks=str(masks), mask="loose"))
     # mask=original does not need masks at all.
     assert len(load_records(_config(synthetic, masks=None, mask="original")))
+
+
+def test_not_cxr_flags_are_counted_and_can_be_left_out(synthetic, tmp_path):
+    from tfcxr.segment import qc
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in (synthetic / "masks").glob("*.png"):
+        (masks / path.name).write_bytes(path.read_bytes())
+    records = load_records(_config(synthetic, masks=str(masks)))
+    assert records.attrs["not_cxr"] == {"train": 0, "validation": 0, "test": 0}  # no QC file yet
+    flagged = {split: split_records(records, split)["image_id"].iloc[:2].tolist() for split in ("train", "test")}
+    with qc.QCWriter(masks / "qc.csv") as writer:
+        writer.write([{"stem": pathlib.Path(i).stem, "flags": "not_cxr" if n < 3 else "imbalance"}
+                      for n, i in enumerate(flagged["train"] + flagged["test"])])
+    kept = load_records(_config(synthetic, masks=str(masks)))
+    assert kept.attrs["not_cxr"] == {"train": 2, "validation": 0, "test": 1} and len(kept) == len(records)
+    dropped = load_records(_config(synthetic, masks=str(masks), exclude_not_cxr=True))
+    assert dropped.attrs["not_cxr"] == kept.attrs["not_cxr"]
+    assert set(split_records(dropped, "train")["image_id"]) == set(split_records(records, "train")["image_id"]) - set(
+        flagged["train"])
+    assert len(split_records(dropped, "test")) == len(split_records(records, "test"))  # the test split stays whole
 
 
 def test_empty_split_and_bad_config(synthetic):

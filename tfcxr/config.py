@@ -56,6 +56,8 @@ class TrainConfig:
         demo_num_images: synthetic images for `demo`.
         demo_image_size: synthetic source resolution for `demo`.
         tfds_data_dir: TFDS data_dir for `tfds:` sources.
+        exclude_not_cxr: leave out of train/validation the images the mask QC flagged `not_cxr`
+            (the count is logged and written to efficiency.json either way).
     """
 
     data: str = DEMO
@@ -86,6 +88,7 @@ class TrainConfig:
     demo_num_images: int = 900
     demo_image_size: int = 192
     tfds_data_dir: str = None
+    exclude_not_cxr: bool = False
 
     def __post_init__(self):
         validate_mask_mode(self.mask)

@@ -297,8 +297,10 @@ def train(config, callbacks=()):
         seed=config.seed,
         curation=config.curation(),
         tfds_data_dir=config.tfds_data_dir,
+        exclude_not_cxr=config.exclude_not_cxr,
     )
     records = load_records(pipeline)
+    not_cxr = records.attrs.get("not_cxr", {})
     parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
     logger.info(
         "data %s: %s images (train/validation/test), mask=%s margin=%s fill=%s, masks=%s",
@@ -367,9 +369,12 @@ def train(config, callbacks=()):
         "validation_seconds_per_epoch": val_seconds,
         "epochs_timed": len(timer.train_seconds),
         "images": {split: len(part) for split, part in parts.items()},
+        "not_cxr_flagged": not_cxr,
+        "not_cxr_excluded": bool(config.exclude_not_cxr),
         "status": status,
     }
-    result = {"out": str(out), "status": status, "best_val_macro_auroc": best_value, "best_epoch": best_epoch}
+    result = {"out": str(out), "status": status, "best_val_macro_auroc": best_value, "best_epoch": best_epoch,
+              "not_cxr_flagged": not_cxr}
     if status == "ok":
         best_path = out / "best.keras"
         if not best_path.is_file():
@@ -414,6 +419,8 @@ def build_parser():
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--loss", choices=LOSSES)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--exclude-not-cxr", action=argparse.BooleanOptionalAction, default=None,
+                        help="leave out of train/validation the images the mask QC flagged not_cxr")
     parser.add_argument("--cache", help="'memory', a file prefix, or 'none'")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=PRECISIONS)

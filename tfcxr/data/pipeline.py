@@ -75,6 +75,8 @@ class PipelineConfig:
         seed: shuffle and augmentation seed.
         curation: `tfcxr.data.nih.CurationConfig` for the split.
         tfds_data_dir: TFDS data_dir for `tfds:` sources.
+        exclude_not_cxr: leave out of train and validation the images that the mask folder's QC
+            (`tfcxr.segment.qc`) flagged `not_cxr`; the test split is kept whole, so runs stay comparable.
     """
 
     data: str
@@ -90,6 +92,7 @@ class PipelineConfig:
     seed: int = 0
     curation: CurationConfig = dataclasses.field(default_factory=CurationConfig)
     tfds_data_dir: str = None
+    exclude_not_cxr: bool = False
 
     def __post_init__(self):
         validate_mask_mode(self.mask)
@@ -143,6 +146,8 @@ def load_records(config):
         "No Finding", split, ...) plus `image_path` and `mask_path` (str; "" when
         no mask folder is given). For `tfds:` sources the rows come from the
         TFDS splits (in their order) and `image_path` is `tfds:<name>/<split>/<image_id>`.
+        ``frame.attrs["not_cxr"]``: per split, how many images the mask QC flagged `not_cxr`
+        (before any exclusion; zeros without a QC file).
 
     Raises:
         FileNotFoundError: metadata, an image, or (unless mask="original") a mask
@@ -167,6 +172,34 @@ def load_records(config):
         frame["mask_path"] = ""
     if config.mask != "original":
         check_masks(frame, config.masks)
+    return gate_records(frame, config.masks, config.exclude_not_cxr)
+
+
+def gate_records(frame, masks_dir, exclude: bool):
+    """Count per split the images whose mask QC row is flagged `not_cxr`; drop them from train/validation if asked.
+
+    Args:
+        frame: records with `image_id` and `split` columns.
+        masks_dir: mask folder holding `qc.csv` / `qc-*-of-*.csv` (or None).
+        exclude: drop the flagged train and validation images.
+
+    Returns:
+        the (filtered) frame with ``attrs["not_cxr"] = {split: count}``.
+    """
+    from tfcxr.segment.qc import read_qc
+
+    table = read_qc(masks_dir) if masks_dir else None
+    flagged = set() if table is None or not len(table) else set(
+        table.loc[table["flags"].str.contains("not_cxr", regex=False), "stem"])
+    is_flagged = frame["image_id"].map(lambda image_id: pathlib.Path(image_id).stem in flagged)
+    counts = {split: int(is_flagged[frame["split"] == split].sum()) for split in ("train", "validation", "test")}
+    if any(counts.values()):
+        logger.warning("mask QC flagged not_cxr (not a frontal chest X-ray): %s%s", counts,
+                       "; left out of train/validation" if exclude else "; kept (set exclude_not_cxr to leave "
+                       "them out)")
+    if exclude:
+        frame = frame[~(is_flagged & frame["split"].isin(["train", "validation"]))].reset_index(drop=True)
+    frame.attrs["not_cxr"] = counts
     return frame
 
 
