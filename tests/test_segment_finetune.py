@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import logging
 import pathlib
 
@@ -71,7 +72,7 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     from tfcxr.segment import load_segmenter
     from tfcxr.segment.litemedsam import ARCHITECTURES
     from tfcxr.segment.model import build_litemedsam_model
-    from tfcxr.segment.prompts import load_priors
+    from tfcxr.segment.prompts import fit_priors
 
     data = write_pairs(tmp_path / "pairs")
     out = tmp_path / "run"
@@ -84,8 +85,12 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert all(0.0 <= float(row["val_dice_prior"]) <= 1.0 for row in rows)
     assert (out / "checkpoints" / "ckpt-2.index").is_file()
-    assert load_priors(out).shape == (2, 4) and (out / "lung_priors.json").is_file()
-    assert load_segmenter(str(out)).image_size == 64
+    loaded = load_segmenter(str(out))
+    assert loaded.image_size == 64 and not (out / "lung_priors.json").exists()  # priors live in segmenter.json
+    train = [p for p in finetune.load_pairs(str(data)) if p.name in json.loads((out / "split.json").read_text())[
+        "train"]]
+    np.testing.assert_allclose(loaded.priors, fit_priors(p.mask for p in train), atol=1e-5)
+    assert loaded.mask_definition["name"] == "trained"
 
     other = dataclasses.replace(ARCHITECTURES["litemedsam-tiny"], decoder_mlp_dim=48)
     build_litemedsam_model(other, name="other").save(tmp_path / "other")
