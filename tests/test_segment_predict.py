@@ -39,7 +39,8 @@ def test_generate_masks_flags_bad_images_and_resumes(tiny, tmp_path):
     images = write_images(tmp_path / "images")
     out = tmp_path / "masks"
     counts = predict.generate_masks(tiny, str(images), out, batch_size=2)
-    assert counts == {"total": 5, "skipped": 0, "written": 4, "flagged": counts["flagged"], "read_error": 1}
+    assert counts == {"total": 5, "skipped": 0, "written": 4, "flagged": counts["flagged"], "read_error": 1,
+                      "not_cxr": 0}  # the tiny model has no CXR gate
     for stem, shape in (("a", (80, 70)), ("b", (60, 66)), ("deep", (64, 64)), ("blank", (50, 50))):
         mask = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -47,6 +48,7 @@ def test_generate_masks_flags_bad_images_and_resumes(tiny, tmp_path):
     assert table.loc["corrupt", "flags"] == "read_error" and "corrupt.png" not in table.loc["corrupt", "error"]
     assert "IEND" in table.loc["corrupt", "error"] or table.loc["corrupt", "error"]
     assert table.loc["blank", "flags"].startswith("blank_image")
+    assert 0.0 <= float(table.loc["a", "stability"]) <= 1.0 and table.loc["a", "cxr_score"] == ""
     assert (out / "overlay_grid.png").is_file() and not list(out.glob("*.tmp"))
 
     (out / "a.png").unlink()  # a mask lost mid-run: only it is redone

@@ -69,6 +69,23 @@ def test_inference_settings_validate_and_round_trip():
         prompts.InferenceSettings.from_dict({"prompt": "refine", "rounds": 1})
 
 
+def test_mask_stability_is_high_for_sharp_borders_and_low_for_vague_ones():
+    yy, xx = np.mgrid[:64, :64]
+    distance = np.minimum(np.hypot(xx - 18, yy - 32), np.hypot(xx - 46, yy - 32)) - 10  # two round "lungs"
+    sharp, vague = -distance * 100.0, -distance * 0.3  # logits: steep or shallow across the border
+    assert prompts.mask_stability(sharp) > 0.95 and prompts.mask_stability(vague) < 0.7
+    assert prompts.mask_stability(np.full((8, 8), -50.0)) == 1.0  # nothing on either side
+
+
+def test_qc_flags_unstable_masks():
+    from tfcxr.segment import qc
+
+    lungs = two_lungs()
+    assert "unstable" in qc.mask_stats(lungs, stability=qc.MIN_STABILITY - 0.01)["flags"]
+    stats = qc.mask_stats(lungs, stability=0.99)
+    assert "unstable" not in stats["flags"] and stats["stability"] == 0.99
+
+
 def test_threshold_setting_changes_the_mask(tiny):
     image = np.random.default_rng(3).random((64, 64, 1), dtype=np.float32)
     low, high = (prompts.segment_lungs(tiny, [image], "prior", settings=prompts.InferenceSettings(threshold=t))[0]

@@ -204,8 +204,9 @@ def evaluate_tests(model, tests: dict, config: PresetConfig, cache, with_flags: 
                      "per_image": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                                     for k, v in r.items()} for r in rows]}
             if with_flags and prompt != "gt":
-                for row, pair, mask in zip(entry["per_image"], pairs, result["masks"]):
-                    row["flags"] = qc.mask_stats(mask, pair.image)["flags"]
+                for row, pair, mask, stability in zip(entry["per_image"], pairs, result["masks"], result["stability"]):
+                    stats = qc.mask_stats(mask, pair.image, stability=stability)
+                    row.update(flags=stats["flags"], stability=stats["stability"])
                 failures = [r for r in entry["per_image"] if r["dice"] < config.flag_dice]
                 entry["below_flag_dice"] = len(failures)
                 entry["below_flag_dice_flagged"] = sum(bool(r["flags"]) for r in failures)

@@ -63,7 +63,8 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
         batch_size: images per model call.
         cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
         worst: also return overlay tiles of this many lowest-Dice images per prompt (key "worst_tiles").
-        keep_masks: also return the predicted bool (H, W) masks per prompt (key "masks").
+        keep_masks: also return the predicted bool (H, W) masks per prompt (key "masks") and their
+            ``mask_stability`` (key "stability").
 
     Returns:
         ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``; with `worst`, each
@@ -79,11 +80,13 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
     for prompt in prompts:
         start_time = time.time()
         masks = segment_lungs(model, images, prompt, settings=settings, gt_masks=[p.mask for p in pairs],
-                              batch_size=batch_size, embeddings=embeddings)
+                              batch_size=batch_size, embeddings=embeddings, return_stability=keep_masks)
+        if keep_masks:
+            masks, stability = masks
         rows = [{"name": p.name, **segmentation_metrics(m, p.mask)} for p, m in zip(pairs, masks)]
         results[prompt] = {"summary": summarize(rows), "per_image": rows}
         if keep_masks:
-            results[prompt]["masks"] = masks
+            results[prompt].update(masks=masks, stability=stability)
         if worst:
             order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:worst]
             results[prompt]["worst_tiles"] = [

@@ -92,16 +92,18 @@ def is_valid_mask(path) -> bool:
 # Generation
 # ----------------------------------------------------------------------------------------------------------------
 def segment_batch(model, images, settings=None, batch_size: int = 8) -> list:
-    """``(mask, cxr_score)`` per image; an image the model fails on gets ``(exception, None)`` instead.
+    """``(mask, cxr_score, stability)`` per image; an image the model fails on gets ``(exception, None, None)``.
 
     The embeddings are computed once and feed both the masks and the gate (score None without a gate). When the
     batch fails, its images are retried one by one, so one odd image cannot stop a 100k-image run.
     """
     def run(part):
         embeddings = embed_images(model, part, batch_size)
-        masks = segment_lungs(model, part, settings=settings, batch_size=batch_size, embeddings=embeddings)
+        masks, stabilities = segment_lungs(model, part, settings=settings, batch_size=batch_size,
+                                           embeddings=embeddings, return_stability=True)
         scores = model.gate.score(embeddings) if model.gate is not None else [None] * len(part)
-        return [(mask, None if score is None else float(score)) for mask, score in zip(masks, scores)]
+        return [(mask, None if score is None else float(score), stability)
+                for mask, score, stability in zip(masks, scores, stabilities)]
 
     if not images:
         return []
@@ -114,7 +116,7 @@ def segment_batch(model, images, settings=None, batch_size: int = 8) -> list:
         try:
             results.extend(run([image]))
         except Exception as single_err:  # noqa: BLE001 - flagged as segment_error in the QC CSV
-            results.append((single_err, None))
+            results.append((single_err, None, None))
     return results
 
 
@@ -167,7 +169,7 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
         results = segment_batch(model, [im for _, _, im in readable], settings, batch_size)
         by_stem = {stem: result for (stem, _, _), result in zip(readable, results)}
         for stem, path, image in batch:
-            mask, score = by_stem.get(stem, (np.zeros(image.shape[:2], bool), None))  # blank: an empty mask
+            mask, score, stability = by_stem.get(stem, (np.zeros(image.shape[:2], bool), None, None))  # blank
             if isinstance(mask, Exception):
                 logger.warning("%s: segmentation failed (%s)", path, mask)
                 rows.append({"stem": stem, "image_path": path, "mask_path": "", "flags": "segment_error",
@@ -176,7 +178,7 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
             mask_path = out_dir / f"{stem}.png"
             write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
             row = {"stem": stem, "image_path": path, "mask_path": str(mask_path),
-                   **qc.mask_stats(mask, image, score, threshold), "error": ""}
+                   **qc.mask_stats(mask, image, score, threshold, stability), "error": ""}
             rows.append(row)
             keep_tile(image, mask, row)
         writer.write(rows)

@@ -31,6 +31,7 @@ PRIORS_FILENAME = "lung_priors.json"  # priors of a version-1 saved segmenter; l
 DEFAULT_PRIOR_BOXES_256 = ((30.0, 30.0, 125.0, 220.0), (131.0, 30.0, 226.0, 220.0))
 DEFAULT_PRIORS = np.asarray(DEFAULT_PRIOR_BOXES_256, np.float32) / 256.0  # (2, 4) normalised xyxy
 DEFAULT_REFINE_MARGIN = 0.02  # fraction of the model input size (about 5 px at 256)
+STABILITY_DELTA = 2.0  # mask stability compares the masks at threshold -/+ this many logits
 
 
 def check_prompt(prompt: str) -> str:
@@ -378,8 +379,26 @@ def embed_images(model, images, batch_size: int = 8) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
+def mask_stability(logits, threshold: float = 0.0, clean: bool = True) -> float:
+    """How little a lung mask moves with its threshold: Dice of the masks at ``threshold -/+ STABILITY_DELTA``.
+
+    Args:
+        logits: float (height, width) lung logits (the per-lung maximum).
+        threshold: the mask's logit threshold.
+        clean: clean both masks as the mask itself is cleaned.
+
+    Returns:
+        float in [0, 1]; 1 when the border is sharp, low when the model is unsure where the lung ends.
+    """
+    loose, strict = (np.asarray(logits) > threshold - STABILITY_DELTA), (np.asarray(logits) > threshold + STABILITY_DELTA)
+    if clean:
+        loose, strict = clean_lung_mask(loose), clean_lung_mask(strict)
+    total = loose.sum() + strict.sum()
+    return float(2.0 * np.logical_and(loose, strict).sum() / total) if total else 1.0
+
+
 def segment_lungs(model, images, prompt: str | None = None, *, settings: InferenceSettings | None = None,
-                  priors=None, gt_masks=None, batch_size: int = 8, embeddings=None) -> list[np.ndarray]:
+                  priors=None, gt_masks=None, batch_size: int = 8, embeddings=None, return_stability: bool = False):
     """Segment the lungs of a list of images with box prompts (eager, batched).
 
     Args:
@@ -391,9 +410,10 @@ def segment_lungs(model, images, prompt: str | None = None, *, settings: Inferen
         gt_masks: for prompt "gt", bool (height, width) masks, one per image.
         batch_size: images per model call.
         embeddings: optional precomputed ``model.embed`` outputs, one per image (stacked along axis 0).
+        return_stability: also return each mask's :func:`mask_stability`.
 
     Returns:
-        list of bool (height, width) lung masks at each image's own size.
+        list of bool (height, width) lung masks at each image's own size (and a list of float stabilities).
     """
     import tensorflow as tf
 
@@ -402,7 +422,7 @@ def segment_lungs(model, images, prompt: str | None = None, *, settings: Inferen
     if prompt == "gt" and (gt_masks is None or len(gt_masks) != len(images)):
         raise ValueError("`prompt='gt'` needs one ground-truth mask per image in `gt_masks`.")
     rounds = settings.refine_rounds if prompt == "refine" else 0
-    masks = []
+    masks, stabilities = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         prepared = [model.preprocess(np.asarray(image, np.float32)[None]) for image in batch]
@@ -418,10 +438,12 @@ def segment_lungs(model, images, prompt: str | None = None, *, settings: Inferen
         boxes = tf.concat([input_boxes(model, norm[i : i + 1], p[1]) for i, p in enumerate(prepared)], axis=0)
         logits, _ = decode_with_refine(model, batch_embeddings, boxes, rounds, settings.margin)  # (batch, 2, h, w)
         for i, (_, sizes) in enumerate(prepared):
-            full = model.postprocess(logits[i : i + 1], sizes)  # (1, 2, height, width)
-            mask = np.any(np.asarray(full)[0] > settings.threshold, axis=0)
+            full = np.asarray(model.postprocess(logits[i : i + 1], sizes))[0].max(axis=0)  # (height, width)
+            mask = full > settings.threshold
             masks.append(clean_lung_mask(mask) if settings.clean else mask)
-    return masks
+            if return_stability:
+                stabilities.append(mask_stability(full, settings.threshold, settings.clean))
+    return (masks, stabilities) if return_stability else masks
 
 
 def lung_masks_tf(model, images, settings: InferenceSettings | None = None, priors=None,

@@ -10,6 +10,9 @@ Flags (``;``-separated in the ``flags`` column, empty when the mask looks normal
 - ``component_count``: the mask does not have exactly two components (merged or missing lung).
 - ``imbalance``: the smaller of the left/right image halves holds less than ``MIN_BALANCE`` of the larger one's
   lung area.
+- ``unstable``: the mask moves a lot with its logit threshold (``stability`` column: Dice of the masks at the
+  threshold -/+ 2 logits, below ``MIN_STABILITY``): the model is unsure where the lung border lies. On the
+  validation pairs of the shipped preset this flagged every mask below Dice 0.85 (3 of 3) and 6% of all masks.
 - ``not_cxr``: the segmenter's CXR gate (``tfcxr.segment.gate``) scores the image below its threshold: it does not
   look like a frontal chest X-ray (noise, a photo, a rotated, flipped, inverted or cropped image). The score is in
   the ``cxr_score`` column (empty when the segmenter has no gate).
@@ -34,14 +37,15 @@ logger = logging.getLogger(__name__)
 
 QC_COLUMNS = (
     "stem", "image_path", "mask_path", "height", "width", "area_fraction", "components", "left_fraction",
-    "right_fraction", "balance", "cxr_score", "flags", "error",
+    "right_fraction", "balance", "stability", "cxr_score", "flags", "error",
 )
 QC_FLAGS = ("read_error", "segment_error", "blank_image", "no_lungs", "area_outlier", "component_count", "imbalance",
-            "not_cxr")
+            "unstable", "not_cxr")
 MIN_AREA_FRACTION = 0.02
 AREA_RANGE = (0.08, 0.65)
 MIN_BALANCE = 0.4
 BLANK_RANGE = 0.02  # an image whose (p99 - p1) intensity range is below this is blank
+MIN_STABILITY = 0.88  # chosen on the preset's validation pairs (see the ``unstable`` flag)
 
 
 def is_blank(image) -> bool:
@@ -50,7 +54,7 @@ def is_blank(image) -> bool:
     return bool(high - low < BLANK_RANGE)
 
 
-def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None) -> dict:
+def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None, stability=None) -> dict:
     """QC statistics and flags of one lung mask.
 
     Args:
@@ -58,10 +62,12 @@ def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None) -> dict:
         image: optional float32 (height, width[, 1]) image in [0, 1], to flag blank images.
         cxr_score: optional gate score in [0, 1] of the image (probability of a frontal CXR).
         cxr_threshold: the gate's threshold; a `cxr_score` below it flags ``not_cxr``.
+        stability: optional ``tfcxr.segment.prompts.mask_stability`` of the mask; below ``MIN_STABILITY`` flags
+            ``unstable``.
 
     Returns:
-        dict with ``height, width, area_fraction, components, left_fraction, right_fraction, balance, cxr_score,
-        flags`` (``flags`` a ``;``-joined string of :data:`QC_FLAGS`).
+        dict with ``height, width, area_fraction, components, left_fraction, right_fraction, balance, stability,
+        cxr_score, flags`` (``flags`` a ``;``-joined string of :data:`QC_FLAGS`).
     """
     mask = np.asarray(mask).astype(bool)
     height, width = mask.shape
@@ -84,10 +90,13 @@ def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None) -> dict:
             flags.append("component_count")
         if balance < MIN_BALANCE:
             flags.append("imbalance")
+        if stability is not None and stability < MIN_STABILITY:
+            flags.append("unstable")
     return {
         "height": height, "width": width, "area_fraction": round(float(area), 5), "components": int(count),
         "left_fraction": round(float(left), 5), "right_fraction": round(float(right), 5),
-        "balance": round(float(balance), 4), "cxr_score": "" if cxr_score is None else round(float(cxr_score), 4),
+        "balance": round(float(balance), 4), "stability": "" if stability is None else round(float(stability), 4),
+        "cxr_score": "" if cxr_score is None else round(float(cxr_score), 4),
         "flags": ";".join(flags),
     }
 

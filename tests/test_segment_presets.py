@@ -1,0 +1,94 @@
+"""The shipped segmenter preset (tfcxr/segment/presets/litemedsam-lungs): offline load, checksums, stability."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from tfcxr.segment import presets
+
+PRESET = presets.DEFAULT_PRESET
+PHANTOM_MASK = __import__("pathlib").Path(__file__).parent / "data" / "litemedsam_lungs_phantom_mask.png"
+
+
+def phantom():
+    """One seeded synthetic radiograph (float32 (256, 256, 1) in [0, 1]) and its exact lung mask."""
+    from tfcxr.data.synthetic import SyntheticConfig, generate_arrays
+
+    images, masks, _, _ = generate_arrays(SyntheticConfig(num_images=1, image_size=256, seed=11))
+    return images[0][..., None].astype(np.float32) / 255.0, masks[0]
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    from tfcxr.segment import load_segmenter
+
+    with pytest.MonkeyPatch.context() as patch:  # no hub, no converted-weights cache: the package alone
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TFCXR_CACHE", str(tmp_path_factory.mktemp("empty_cache")))
+        return load_segmenter()
+
+
+def test_preset_ships_in_the_package_with_checksums_and_card():
+    from tfcxr.segment.weights import sha256_file
+
+    directory = presets.packaged_presets()[PRESET]
+    meta = json.loads((directory / "segmenter.json").read_text())
+    weights = directory / meta["weights"]["file"]
+    assert meta["weights"]["dtype"] == "float16" and weights.stat().st_size <= 25 * 2**20
+    assert sha256_file(weights) == meta["weights"]["sha256"]
+    assert sha256_file(directory / meta["gate"]["file"]) == meta["gate"]["sha256"]
+    assert meta["mask_definition"]["name"] and meta["inference"]["prompt"] in ("prior", "refine")
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert f"# Model card: `{PRESET}`" in card and "Licences" in card
+    assert PRESET in presets.available_presets() and "litemedsam" in presets.available_presets()
+
+
+def test_default_preset_loads_offline_with_its_own_settings(preset):
+    meta = json.loads((presets.packaged_presets()[PRESET] / "segmenter.json").read_text())
+    assert preset.name == PRESET and preset.gate is not None
+    assert preset.inference.to_dict() == meta["inference"]
+    np.testing.assert_allclose(preset.priors, meta["priors"], atol=1e-6)
+
+
+def test_preset_output_on_a_phantom_is_stable(preset):
+    image, truth = phantom()
+    mask = preset.predict([image])[0]
+    expected = cv2.imread(str(PHANTOM_MASK), cv2.IMREAD_GRAYSCALE) > 127
+    overlap = 2 * np.logical_and(mask, expected).sum() / (mask.sum() + expected.sum())
+    assert overlap >= 0.99, f"preset output drifted from the stored phantom mask (Dice {overlap:.4f})"
+    to_truth = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
+    assert to_truth >= 0.8, f"preset mask no longer matches the phantom's lungs (Dice {to_truth:.4f})"
+
+
+def test_corrupted_preset_files_give_clear_errors(tmp_path):
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.weights import WeightsError
+
+    copy = tmp_path / PRESET
+    shutil.copytree(presets.packaged_presets()[PRESET], copy)
+    weights = copy / "weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"litemedsam-lungs/weights\.npz: sha256 mismatch"):
+        load_segmenter(str(copy))
+    shutil.copyfile(presets.packaged_presets()[PRESET] / "weights.npz", weights)
+    (copy / "gate.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(WeightsError, match=r"gate\.npz: sha256 mismatch"):
+        load_segmenter(str(copy))
+    with pytest.raises(ValueError, match="Unknown segmenter preset 'litemedsam-lungz'.*litemedsam-lungs"):
+        load_segmenter("litemedsam-lungz")
+
+
+def test_the_preset_is_the_default_everywhere():
+    from tfcxr.export.__main__ import build_parser as export_parser
+    from tfcxr.segment import evaluate, predict
+    from tfcxr.segment.model import load_segmenter
+
+    assert load_segmenter.__defaults__[0] == PRESET
+    assert predict.build_parser().parse_args(["--images", "a", "--out", "b"]).model == PRESET
+    assert evaluate.build_parser().parse_args(["--data", "a", "--out", "b"]).model == PRESET
+    assert export_parser().parse_args(["run", "--format", "savedmodel", "--out", "o"]).segmenter == PRESET
