@@ -4,7 +4,8 @@ Samples per split (train / validation / test):
 
 - real frontal CXRs: the images of the lung pair sets (the preset's own train / validation / test pairs) and of
   extra image folders (e.g. NIH ChestX-ray14), split 60/20/20 by a hash of the patient part of the file name
-  (``<patient>_<index>``, NIH's naming), so no patient is in two splits;
+  (``<patient>_<index>``, NIH's naming), so no patient is in two splits; ``folder_limit`` caps the folder images
+  per split (a seeded subset) to bound the CPU cost;
 - transformed CXRs: every ``transform_every``-th real image of the split, rotated, flipped, inverted or cropped
   (the kinds take turns);
 - synthetic images: ``synthetic_per_kind`` of each kind per split;
@@ -38,6 +39,7 @@ class GateConfig:
     """How the gate is fitted; the preset config's ``gate`` mapping sets these fields."""
 
     real_folders: list = dataclasses.field(default_factory=list)  # extra CXR image folders (relative to data_root)
+    folder_limit: dict = dataclasses.field(default_factory=dict)  # {split: max images} from the folders (seeded)
     max_false_rejection: float = 0.005  # on validation real CXRs
     components: int = 64
     c: float = 1.0
@@ -65,7 +67,7 @@ def _split_of(stem: str) -> str:
     return "train" if bucket < 6 else "validation" if bucket < 8 else "test"
 
 
-def _real_samples(pair_specs: dict, folders, root) -> dict:
+def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> dict:
     from tfcxr.data.io import read_image
 
     from .finetune import load_pairs
@@ -79,15 +81,21 @@ def _real_samples(pair_specs: dict, folders, root) -> dict:
                                           lambda image=pair.image: image))
     for folder in folders:
         path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
+        by_split = {split: [] for split in SPLITS}
         for stem, file in list_images(str(path)):
-            real[_split_of(stem)].append(Sample(f"file/{stem}", REAL, path.name, lambda f=file: read_image(f)))
+            by_split[_split_of(stem)].append(Sample(f"file/{stem}", REAL, path.name, lambda f=file: read_image(f)))
+        for split, items in by_split.items():
+            if limit.get(split) and len(items) > limit[split]:
+                keep = np.sort(np.random.default_rng(seed).choice(len(items), limit[split], replace=False))
+                items = [items[i] for i in keep]
+            real[split] += items
     return real
 
 
 def gate_samples(config: GateConfig, pair_specs: dict, root=None) -> dict:
     """``{split: [Sample, ...]}``: real CXRs and every family of non-CXR input (see the module docstring)."""
     rng = np.random.default_rng(config.seed)
-    samples = _real_samples(pair_specs, config.real_folders, root)
+    samples = _real_samples(pair_specs, config.real_folders, root, config.folder_limit, config.seed)
     photo_names = sorted(gate_data.photos())
     for index, split in enumerate(SPLITS):
         real = list(samples[split])
