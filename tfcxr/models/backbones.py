@@ -1,5 +1,6 @@
 """Backbones: feature extractors from keras.applications plus a tiny CPU CNN."""
 
+import json
 import logging
 import os
 
@@ -10,8 +11,75 @@ from tfcxr.models.presets import get_preset
 logger = logging.getLogger(__name__)
 
 
+# A file whose name ends with this holds the weights of a backbone alone (as written by
+# `python -m tfcxr.pretrain`); `<name>.json` beside `<name>.weights.h5` holds its metadata.
+BACKBONE_WEIGHTS_SUFFIX = "backbone.weights.h5"
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be fetched (e.g. no network)."""
+
+
+def is_backbone_weights(path):
+    """True when `path` names a backbone-only weights file (`*backbone.weights.h5`)."""
+    return os.path.basename(str(path)).endswith(BACKBONE_WEIGHTS_SUFFIX)
+
+
+def backbone_metadata_path(path):
+    """`<dir>/<name>.json` for `<dir>/<name>.weights.h5`."""
+    return str(path)[: -len(".weights.h5")] + ".json"
+
+
+def save_backbone_weights(model, path, metadata):
+    """Write a backbone's weights and their metadata (STYLE: weights metadata is data).
+
+    Args:
+        model: the keras.Model returned by `build_backbone`.
+        path: file name ending with `BACKBONE_WEIGHTS_SUFFIX`.
+        metadata: JSON-ready dict; must hold "backbone" (its preset name).
+
+    Returns:
+        (weights path, metadata path) as strings.
+    """
+    from tfcxr.atomic import write_text_atomic
+
+    if not is_backbone_weights(path):
+        raise ValueError(f"`path` must end with {BACKBONE_WEIGHTS_SUFFIX!r}. Received: path={str(path)!r}")
+    get_preset(metadata.get("backbone"))
+    model.save_weights(str(path), overwrite=True)
+    meta_path = backbone_metadata_path(path)
+    write_text_atomic(meta_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return str(path), meta_path
+
+
+def load_backbone_weights(model, path, backbone):
+    """Load a `*backbone.weights.h5` file into a backbone built by `build_backbone`.
+
+    Args:
+        model: keras.Model from `build_backbone(backbone, ...)`.
+        path: the weights file; its metadata JSON, when present, must name the same backbone.
+        backbone: the preset name `model` was built for.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the metadata names another backbone, or the weights do not fit `model`.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: backbone weights file not found.")
+    meta_path = backbone_metadata_path(path)
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as handle:
+            saved = json.load(handle).get("backbone")
+        if saved != backbone:
+            raise ValueError(
+                f"{path}: these weights are for backbone={saved!r} (from {meta_path}). "
+                f"Received: backbone={backbone!r}"
+            )
+    try:
+        model.load_weights(str(path))
+    except ValueError as error:
+        raise ValueError(f"{path}: the weights do not fit backbone={backbone!r} ({error})") from None
+    logger.info("loaded backbone weights from %s", path)
 
 
 def tiny_backbone(image_size, channels=1, widths=(16, 32, 64, 96), name="tiny_backbone"):

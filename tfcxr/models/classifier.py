@@ -6,7 +6,7 @@ import os
 import keras
 
 from tfcxr.labels import TARGETS
-from tfcxr.models.backbones import build_backbone
+from tfcxr.models.backbones import build_backbone, is_backbone_weights, load_backbone_weights
 from tfcxr.models.losses import build_loss
 from tfcxr.models.preprocessor import CxrPreprocessor
 from tfcxr.models.presets import get_preset
@@ -29,8 +29,10 @@ def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0
         backbone: a name from `tfcxr.models.presets.BACKBONES`.
         image_size: int input size S; default: the preset's.
         weights: `"none"`/`None` (random), `"imagenet"` (backbone only), a path to
-            a tfcxr classifier (`.keras` or `.weights.h5`, same backbone and size)
-            or a keras.applications notop weights file (`.h5`) for the backbone.
+            a tfcxr classifier (`.keras` or `.weights.h5`, same backbone and size),
+            a backbone weights file (`*backbone.weights.h5`, e.g. from
+            `python -m tfcxr.pretrain`; the head stays randomly initialised) or a
+            keras.applications notop weights file (`.h5`) for the backbone.
         dropout: dropout rate before the head.
         num_classes: outputs; `len(TARGETS)` = 5.
 
@@ -42,16 +44,21 @@ def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0
     preset = get_preset(backbone)
     image_size = int(image_size or preset["default_image_size"])
     weights = _normalise_weights(weights)
-    classifier_weights = None
+    classifier_weights = backbone_weights = None
     if weights is not None and weights != "imagenet":
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights}: weights file not found (expected 'imagenet', 'none' or a file).")
-        if weights.endswith(_CLASSIFIER_WEIGHT_SUFFIXES):
+        if is_backbone_weights(weights):
+            backbone_weights, weights = weights, None
+        elif weights.endswith(_CLASSIFIER_WEIGHT_SUFFIXES):
             classifier_weights, weights = weights, None
 
     inputs = keras.Input((image_size, image_size, 1), name="image", dtype="float32")
     x = CxrPreprocessor(preset["preprocessing"], preset["channels"], name="preprocessor")(inputs)
-    features = build_backbone(backbone, image_size, weights)(x)  # (batch, features)
+    backbone_model = build_backbone(backbone, image_size, weights)
+    if backbone_weights is not None:
+        load_backbone_weights(backbone_model, backbone_weights, backbone)
+    features = backbone_model(x)  # (batch, features)
     if dropout:
         features = keras.layers.Dropout(dropout, name="dropout")(features)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(features)
