@@ -100,3 +100,49 @@ def test_tiny_grid_trains_resumes_and_reports(tmp_path, monkeypatch):
     changed = experiment.load_experiment(path, sets=["learning_rate=0.5"])
     with pytest.raises(ValueError, match="learning_rate"):
         experiment.run_experiment(changed, dry_run=True)
+
+
+def test_seeds_and_a_labelled_weights_axis_make_one_run_per_cell_and_seed(tmp_path):
+    values = {"out": str(tmp_path / "runs"), "seeds": [0, 1, 2],
+              "grid": {"backbone": ["tiny"], "weights": {"random": "none", "ssl": "pre/backbone.weights.h5"}},
+              "train": {"mask": "original", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    cells = exp.cells()
+    assert [name for name, _ in cells] == [f"tiny-{w}-seed{s}" for w in ("random", "ssl") for s in (0, 1, 2)]
+    name, overrides = cells[4]
+    assert overrides["seed"] == 1 and overrides["weights"] == "pre/backbone.weights.h5"
+    assert overrides["out"] == str(tmp_path / "runs" / name)
+    assert experiment.parse_experiment({"grid": {"mask": ["tight"]}}).cells()[0][0] == "tight"  # no seeds: as before
+
+
+def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
+    from tfcxr.config import save_config
+
+    values = {"out": str(tmp_path / "runs"), "seeds": [0, 1], "grid": {"mask": ["original"]},
+              "train": {"data": "demo", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    assert set(experiment.run_experiment(exp, dry_run=True)["cells"].values()) == {"new"}
+    name, overrides = exp.cells()[1]
+    config = experiment._resolve(exp, name, overrides)
+    out = pathlib.Path(config.out)
+    save_config(config, out / "config.yaml")
+    for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
+        (out / done).write_text("x")
+    assert experiment.run_experiment(exp, dry_run=True)["cells"] == {"original-seed0": "new",
+                                                                     "original-seed1": "complete"}
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"grid": {"mask": ["tight"]}, "seeds": [0, 0]}, "`seeds` has duplicates"),
+    ({"grid": {"mask": ["tight"]}, "seeds": []}, "`seeds` must be a non-empty list of integers"),
+    ({"grid": {"mask": ["tight"]}, "seeds": ["a"]}, "`seeds` must be a non-empty list of integers"),
+    ({"grid": {"mask": ["tight"]}, "seeds": [0], "train": {"seed": 3}}, "`seed` is set in `train`"),
+    ({"grid": {"mask": ["tight"], "seed": [1]}, "seeds": [0]}, "`seed` is set in `grid`"),
+    ({"grid": {"weights": {}}}, "grid `weights` must be a non-empty list or a mapping"),
+    ({"grid": {"weights": {"a/b": "none"}}}, "labels must be unique, non-empty and without '/'"),
+])
+def test_bad_seeds_and_axes_name_the_file(tmp_path, values, match):
+    path = _write(tmp_path, values)
+    with pytest.raises(ValueError, match=match) as info:
+        experiment.load_experiment(path)
+    assert str(path) in str(info.value)

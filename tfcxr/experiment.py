@@ -1,24 +1,31 @@
-"""Run the paper's experiment grid (backbones x mask modes) and write one comparison report.
+"""Run the paper's experiment grid (backbones x mask modes [x weights] x seeds) and write one comparison report.
 
     python -m tfcxr.experiment --config configs/paper.yaml [--out DIR] [--set epochs=2] [--dry-run]
 
-The YAML has four sections (an unknown key anywhere is an error naming it and the file):
+The YAML has these sections (an unknown key anywhere is an error naming it and the file):
 
     name: paper                      # report title
     out: runs/paper                  # cells go to OUT/<backbone>-<mask>, the report to OUT/report
     grid:                            # TrainConfig fields -> lists; the grid is their product
       backbone: [resnet50, efficientnetb0]
       mask: [original, tight, loose]
+      weights: {random: none, ssl: runs/pretrain_tiny_nih/backbone.weights.h5}   # a mapping names its values
+    seeds: [0, 1, 2]                 # optional: every cell once per seed, in OUT/<cell>-seed<k>
     train:                           # TrainConfig fields shared by every cell (tfcxr/config.py)
       data: ...
     evaluate:                        # options of tfcxr.evaluate (bootstrap, seed, ...)
       bootstrap: 1000
 
-Each cell calls `tfcxr.train.train`. A cell whose run directory is complete
-(config.yaml, best.keras, test_predictions.csv, efficiency.json) with the same
-config is skipped, and an interrupted cell resumes from its checkpoints, so the
-command can be re-run until the grid is done. The report compares every
-complete cell with `tfcxr.evaluation.report.write_report`.
+A grid axis is a list of values (the cell name shows each value, "/" as "_") or a mapping
+label -> value (the cell name shows the label). Without `seeds` every cell trains once with
+`train.seed` (default 0) in OUT/<cell>, as before; with `seeds` the training seed comes only
+from that list (`seed` in `grid` or `train` is then an error).
+
+Each run calls `tfcxr.train.train`. A run whose directory is complete (config.yaml,
+best.keras, test_predictions.csv, efficiency.json) with the same config is skipped, and an
+interrupted run resumes from its checkpoints, so the command can be re-run until the grid is
+done; each (cell, seed) resumes on its own. The report compares every complete run with
+`tfcxr.evaluation.report.write_report`, which groups the seeds of a cell.
 """
 
 import argparse
@@ -31,7 +38,7 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("name", "out", "grid", "train", "evaluate")
+SECTIONS = ("name", "out", "grid", "seeds", "train", "evaluate")
 EVALUATE_OPTIONS = {
     "bootstrap": int,
     "seed": int,
@@ -50,10 +57,11 @@ class Experiment:
     Attributes:
         name: title of the report.
         out: root folder of the cells and the report.
-        grid: ordered dict TrainConfig field -> list of values.
+        grid: ordered dict TrainConfig field -> list of (label, value) pairs.
         train: TrainConfig fields shared by all cells.
         evaluate: keyword arguments of `write_report` (bootstrap -> num_resamples).
         source: the YAML path (for messages).
+        seeds: training seeds of every cell, or None (one run per cell, seed from `train`).
     """
 
     name: str
@@ -62,17 +70,25 @@ class Experiment:
     train: dict
     evaluate: dict
     source: str = "<dict>"
+    seeds: list = None
 
     def cells(self):
-        """List of (cell name, TrainConfig overrides) in grid order, e.g. ("resnet50-tight", {...})."""
+        """List of (run name, TrainConfig overrides) in grid order, seeds innermost.
+
+        Names are "<cell>" without `seeds` (e.g. "resnet50-tight") and "<cell>-seed<k>" with them.
+        """
         keys = list(self.grid)
         cells = []
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            name = "-".join(str(v).replace("/", "_") for v in values)
+        for pairs in itertools.product(*(self.grid[k] for k in keys)):
+            cell = "-".join(label for label, _ in pairs)
             overrides = dict(self.train)
-            overrides.update(zip(keys, values))
-            overrides["out"] = str(self.out / name)
-            cells.append((name, overrides))
+            overrides.update(zip(keys, (value for _, value in pairs)))
+            for seed in self.seeds if self.seeds is not None else (None,):
+                name = cell if seed is None else f"{cell}-seed{seed}"
+                run = dict(overrides, out=str(self.out / name))
+                if seed is not None:
+                    run["seed"] = seed
+                cells.append((name, run))
         return cells
 
 
@@ -118,12 +134,11 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
             )
     if not grid:
         raise ValueError(f"{source}: `grid` is empty; give at least one field, e.g. grid: {{mask: [original, tight]}}")
-    for key, axis in grid.items():
-        if not isinstance(axis, list) or not axis:
-            raise ValueError(f"{source}: grid `{key}` must be a non-empty list. Received: {key}={axis!r}")
+    grid = {key: _axis(source, key, axis) for key, axis in grid.items()}
     both = sorted(set(grid) & set(train))
     if both:
         raise ValueError(f"{source}: key(s) {both} are both in `grid` and `train`; keep each in one place")
+    seeds = _seeds(source, values.get("seeds"), grid, train)
     bad = sorted(set(evaluate) - set(EVALUATE_OPTIONS))
     if bad:
         raise ValueError(f"{source}: unknown `evaluate` key(s) {bad}. Known: {', '.join(EVALUATE_OPTIONS)}")
@@ -132,7 +147,38 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
         evaluate["num_resamples"] = evaluate.pop("bootstrap")
     root = pathlib.Path(out or values.get("out") or f"runs/{pathlib.Path(source).stem}")
     return Experiment(name=str(values.get("name") or pathlib.Path(source).stem), out=root, grid=grid,
-                      train=train, evaluate=evaluate, source=str(source))
+                      train=train, evaluate=evaluate, source=str(source), seeds=seeds)
+
+
+def _axis(source, key, axis):
+    """A grid axis as [(label, value), ...]: a list labels each value by itself, a mapping by its key."""
+    if isinstance(axis, dict) and axis:
+        pairs = [(str(label), value) for label, value in axis.items()]
+    elif isinstance(axis, list) and axis:
+        pairs = [(str(value).replace("/", "_"), value) for value in axis]
+    else:
+        raise ValueError(f"{source}: grid `{key}` must be a non-empty list or a mapping label -> value. "
+                         f"Received: {key}={axis!r}")
+    labels = [label for label, _ in pairs]
+    bad = sorted({label for label in labels if labels.count(label) > 1 or not label or "/" in label})
+    if bad:
+        raise ValueError(f"{source}: grid `{key}` labels must be unique, non-empty and without '/'. Received: {bad}")
+    return pairs
+
+
+def _seeds(source, seeds, grid, train):
+    """The validated `seeds` list, or None when the YAML has none."""
+    if seeds is None:
+        return None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds):
+        raise ValueError(f"{source}: `seeds` must be a non-empty list of integers. Received: seeds={seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{source}: `seeds` has duplicates. Received: seeds={seeds!r}")
+    if "seed" in grid or "seed" in train:
+        raise ValueError(f"{source}: `seed` is set in `{'grid' if 'seed' in grid else 'train'}` and `seeds` is given; "
+                         "keep the training seeds in `seeds` only")
+    return list(seeds)
 
 
 def load_experiment(path, out=None, sets=()):
