@@ -2,8 +2,10 @@
 
 REPORTDIR/
     metrics.json            every number below; NaN is written as null with a reason
-    report.md               tables: mask-mode comparison (AUROC + 95% CI), AUPRC, sensitivity
-                            at 90% specificity, DeLong p-values, training efficiency
+    report.md               tables: mask-mode comparison (AUROC + 95% CI), the shortcut probe
+                            (inverse vs original vs tight), seed variance per cell and cell
+                            comparisons over seeds, AUPRC, sensitivity at 90% specificity,
+                            DeLong p-values, training efficiency
     roc_<run>.png           ROC curves of every class of one run
     roc_overlay.png         one panel per class, all runs overlaid
     mask_mode_comparison.png  AUROC bars with CI whiskers, one bar per run
@@ -21,13 +23,21 @@ import warnings
 import numpy as np
 
 from tfcxr.evaluation import bootstrap, delong, metrics, plots
-from tfcxr.evaluation.runs import check_same_test_images, config_value, epochs_to_best
+from tfcxr.evaluation.runs import (check_same_test_images, config_value, differing_keys, epochs_to_best,
+                                   group_cells, run_seed)
 from tfcxr.labels import NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
 
 MACRO = "macro"
 COLUMNS = TARGETS + (NO_FINDING,)  # bootstrap columns: the 5 targets, then No Finding
+# The shortcut probe compares these mask modes of one backbone (whichever exist).
+PROBE_MODES = ("inverse", "original", "tight")
+PROBE_SENTENCE = (
+    "A high `inverse` AUROC (lungs removed from the image) means the classifier can use signal outside the lungs "
+    "(devices, markers, body habitus) rather than the lung findings themselves; measuring that is the point of "
+    "*Mask of truth: model sensitivity to unexpected regions of medical images*."
+)
 
 
 def _no_finding_scores(probs, method):
@@ -129,29 +139,29 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
         results.append(result)
         macro_boots.append(macro_boot)
 
-    comparisons = []
-    for (i, a), (j, b) in itertools.combinations(enumerate(runs), 2):
-        try:
-            check_same_test_images(a, b)
-        except ValueError as err:
-            if require_same_test_set:
-                raise
-            comparisons.append({"run_a": a.name, "run_b": b.name, "skipped": str(err)})
+    cells = group_cells(runs)
+    index = {id(run): k for k, run in enumerate(runs)}
+    multi_seed = any(len(cell.runs) > 1 for cell in cells)
+    if multi_seed:  # same-seed pairs of cells that differ in one setting
+        pairs = [(index[id(ra)], index[id(rb)])
+                 for ca, cb in itertools.combinations(cells, 2) if len(differing_keys(ca, cb)) <= 1
+                 for ra in ca.runs for rb in cb.runs if run_seed(ra) == run_seed(rb)]
+    else:  # every pair of runs, as for a single-seed grid
+        pairs = list(itertools.combinations(range(len(runs)), 2))
+    comparisons, by_pair = [], {}
+    for i, j in pairs:
+        entry = _compare(runs[i], runs[j], results[i], results[j], macro_boots[i], macro_boots[j], ci_level,
+                         require_same_test_set)
+        comparisons.append(entry)
+        by_pair[(i, j)] = entry
+    cell_results = [_cell_summary(cell, [results[index[id(r)]] for r in cell.runs]) for cell in cells]
+    cell_comparisons = []
+    for (a, ca), (b, cb) in itertools.combinations(enumerate(cells), 2):
+        if len(differing_keys(ca, cb)) > 1:
             continue
-        scores_a = np.concatenate([a.probabilities(), _no_finding_scores(a.probabilities(), results[i]["no_finding_score"])[:, None]], 1)
-        scores_b = np.concatenate([b.probabilities(), _no_finding_scores(b.probabilities(), results[j]["no_finding_score"])[:, None]], 1)
-        y_all = np.concatenate([a.labels(), a.no_finding_labels()[:, None]], 1)
-        tests = {name: delong.delong_test(y_all[:, k], scores_a[:, k], scores_b[:, k]) for k, name in enumerate(COLUMNS)}
-        diff = macro_boots[i] - macro_boots[j]
-        ci = bootstrap.percentile_ci(diff, ci_level)
-        comparisons.append({
-            "run_a": a.name, "run_b": b.name, "label_a": a.label, "label_b": b.label,
-            "n_images": int(len(a.predictions)),
-            "delong": tests,
-            "macro_auroc_diff": results[i][MACRO]["auroc"] - results[j][MACRO]["auroc"],
-            "macro_auroc_diff_ci": [ci["low"], ci["high"]],
-            "macro_auroc_diff_bootstrap_p": _p_two_sided(diff),
-        })
+        entry = _compare_cells(ca, cb, results, index, by_pair, macro_boots, ci_level, seed)
+        if entry is not None:
+            cell_comparisons.append(entry)
     settings = {
         "targets": list(TARGETS),
         "bootstrap": {"unit": "patient", "num_resamples": num_resamples, "seed": seed, "ci_level": ci_level,
@@ -159,8 +169,143 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
         "specificity": specificity,
         "macro": "mean AUROC over the targets with positives and negatives in the test set",
         "delong": "fast DeLong (Sun & Xu 2014), two-sided, paired on image_id",
+        "seeds": "cells group runs whose configs differ only in the training seed; SD with ddof=1; over seeds: "
+                 "paired t-test and Wilcoxon signed-rank test of the per-seed AUROC differences, and a bootstrap "
+                 "that resamples patients (shared resamples) and seeds",
     }
-    return {"settings": settings, "runs": results, "comparisons": comparisons}
+    return {"settings": settings, "runs": results, "comparisons": comparisons, "cells": cell_results,
+            "cell_comparisons": cell_comparisons, "shortcut_probe": _shortcut_probe(cells, cell_results,
+                                                                                  cell_comparisons)}
+
+
+def _compare(a, b, result_a, result_b, boot_a, boot_b, ci_level, require_same_test_set):
+    """Paired comparison of two runs on the same test images: DeLong per column, bootstrap macro difference."""
+    try:
+        check_same_test_images(a, b)
+    except ValueError as err:
+        if require_same_test_set:
+            raise
+        return {"run_a": a.name, "run_b": b.name, "skipped": str(err)}
+    scores_a = np.concatenate([a.probabilities(), _no_finding_scores(a.probabilities(), result_a["no_finding_score"])[:, None]], 1)
+    scores_b = np.concatenate([b.probabilities(), _no_finding_scores(b.probabilities(), result_b["no_finding_score"])[:, None]], 1)
+    y_all = np.concatenate([a.labels(), a.no_finding_labels()[:, None]], 1)
+    tests = {name: delong.delong_test(y_all[:, k], scores_a[:, k], scores_b[:, k]) for k, name in enumerate(COLUMNS)}
+    diff = boot_a - boot_b
+    ci = bootstrap.percentile_ci(diff, ci_level)
+    return {
+        "run_a": a.name, "run_b": b.name, "label_a": a.label, "label_b": b.label,
+        "n_images": int(len(a.predictions)),
+        "delong": tests,
+        "macro_auroc_diff": result_a[MACRO]["auroc"] - result_b[MACRO]["auroc"],
+        "macro_auroc_diff_ci": [ci["low"], ci["high"]],
+        "macro_auroc_diff_bootstrap_p": _p_two_sided(diff),
+    }
+
+
+def _spread(values):
+    """mean, SD (ddof=1; NaN for one value), min, max and the values, ignoring NaN."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0, "values": list(values)}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size), "values": list(values)}
+
+
+def _cell_summary(cell, results):
+    """Per-seed AUROCs (with their CIs) and their mean, SD and range for one cell."""
+    per_seed = [{"seed": run_seed(run), "run": r["name"], "macro_auroc": r[MACRO]["auroc"],
+                 "macro_auroc_ci": r[MACRO]["auroc_ci"], "no_finding_auroc": r["classes"][NO_FINDING]["auroc"],
+                 "no_finding_auroc_ci": r["classes"][NO_FINDING]["auroc_ci"]} for run, r in zip(cell.runs, results)]
+    return {
+        "label": cell.label,
+        "backbone": str(cell.config.get("backbone", "?")),
+        "mask": str(cell.config.get("mask", "?")),
+        "runs": [r["name"] for r in results],
+        "seeds": cell.seeds,
+        "per_seed": per_seed,
+        "macro_auroc": _spread([e["macro_auroc"] for e in per_seed]),
+        "no_finding_auroc": _spread([e["no_finding_auroc"] for e in per_seed]),
+        "classes": {t: _spread([r["classes"][t]["auroc"] for r in results]) for t in TARGETS},
+    }
+
+
+def _over_seeds(diffs):
+    """Tests of per-seed paired differences: one-sample t-test and Wilcoxon signed-rank (two-sided)."""
+    from scipy import stats
+
+    d = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], dtype=np.float64)
+    out = {"n": int(d.size), **{k: v for k, v in _spread(d.tolist()).items() if k != "values"},
+           "t_test_p": math.nan, "wilcoxon_p": math.nan}
+    if d.size >= 2 and np.std(d) > 0:
+        out["t_test_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    if d.size >= 2 and np.any(d != 0):
+        with warnings.catch_warnings():  # small-sample notes
+            warnings.simplefilter("ignore")
+            out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def _compare_cells(cell_a, cell_b, results, index, by_pair, macro_boots, ci_level, seed):
+    """Compare two cells over their shared seeds (None when they share none or their test sets differ)."""
+    seeds_b = {run_seed(r): r for r in cell_b.runs}
+    pairs = [(ra, seeds_b[run_seed(ra)]) for ra in cell_a.runs if run_seed(ra) in seeds_b]
+    if not pairs:
+        return None
+    entries = [by_pair.get((index[id(ra)], index[id(rb)])) for ra, rb in pairs]
+    if any(e is None or "skipped" in e for e in entries):
+        return None
+    res = [(results[index[id(ra)]], results[index[id(rb)]]) for ra, rb in pairs]
+    macro = [a[MACRO]["auroc"] - b[MACRO]["auroc"] for a, b in res]
+    no_finding = [a["classes"][NO_FINDING]["auroc"] - b["classes"][NO_FINDING]["auroc"] for a, b in res]
+    # Bootstrap over patients and seeds: each resample draws patients (the shared resample b) and seeds.
+    diffs = np.stack([macro_boots[index[id(ra)]] - macro_boots[index[id(rb)]] for ra, rb in pairs])  # (seeds, B)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, len(pairs), size=(diffs.shape[1], len(pairs)))  # (B, seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        both = np.nanmean(diffs[drawn, np.arange(diffs.shape[1])[:, None]], axis=1)  # (B,)
+    ci = bootstrap.percentile_ci(both, ci_level)
+    return {
+        "cell_a": cell_a.label, "cell_b": cell_b.label, "differs_in": differing_keys(cell_a, cell_b),
+        "seeds": [run_seed(ra) for ra, _ in pairs],
+        "macro_auroc_diff": _over_seeds(macro),
+        "macro_auroc_diff_patients_seeds_ci": [ci["low"], ci["high"]],
+        "macro_auroc_diff_patients_seeds_p": _p_two_sided(both),
+        "no_finding_auroc_diff": _over_seeds(no_finding),
+        "per_seed": [{"seed": run_seed(ra), "macro_auroc_diff": m, "macro_bootstrap_p": e["macro_auroc_diff_bootstrap_p"],
+                      "delong_p": {name: e["delong"][name]["p_value"] for name in COLUMNS}}
+                     for (ra, _), m, e in zip(pairs, macro, entries)],
+    }
+
+
+def _shortcut_probe(cells, cell_results, cell_comparisons):
+    """Inverse vs original vs tight per backbone (and per other setting), from the cell results and comparisons."""
+    contexts = {}
+    for cell, summary in zip(cells, cell_results):
+        mode = str(cell.config.get("mask"))
+        if mode not in PROBE_MODES:
+            continue
+        context = summary["label"].replace(f" / {mode}", "", 1)
+        contexts.setdefault(context, {})[mode] = summary
+    probe = []
+    for context, modes in contexts.items():
+        if "inverse" not in modes and len(modes) < 2:
+            continue
+        ordered = [m for m in PROBE_MODES if m in modes]
+        labels = {modes[m]["label"]: m for m in ordered}
+        tests = []
+        for c in cell_comparisons:
+            if c["cell_a"] in labels and c["cell_b"] in labels:
+                tests.append({"mode_a": labels[c["cell_a"]], "mode_b": labels[c["cell_b"]], **c})
+        entry = {"context": context, "modes": ordered,
+                 "auroc": {m: {"macro": modes[m]["macro_auroc"], "no_finding": modes[m]["no_finding_auroc"],
+                               "classes": modes[m]["classes"], "per_seed": modes[m]["per_seed"]} for m in ordered},
+                 "tests": tests, "interpretation": PROBE_SENTENCE}
+        if "inverse" in modes and "original" in modes:
+            inv, orig = modes["inverse"]["macro_auroc"]["mean"], modes["original"]["macro_auroc"]["mean"]
+            entry["inverse_share_of_original_margin"] = (inv - 0.5) / (orig - 0.5) if orig - 0.5 > 0 else math.nan
+        probe.append(entry)
+    return probe
 
 
 def _json_ready(obj):
@@ -223,6 +368,8 @@ def _markdown(result, figures, notes, title):
     for r in runs:
         cells = [_fmt_ci(r["classes"][t]) for t in TARGETS] + [_fmt_ci(r[MACRO]), _fmt_ci(r["classes"][NO_FINDING])]
         lines.append(f"| {r['label']} | {r['n_images']} ({r['n_patients']}) | " + " | ".join(cells) + " |")
+    lines += _probe_markdown(result.get("shortcut_probe") or [])
+    lines += _seed_markdown(result.get("cells") or [], result.get("cell_comparisons") or [])
     lines += ["", "## AUPRC (95% CI)", "",
               "| run | " + " | ".join(TARGETS) + " | macro | No Finding |", "|---" * (len(TARGETS) + 3) + "|"]
     for r in runs:
@@ -273,6 +420,92 @@ def _markdown(result, figures, notes, title):
         for caption, path in figures:
             lines += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt_spread(spread):
+    if not spread or spread.get("n", 0) == 0:
+        return "n/a"
+    if spread["n"] == 1:
+        return _fmt(spread["mean"])
+    return f"{spread['mean']:.3f} ± {_fmt(spread['sd'])} ({spread['min']:.3f} to {spread['max']:.3f})"
+
+
+def _fmt_seed_values(per_seed, key):
+    return "; ".join(f"s{e['seed']}: {_fmt_ci({'auroc': e[key], 'auroc_ci': e[key + '_ci']})}" for e in per_seed)
+
+
+def _probe_markdown(probe):
+    """The shortcut-probe section: AUROC of inverse / original / tight per backbone, their paired tests."""
+    if not probe:
+        return []
+    lines = ["", "## Shortcut probe: inverse vs original vs tight", "", PROBE_SENTENCE, ""]
+    for entry in probe:
+        lines += [f"### {entry['context']}", "",
+                  "| mask | seeds | " + " | ".join(TARGETS) + " | macro | No Finding |",
+                  "|---" * (len(TARGETS) + 4) + "|"]
+        for mode in entry["modes"]:
+            auroc = entry["auroc"][mode]
+            per_seed = auroc["per_seed"]
+            if len(per_seed) == 1:  # one seed: the value with its patient-level CI
+                only = per_seed[0]
+                macro = _fmt_ci({"auroc": only["macro_auroc"], "auroc_ci": only["macro_auroc_ci"]})
+                nf = _fmt_ci({"auroc": only["no_finding_auroc"], "auroc_ci": only["no_finding_auroc_ci"]})
+            else:
+                macro, nf = _fmt_spread(auroc["macro"]), _fmt_spread(auroc["no_finding"])
+            classes = [_fmt_spread(auroc["classes"][t]) for t in TARGETS]
+            lines.append(f"| {mode} | {len(per_seed)} | " + " | ".join(classes) + f" | {macro} | {nf} |")
+        share = entry.get("inverse_share_of_original_margin")
+        if share is not None and math.isfinite(share):
+            lines += ["", f"`inverse` keeps {share:.0%} of the `original` macro AUROC's margin above chance "
+                          "((inverse - 0.5) / (original - 0.5))."]
+        if entry["tests"]:
+            lines += ["", "| A | B | seeds | macro diff A-B | DeLong p per seed: " + ", ".join(COLUMNS)
+                      + " | macro p per seed (bootstrap) | over seeds: t-test p, Wilcoxon p |",
+                      "|---" * 6 + "|"]
+            for t in entry["tests"]:
+                delong_cells = " / ".join(", ".join(_fmt_p(e["delong_p"][c]) for c in COLUMNS) for e in t["per_seed"])
+                boot = ", ".join(_fmt_p(e["macro_bootstrap_p"]) for e in t["per_seed"])
+                over = t["macro_auroc_diff"]
+                seeds_p = f"{_fmt_p(over['t_test_p'])}, {_fmt_p(over['wilcoxon_p'])}" if over["n"] > 1 else "n/a (one seed)"
+                lines.append(f"| {t['mode_a']} | {t['mode_b']} | {len(t['seeds'])} | {_fmt_spread(over)} | "
+                             f"{delong_cells} | {boot} | {seeds_p} |")
+        lines.append("")
+    return lines
+
+
+def _seed_markdown(cells, cell_comparisons):
+    """Seed variance per cell and the cell comparisons over seeds (only when a cell has several seeds)."""
+    if not any(len(c["per_seed"]) > 1 for c in cells):
+        return []
+    lines = ["", "## Seed variance per cell (test AUROC)", "",
+             "Mean ± SD (min to max) over the training seeds; per seed the value and its patient-level 95% CI.", "",
+             "| cell | seeds | macro: mean ± SD (min to max) | macro per seed (95% CI) | No Finding: mean ± SD (min to max) "
+             "| No Finding per seed (95% CI) |", "|---" * 6 + "|"]
+    for c in cells:
+        lines.append(f"| {c['label']} | {len(c['per_seed'])} | {_fmt_spread(c['macro_auroc'])} | "
+                     f"{_fmt_seed_values(c['per_seed'], 'macro_auroc')} | {_fmt_spread(c['no_finding_auroc'])} | "
+                     f"{_fmt_seed_values(c['per_seed'], 'no_finding_auroc')} |")
+    if cell_comparisons:
+        lines += ["", "## Cell comparisons over seeds", "",
+                  "Cells that differ in one setting, paired by seed. Seed variance: paired t-test and Wilcoxon "
+                  "signed-rank test of the per-seed differences, and a bootstrap resampling patients and seeds. "
+                  "Per seed: DeLong p of No Finding and the patient-bootstrap p of the macro difference.", "",
+                  "| cell A | cell B | differs in | seeds | macro diff A-B: mean ± SD (min to max) | t-test p | Wilcoxon p "
+                  "| patients+seeds bootstrap 95% CI, p | No Finding diff: mean ± SD | t-test p | per seed: No Finding "
+                  "DeLong p | per seed: macro bootstrap p |", "|---" * 12 + "|"]
+        for c in cell_comparisons:
+            m, nf = c["macro_auroc_diff"], c["no_finding_auroc_diff"]
+            low, high = c["macro_auroc_diff_patients_seeds_ci"]
+            lines.append(
+                f"| {c['cell_a']} | {c['cell_b']} | {', '.join(c['differs_in']) or '-'} | {len(c['seeds'])} | "
+                f"{_fmt_spread(m)} | {_fmt_p(m['t_test_p'])} | {_fmt_p(m['wilcoxon_p'])} | "
+                f"{_fmt(low)} to {_fmt(high)}, {_fmt_p(c['macro_auroc_diff_patients_seeds_p'])} | {_fmt_spread(nf)} | "
+                f"{_fmt_p(nf['t_test_p'])} | "
+                + ", ".join(_fmt_p(e["delong_p"][NO_FINDING]) for e in c["per_seed"]) + " | "
+                + ", ".join(_fmt_p(e["macro_bootstrap_p"]) for e in c["per_seed"]) + " |")
+        lines += ["", f"{len(cell_comparisons)} cell comparisons, not corrected for multiple testing. "
+                      "With 3 seeds the smallest two-sided Wilcoxon p is 0.25."]
+    return lines
 
 
 def _pick_examples(run, count):

@@ -142,13 +142,86 @@ def load_run(run_dir):
     return run
 
 
+# Config keys that do not define a cell: runs that differ only in these are seeds of one cell.
+SEED_KEYS = ("seed", "out")
+# Config keys ignored when deciding whether two cells differ in one setting (paths that follow the mask mode).
+_INCIDENTAL_KEYS = SEED_KEYS + ("masks", "cache")
+
+
+@dataclasses.dataclass
+class Cell:
+    """The runs of one grid cell: equal configs except the training seed (and run directory).
+
+    Attributes:
+        label: "backbone / mask", plus ", key=value" for every other setting that varies between cells.
+        config: the shared config (without the seed keys).
+        runs: the `Run`s, sorted by seed.
+    """
+
+    label: str
+    config: dict
+    runs: list
+
+    @property
+    def seeds(self):
+        return [run_seed(run) for run in self.runs]
+
+
+def run_seed(run):
+    """The training seed of a run (None when its config has none)."""
+    return config_value(run.config, "seed")
+
+
+def short_value(key, value):
+    """A short label for a config value: a weights file becomes its folder (pretraining run) or stem."""
+    if key == "weights" and isinstance(value, str) and value.lower() not in ("none", "imagenet"):
+        path = pathlib.PurePath(value)
+        return path.parent.name if path.name.endswith("backbone.weights.h5") and path.parent.name else path.name
+    return str(value)
+
+
+def _cell_key(config):
+    return json.dumps({k: v for k, v in config.items() if k not in SEED_KEYS}, sort_keys=True, default=str)
+
+
+def group_cells(runs):
+    """Group runs into `Cell`s (configs equal except `SEED_KEYS`, one run per seed), in first-seen order."""
+    groups = {}
+    for run in runs:
+        key, copy = _cell_key(run.config), 0
+        while any(run_seed(other) == run_seed(run) for other in groups.get((key, copy), ())):
+            copy += 1  # the same config and seed twice: separate cells, not seeds of one
+        groups.setdefault((key, copy), []).append(run)
+    configs = [{k: v for k, v in members[0].config.items() if k not in SEED_KEYS} for members in groups.values()]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if k not in ("backbone", "mask") + _INCIDENTAL_KEYS
+               and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    cells = []
+    for config, members in zip(configs, groups.values()):
+        label = f"{config.get('backbone', '?')} / {config.get('mask', '?')}"
+        label += "".join(f", {k}={short_value(k, config.get(k))}" for k in varying)
+        members = sorted(members, key=lambda r: (run_seed(r) is None, run_seed(r) if run_seed(r) is not None else 0))
+        cells.append(Cell(label=label, config=config, runs=members))
+    return cells
+
+
+def differing_keys(cell_a, cell_b):
+    """Config keys (other than seeds and paths that follow the mask mode) whose values differ."""
+    keys = (set(cell_a.config) | set(cell_b.config)) - set(_INCIDENTAL_KEYS)
+    return sorted(k for k in keys if cell_a.config.get(k) != cell_b.config.get(k))
+
+
 def load_runs(run_dirs):
-    """Load several runs; labels "backbone / mask" get " (dirname)" when two runs share one."""
+    """Load several runs and label them by cell: "backbone / mask[, key=value]", plus ", seed k" for a cell with
+    several seeds; " (dirname)" is added when two runs still share a label."""
     runs = [load_run(d) for d in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         for r in runs:
             r.name = f"{r.run_dir.parent.name}_{r.run_dir.name}"
+    for cell in group_cells(runs):
+        for r in cell.runs:
+            r.label = cell.label if len(cell.runs) == 1 else f"{cell.label}, seed {run_seed(r)}"
     labels = [r.label for r in runs]
     for r in runs:
         if labels.count(r.label) > 1:
