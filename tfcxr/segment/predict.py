@@ -8,9 +8,14 @@ resolution, written atomically; ``MASKDIR/qc.csv`` (or ``qc-00002-of-00004.csv``
 A rerun skips images whose mask already exists and decodes, so an interrupted job resumes where it stopped. A bad
 image (unreadable, corrupt, blank) is flagged in the QC CSV and never stops the run.
 
+With ``--runner`` the same work runs as an Apache Beam pipeline (``tfcxr.segment.beam_masks``): the segmenter is
+loaded once per worker, the QC rows are merged into one ``MASKDIR/qc.csv``, and every other ``--option`` is passed
+to Beam's ``PipelineOptions`` (an option Beam does not know is an error before any work starts).
+
 Usage::
 
     python -m tfcxr.segment.predict --images DIR --out MASKDIR --shard 0/4     # the default preset, litemedsam-lungs
+    python -m tfcxr.segment.predict --images DIR --out MASKDIR --runner DirectRunner --direct_num_workers 2
 
 The segmenter's own inference settings (prompt strategy, refine rounds, margin, threshold) and lung priors are
 used unless a flag overrides them.
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 PREDICT_PROMPTS = ("prior", "refine")
+EMBED_BACKENDS = ("tf", "onnx")
 OVERLAY_COUNT = 16
 
 
@@ -120,6 +126,96 @@ def segment_batch(model, images, settings=None, batch_size: int = 8) -> list:
     return results
 
 
+class MaskWriter:
+    """Turns images into mask files and QC rows: the per-image work shared by ``generate_masks`` and the Beam
+    pipeline (``tfcxr.segment.beam_masks``).
+
+    Args:
+        model: a ``SamLungModel``.
+        out_dir: the mask directory (created); masks go to ``out_dir/<stem>.png`` (uint8 0/255).
+        settings: ``tfcxr.segment.prompts.InferenceSettings``; None for the model's own.
+        batch_size: images per model call.
+    """
+
+    def __init__(self, model, out_dir, settings=None, batch_size: int = 8):
+        self.model = model
+        self.out_dir = pathlib.Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.batch_size = int(batch_size)
+        self.threshold = None if model.gate is None else float(model.gate.threshold)
+
+    def mask_path(self, stem: str) -> pathlib.Path:
+        return self.out_dir / f"{stem}.png"
+
+    def existing_row(self, stem: str, path: str) -> dict | None:
+        """The QC row of an image whose valid mask already exists (recomputed from the mask), else None."""
+        mask_path = self.mask_path(stem)
+        if not is_valid_mask(mask_path):
+            return None
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
+        return {"stem": stem, "image_path": path, "mask_path": str(mask_path), **qc.mask_stats(mask), "error": ""}
+
+    @staticmethod
+    def load(stem: str, path: str):
+        """``(image float32 (H, W, 1) in [0, 1], None)``, or ``(None, read_error QC row)`` if it cannot be read."""
+        from tfcxr.data.io import ImageReadError, read_image
+
+        try:
+            return read_image(path), None
+        except ImageReadError as err:
+            logger.warning("Flagging unreadable image %s", err)
+            return None, {"stem": stem, "image_path": path, "mask_path": "", "flags": "read_error",
+                          "error": err.reason}
+
+    def write_batch(self, batch) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+        """Segment a batch, write its masks atomically and return ``(qc row, image, mask)`` per image.
+
+        Args:
+            batch: list of ``(stem, image_path, image float32 (H, W, 1) in [0, 1])``.
+
+        Returns:
+            one tuple per input, in order; a blank image gets an empty mask (flag ``blank_image``), an image the
+            model fails on a ``segment_error`` row and ``mask`` None.
+        """
+        from tfcxr.data.io import write_png_atomic
+
+        readable = [(stem, path, image) for stem, path, image in batch if not qc.is_blank(image)]
+        results = segment_batch(self.model, [im for _, _, im in readable], self.settings, self.batch_size)
+        by_stem = {stem: result for (stem, _, _), result in zip(readable, results)}
+        out = []
+        for stem, path, image in batch:
+            mask, score, stability = by_stem.get(stem, (np.zeros(image.shape[:2], bool), None, None))  # blank
+            if isinstance(mask, Exception):
+                logger.warning("%s: segmentation failed (%s)", path, mask)
+                out.append(({"stem": stem, "image_path": path, "mask_path": "", "flags": "segment_error",
+                             "error": f"{type(mask).__name__}: {mask}"}, image, None))
+                continue
+            mask_path = self.mask_path(stem)
+            write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
+            out.append(({"stem": stem, "image_path": path, "mask_path": str(mask_path),
+                         **qc.mask_stats(mask, image, score, self.threshold, stability), "error": ""}, image, mask))
+        return out
+
+
+class OverlayTiles:
+    """Up to ``OVERLAY_COUNT`` overlay tiles for the QC grid, flagged images first."""
+
+    def __init__(self):
+        self.tiles: list[tuple[bool, np.ndarray, str]] = []
+
+    def add(self, image, mask, row) -> None:
+        flagged = bool(row["flags"])
+        if len(self.tiles) < OVERLAY_COUNT or (flagged and sum(f for f, _, _ in self.tiles) < OVERLAY_COUNT):
+            self.tiles.append((flagged, qc.overlay(image, mask), f"{row['stem']} {row['flags']}"))
+
+    def write(self, path) -> None:
+        if not self.tiles:
+            return
+        tiles = sorted(self.tiles, key=lambda t: not t[0])[:OVERLAY_COUNT]  # flagged first
+        qc.write_overlay_grid(path, [t for _, t, _ in tiles], [c for _, _, c in tiles])
+
+
 def generate_masks(model, source: str, out_dir, settings=None, batch_size: int = 8,
                    shard: tuple[int, int] | None = None) -> dict:
     """Write lung masks, QC rows and an overlay grid for every image of `source` in this shard.
@@ -135,10 +231,8 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
     Returns:
         counts: ``{"total", "skipped", "written", "flagged", "read_error", "not_cxr"}``.
     """
-    from tfcxr.data.io import ImageReadError, read_image, write_png_atomic
-
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    masks = MaskWriter(model, out_dir, settings, batch_size)
+    out_dir = masks.out_dir
     if pathlib.Path(source).is_dir():
         items = list_images(source)
         if shard is not None:
@@ -151,36 +245,18 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
     qc_path = out_dir / qc.qc_filename(shard)
     known = set(qc.read_qc(out_dir)["stem"]) if qc_path.is_file() else set()
     counts = {"total": 0, "skipped": 0, "written": 0, "flagged": 0, "read_error": 0, "not_cxr": 0}
-    threshold = None if model.gate is None else float(model.gate.threshold)
     if model.gate is None:
         logger.warning("%s has no CXR gate: the not_cxr QC flag is not computed", model.name)
-    tiles: list[tuple[bool, np.ndarray, str]] = []
+    tiles = OverlayTiles()
     start_time = time.time()
-
-    def keep_tile(image, mask, row):
-        flagged = bool(row["flags"])
-        if len(tiles) < OVERLAY_COUNT or (flagged and sum(f for f, _, _ in tiles) < OVERLAY_COUNT):
-            tiles.append((flagged, qc.overlay(image, mask), f"{row['stem']} {row['flags']}"))
 
     def finish(batch, writer):
         """Segment the readable images of a batch (and score them with the gate), write masks and QC rows."""
-        rows = []
-        readable = [(stem, path, image) for stem, path, image in batch if not qc.is_blank(image)]
-        results = segment_batch(model, [im for _, _, im in readable], settings, batch_size)
-        by_stem = {stem: result for (stem, _, _), result in zip(readable, results)}
-        for stem, path, image in batch:
-            mask, score, stability = by_stem.get(stem, (np.zeros(image.shape[:2], bool), None, None))  # blank
-            if isinstance(mask, Exception):
-                logger.warning("%s: segmentation failed (%s)", path, mask)
-                rows.append({"stem": stem, "image_path": path, "mask_path": "", "flags": "segment_error",
-                             "error": f"{type(mask).__name__}: {mask}"})
-                continue
-            mask_path = out_dir / f"{stem}.png"
-            write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
-            row = {"stem": stem, "image_path": path, "mask_path": str(mask_path),
-                   **qc.mask_stats(mask, image, score, threshold, stability), "error": ""}
-            rows.append(row)
-            keep_tile(image, mask, row)
+        done = masks.write_batch(batch)
+        rows = [row for row, _, _ in done]
+        for row, image, mask in done:
+            if mask is not None:
+                tiles.add(image, mask, row)
         writer.write(rows)
         counts["written"] += len(rows)
         counts["flagged"] += sum(bool(r["flags"]) for r in rows)
@@ -190,22 +266,16 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
         batch = []
         for stem, path, image in entries:
             counts["total"] += 1
-            mask_path = out_dir / f"{stem}.png"
-            if is_valid_mask(mask_path):
+            if is_valid_mask(masks.mask_path(stem)):
                 counts["skipped"] += 1
                 if stem not in known:  # mask written but the run died before its QC row
-                    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
-                    writer.write([{"stem": stem, "image_path": path, "mask_path": str(mask_path),
-                                   **qc.mask_stats(mask), "error": ""}])
+                    writer.write([masks.existing_row(stem, path)])
                 continue
             if image is None:
-                try:
-                    image = read_image(path)
-                except ImageReadError as err:
+                image, error_row = masks.load(stem, path)
+                if error_row is not None:
                     counts["read_error"] += 1
-                    logger.warning("Flagging unreadable image %s", err)
-                    writer.write([{"stem": stem, "image_path": path, "mask_path": "", "flags": "read_error",
-                                   "error": err.reason}])
+                    writer.write([error_row])
                     continue
             batch.append((stem, path, image))
             if len(batch) == batch_size:
@@ -215,11 +285,8 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
                             counts["written"] / max(time.time() - start_time, 1e-9))
         if batch:
             finish(batch, writer)
-    if tiles:
-        tiles.sort(key=lambda t: not t[0])  # flagged first
-        name = "overlay_grid.png" if shard is None else f"overlay_grid-{shard[0]:05d}-of-{shard[1]:05d}.png"
-        qc.write_overlay_grid(out_dir / name, [t for _, t, _ in tiles[:OVERLAY_COUNT]],
-                              [c for _, _, c in tiles[:OVERLAY_COUNT]])
+    name = "overlay_grid.png" if shard is None else f"overlay_grid-{shard[0]:05d}-of-{shard[1]:05d}.png"
+    tiles.write(out_dir / name)
     logger.info("Masks: %s in %.1fs -> %s", counts, time.time() - start_time, out_dir)
     return counts
 
@@ -232,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET})")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", type=parse_shard, help="i/n: process every n-th image starting at i")
+    parser.add_argument("--backend", choices=EMBED_BACKENDS, default="tf",
+                        help="image-encoder backend: tf (reference) or onnx (ONNX Runtime, cached export)")
+    parser.add_argument("--runner", help="run as an Apache Beam pipeline on this runner (DirectRunner, "
+                        "DataflowRunner, FlinkRunner, SparkRunner, ...); other --options go to Beam")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_inference_flags(parser)
     return parser
 
@@ -251,12 +323,38 @@ def settings_from_args(model, args: argparse.Namespace):
                                    threshold=args.threshold)
 
 
+def _beam_main(args, beam_args) -> int:
+    from .beam_masks import BeamMaskConfig, PipelineOptionsError, run_mask_pipeline
+
+    overrides = {"prompt": args.prompt, "refine_rounds": args.refine_rounds, "margin": args.margin,
+                 "threshold": args.threshold}
+    try:
+        if args.shard is not None:
+            raise ValueError("`--shard` is for plain runs; a Beam runner spreads the images over its workers")
+        config = BeamMaskConfig(images=args.images, out=args.out, model=args.model, batch_size=args.batch_size,
+                                overrides={k: v for k, v in overrides.items() if v is not None},
+                                backend=args.backend)
+        counts = run_mask_pipeline(config, ["--runner", args.runner, *beam_args])
+    except (PipelineOptionsError, FileNotFoundError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (pipeline options need --runner)")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.runner:
+        return _beam_main(args, beam_args)
     from .model import load_segmenter
 
     model = load_segmenter(args.model)
+    if args.backend != "tf":
+        model.set_embed_backend(args.backend)
     settings = settings_from_args(model, args)
     logger.info("Segmenter %s, %s, priors %s", model.name, settings, np.round(model.priors, 3).tolist())
     counts = generate_masks(model, args.images, args.out, settings, args.batch_size, args.shard)
