@@ -110,6 +110,8 @@ class SamLungModel(tf.Module):
         self._embed_fn = tf.function(self._embed_impl, input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32)],
                                      autograph=False)
         self._decode_fn = tf.function(self._decode_impl, autograph=False)
+        self._tf_embed_fn = self._embed_fn
+        self.embed_backend = "tf"
 
     @property
     def name(self) -> str:
@@ -236,7 +238,27 @@ class SamLungModel(tf.Module):
 
     def embed(self, pixel_values):
         """pixel_values float32 (N, S, S, 3) -> image embeddings tf.float32 (N, 256, 64, 64) (compiled)."""
-        return self._embed_fn(tf.convert_to_tensor(pixel_values, tf.float32))
+        if self.embed_backend == "tf":
+            return self._embed_fn(tf.convert_to_tensor(pixel_values, tf.float32))
+        return tf.convert_to_tensor(self._embed_fn(np.asarray(pixel_values, np.float32)))
+
+    def set_embed_backend(self, backend: str = "tf", **options) -> "SamLungModel":
+        """Choose what runs ``embed``: ``"tf"`` (the reference tf.function) or ``"onnx"`` (ONNX Runtime).
+
+        ``"onnx"`` exports the image encoder once, cached by its weights' fingerprint
+        (``tfcxr.segment.onnx_encoder``); `options` go to ``OnnxImageEncoder`` (``threads``, ``path``). Training
+        (``__call__(..., training=True)``) always uses the TF encoder. Returns the model.
+        """
+        if backend not in ("tf", "onnx"):
+            raise ValueError(f"`backend` must be one of ('tf', 'onnx'). Received: backend={backend!r}")
+        if backend == "onnx":
+            from .onnx_encoder import OnnxImageEncoder
+
+            object.__setattr__(self, "_embed_fn", OnnxImageEncoder(self, **options))
+        else:
+            object.__setattr__(self, "_embed_fn", self._tf_embed_fn)
+        self.embed_backend = backend
+        return self
 
     def decode(self, image_embeddings, boxes):
         """One mask per box (multimask_output=False), compiled (one trace per distinct shape).
