@@ -1,38 +1,62 @@
-"""Lung masking of chest X-rays in pure TensorFlow ops (DESIGN.md §4).
+"""Lung masking of chest X-rays in pure TensorFlow ops.
 
-Modes:
+One `MaskSpec` (mode, margin, fill, image size) describes the masking of a run. Training
+(`tfcxr.config.TrainConfig`), the input pipeline (`tfcxr.data.pipeline.PipelineConfig`), the
+saved model's metadata and export (`tfcxr.export.savedmodel.RunInfo`) all hold that one object.
+
+Modes (`lung` is the union of both lungs):
     `original`  the image unchanged.
-    `tight`     `image * fill_holes(lung_mask)`.
-    `loose`     `image * dilate(fill_holes(lung_mask), r)`; `r = margin`.
-    `box`       `image * boxes(lung_mask, r)`: one axis-aligned box per lung,
-                each lung's bounding box grown by `margin` on every side.
+    `tight`     `image * lung`.
+    `loose`     `image * dilate(lung, r)`, `r` = the margin.
+    `box`       `image * boxes(lung, r)`: one axis-aligned box per lung, each lung's bounding
+                box grown by `r` on every side.
+    `inverse`   `image * (1 - dilate(lung, r))`: the lungs removed, a shortcut probe (what can a
+                classifier learn outside the lungs?). With margin 0 it is the complement of
+                `tight`; with the default margin (0.05) the complement of `loose`, so the lung
+                edges are removed too. The fill goes where the lungs were.
 
-`margin` is a fraction of the image width when it is a float in [0, 1)
-(default 0.05, about 11 px at 224 px), or a count of pixels when it is an
-`int` or a string such as `"11px"`. Pixels are counted at the resolution the
-mask is applied at (the source resolution in `tfcxr.data.pipeline`).
+Margin `r`:
+    - a float in [0, 1) is a fraction of the image width (default 0.05): resolution-independent,
+      about 11 px at 224 px, 51 px on a 1024-px source, whichever resolution the mask is applied at.
+    - `"Npx"` (or an int N) is N pixels AT THE TRAINING RESOLUTION (`MaskSpec.image_size`, the
+      classifier input S). Where the mask is applied at source resolution (PNG sources in
+      `tfcxr.data.pipeline`, export's `prepare_image`), N is scaled by the source's longest
+      side / S, so "11px" covers the same anatomy on every path. (`apply_mask` itself, a
+      low-level op, counts pixels of the image it is given.)
 
-Dilation uses an octagon structuring element of inradius `r`: the Minkowski sum
-of horizontal, vertical and two diagonal line segments, each computed with
-log2(r) shift-and-max steps. The octagon is within 8% of a disk of radius `r`
-and costs O(H * W * log r) instead of O(H * W * r^2) for an explicit disk.
+Two places to apply a mask:
+    - at source resolution (`MaskSpec.apply_at_source`, `apply_mask`): the mask is hole-filled
+      here (`fill_holes`), then the image is resized. Used for image folders with a mask folder.
+    - at training resolution (`MaskSpec.apply_at_training`): image and cleaned mask (holes
+      filled when the dataset was prepared, `nih_cxr14/masked_*`) are resized to S first, then
+      masked with cheap batched ops: no hole filling, the same dilation at S.
 
-`box` splits the mask into a left and a right lung at the emptiest mask column
-of the central half of the image (the mediastinum), then takes the bounding box
-of each side. It assumes an upright frontal view with one lung on each side.
+Dilation uses an octagon structuring element of inradius `r`: the Minkowski sum of horizontal,
+vertical and two diagonal line segments, each computed with log2(r) shift-and-max steps. The
+octagon is within 8% of a disk of radius `r` and costs O(H * W * log r) instead of
+O(H * W * r^2) for an explicit disk (and measured faster than separable max-pooling on CPU).
 
-Background fill is 0 (`fill="zero"`) or the image's own mean (`fill="mean"`).
-Everything is TF ops: it runs eagerly, inside `tf.data.Dataset.map`, and in a
-`tf.function`/SavedModel, on `[H, W, 1]` or batched `[N, H, W, 1]` inputs.
+`box` splits the mask into a left and a right lung at the emptiest mask column of the central
+half of the image (the mediastinum), then takes the bounding box of each side. It assumes an
+upright frontal view with one lung on each side.
+
+Background fill is 0 (`fill="zero"`) or the image's own mean (`fill="mean"`). Everything is TF
+ops: it runs eagerly, inside `tf.data.Dataset.map`, and in a `tf.function`/SavedModel, on
+`(H, W, 1)` or batched `(N, H, W, 1)` inputs.
 """
 
+import dataclasses
 import re
 
 import tensorflow as tf
 
-MASK_MODES = ("original", "tight", "loose", "box")
+MASK_MODES = ("original", "tight", "loose", "box", "inverse")
 FILL_MODES = ("zero", "mean")
 DEFAULT_MARGIN = 0.05
+DEFAULT_IMAGE_SIZE = 128
+# Flat config keys of a `MaskSpec` (run dirs' config.yaml, export metadata): key -> MaskSpec field.
+FLAT_KEYS = {"mask": "mode", "margin": "margin", "fill": "fill", "image_size": "image_size"}
+SPEC_KEY = "mask_spec"
 
 _PX_PATTERN = re.compile(r"^\s*(\d+)\s*px\s*$")
 
@@ -88,21 +112,182 @@ def parse_margin(margin):
     raise bad
 
 
-def margin_to_pixels(margin, width):
+def canonical_margin(margin):
+    """`0.05` -> 0.05, `"11px"`, `11`, `"11"` -> "11px": the form written to configs."""
+    unit, value = parse_margin(margin)
+    return float(value) if unit == "fraction" else f"{value}px"
+
+
+def margin_to_pixels(margin, width, pixel_scale=1.0):
     """Margin in pixels for an image `width` pixels wide.
 
     Args:
         margin: see `parse_margin`.
-        width: int or scalar int tensor, image width in pixels.
+        width: int or scalar tensor, width in pixels of the image the mask is applied to.
+        pixel_scale: pixels of that image per margin pixel (a pixel margin is multiplied by it).
 
     Returns:
         int32 scalar tensor >= 0.
     """
     unit, value = parse_margin(margin)
     if unit == "px":
-        return tf.constant(value, tf.int32)
+        if isinstance(pixel_scale, (int, float)) and pixel_scale == 1:
+            return tf.constant(value, tf.int32)
+        return tf.cast(tf.round(value * tf.cast(pixel_scale, tf.float32)), tf.int32)
     width = tf.cast(width, tf.float32)
     return tf.cast(tf.round(value * width), tf.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """How a run masks its images; the one owner of these settings.
+
+    Attributes:
+        mode: one of `MASK_MODES`.
+        margin: `loose`/`box`/`inverse` margin: a fraction of the image width in [0, 1), or
+            `"Npx"`, pixels at the training resolution `image_size` (see the module docstring).
+            Stored canonically: a float or an `"Npx"` string.
+        fill: background fill, one of `FILL_MODES`.
+        image_size: training resolution S; images reach the classifier as (S, S, 1).
+    """
+
+    mode: str = "loose"
+    margin: object = DEFAULT_MARGIN
+    fill: str = "zero"
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+    def __post_init__(self):
+        validate_mask_mode(self.mode)
+        validate_fill(self.fill)
+        object.__setattr__(self, "margin", canonical_margin(self.margin))
+        size = self.image_size
+        try:
+            valid = not isinstance(size, bool) and int(size) == float(size) and int(size) >= 8
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"`image_size` must be an integer >= 8. Received: image_size={size!r}")
+        object.__setattr__(self, "image_size", int(size))
+
+    @property
+    def needs_mask(self) -> bool:
+        """False for `original`: no lung mask is read."""
+        return self.mode != "original"
+
+    def replace(self, **changes) -> "MaskSpec":
+        """A copy with some fields changed (validated); None values are ignored, and no change returns `self`."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict:
+        """`{"mode", "margin", "fill", "image_size"}`, YAML/JSON-safe."""
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict:
+        """The flat config keys `{"mask", "margin", "fill", "image_size"}` (run dirs' config.yaml)."""
+        values = self.to_dict()
+        return {key: values[field] for key, field in FLAT_KEYS.items()}
+
+    @classmethod
+    def from_dict(cls, values) -> "MaskSpec":
+        """Inverse of `to_dict`; also accepts the flat key `mask` for `mode`.
+
+        Raises:
+            ValueError: not a mapping, an unknown key, or a bad value (echoed).
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"`{SPEC_KEY}` must be a mapping of {tuple(FLAT_KEYS.values())}. Received: {values!r}")
+        fields = {FLAT_KEYS.get(key, key): value for key, value in values.items()}
+        if "mask" in values and "mode" in values:
+            raise ValueError(f"`{SPEC_KEY}`: give `mode` or `mask`, not both. Received: {values!r}")
+        unknown = sorted(set(fields) - set(FLAT_KEYS.values()))
+        if unknown:
+            raise ValueError(f"`{SPEC_KEY}`: unknown key(s) {unknown}; known: {tuple(FLAT_KEYS.values())}")
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+
+    @classmethod
+    def from_config(cls, config, default=None) -> "MaskSpec":
+        """Read a spec from a config mapping in either form.
+
+        Forms (also one level down, inside a section such as `model:`):
+            nested: `mask_spec: {mode: loose, margin: 0.05, fill: zero, image_size: 224}`
+            flat:   `mask: loose`, `margin: 0.05`, `fill: zero`, `image_size: 224`
+        A nested section wins; missing flat keys take `default`'s values (`MaskSpec()` if None).
+        """
+        default = default or cls()
+        sections = [config] + [value for value in config.values() if isinstance(value, dict)]
+        for section in sections:
+            if isinstance(section.get(SPEC_KEY), dict):
+                return default.replace(**cls.from_dict(section[SPEC_KEY]).to_dict())
+        changes = {}
+        for key, field in FLAT_KEYS.items():
+            for section in sections:
+                if key in section and not isinstance(section[key], dict):
+                    changes[field] = section[key]
+                    break
+        return default.replace(**changes)
+
+    def margin_pixels(self, width, pixel_scale=1.0):
+        """int32 scalar tensor: the margin in pixels of an image `width` pixels wide.
+
+        Args:
+            width: int or scalar tensor, width of the (unpadded) image the mask is applied to.
+            pixel_scale: pixels of that image per training pixel, e.g. longest side / S at source.
+        """
+        return margin_to_pixels(self.margin, width, pixel_scale)
+
+    def apply_at_source(self, image, lung_mask):
+        """Mask an image at its own (source) resolution, filling the mask's holes first.
+
+        Args:
+            image: float32 (H, W, 1) or (batch, H, W, 1) in [0, 1].
+            lung_mask: bool/uint8/float, same size, with or without the channel axis; > 0.5 = lung.
+
+        Returns:
+            float32, same shape as `image`, in [0, 1]; resize it to `image_size` afterwards.
+        """
+        image = tf.convert_to_tensor(image, tf.float32)
+        if not self.needs_mask:
+            return image
+        shape = tf.shape(image)
+        height, width = shape[-3], shape[-2]
+        scale = tf.cast(tf.maximum(height, width), tf.float32) / float(self.image_size)
+        radius = self.margin_pixels(width, scale)
+        return _mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=True)
+
+    def apply_at_training(self, image, lung_mask, content_width=None):
+        """Mask an image already resized to the training resolution, with a cleaned mask.
+
+        No hole filling (the prepared dataset stores cleaned masks); dilation and boxes at S.
+
+        Args:
+            image: float32 (S, S, 1) or (batch, S, S, 1) in [0, 1].
+            lung_mask: same size, > 0.5 = lung (e.g. the stored mask resized alongside the image).
+            content_width: width in pixels of the image inside its padding (a fraction margin is a
+                fraction of it); default the full width.
+
+        Returns:
+            float32, same shape as `image`, in [0, 1].
+        """
+        image = tf.convert_to_tensor(image, tf.float32)
+        if not self.needs_mask:
+            return image
+        width = tf.shape(image)[-2] if content_width is None else content_width
+        radius = self.margin_pixels(width)
+        return _mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=False)
+
+
+def mask_spec_properties(cls):
+    """Class decorator for configs holding a `mask_spec: MaskSpec` field (put it above `@dataclass`).
+
+    Adds read-only `mask`, `margin`, `fill` and `image_size` properties that read `mask_spec`, so
+    the flat names stay readable while the spec is the only place the values live. Pair it with
+    `dataclasses.InitVar` fields of those names to accept them as init shorthands.
+    """
+    for key, field in FLAT_KEYS.items():
+        setattr(cls, key, property(lambda self, field=field: getattr(self.mask_spec, field),
+                                   doc=f"`mask_spec.{field}`"))
+    return cls
 
 
 def _as_batch(x):
@@ -282,6 +467,43 @@ def lung_boxes(mask, margin_px):
     return tf.cast(out, tf.float32)[..., tf.newaxis]
 
 
+def _region(lung_mask, mode, radius, fill_lung_holes):
+    """Kept region of a batched float mask: float32 (batch, H, W, 1) in {0, 1}."""
+    if mode == "original":
+        return tf.ones_like(lung_mask)
+    if mode == "box":
+        return lung_boxes(lung_mask, radius)
+    region = fill_holes(lung_mask) if fill_lung_holes else lung_mask
+    if mode in ("loose", "inverse"):
+        region = dilate(region, radius)
+    return 1.0 - region if mode == "inverse" else region
+
+
+def _binary(lung_mask, rank):
+    """bool/uint8/float mask with or without the channel axis -> float32 {0, 1} of rank `rank`."""
+    lung_mask = tf.convert_to_tensor(lung_mask)
+    if lung_mask.shape.rank == rank - 1:
+        lung_mask = lung_mask[..., tf.newaxis]  # add the channel axis
+    return tf.cast(tf.cast(lung_mask, tf.float32) > 0.5, tf.float32)
+
+
+def _mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes):
+    """`image` float32 (H, W, 1) or (N, H, W, 1) masked by `mode` with a margin of `radius` px."""
+    lung = _binary(lung_mask, image.shape.rank)
+    if lung.shape.rank != image.shape.rank:
+        raise ValueError(
+            "`image` and `lung_mask` must both be single or both batched. "
+            f"Received: image.shape={image.shape}, lung_mask.shape={lung.shape}"
+        )
+    batch, single = _as_batch(lung)
+    region = _region(batch, mode, radius, fill_lung_holes)
+    region = region[0] if single else region
+    if fill == "zero":
+        return image * region
+    mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
+    return image * region + mean * (1.0 - region)
+
+
 def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     """The region kept by `mode`, as a float mask.
 
@@ -289,8 +511,8 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
         lung_mask: bool or numeric (height, width[, 1]) or (batch, height, width, 1);
             nonzero (> 0.5 for floats) = lung.
         mode: one of `MASK_MODES`.
-        margin: see `parse_margin`; used by `loose` and `box`.
-        fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`).
+        margin: see `parse_margin`, pixels of this mask; used by `loose`, `box` and `inverse`.
+        fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`, `inverse`).
 
     Returns:
         float32 with the batch rank of the input and a trailing channel axis:
@@ -301,31 +523,23 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     lung_mask = tf.convert_to_tensor(lung_mask)
     if lung_mask.shape.rank == 2:
         lung_mask = lung_mask[..., tf.newaxis]
-    lung_mask = tf.cast(tf.cast(lung_mask, tf.float32) > 0.5, tf.float32)
-    batch, single = _as_batch(lung_mask)
-    if mode == "original":
-        region = tf.ones_like(batch)
-    elif mode == "box":
-        region = lung_boxes(batch, margin_to_pixels(margin, tf.shape(batch)[2]))
-    else:
-        region = fill_holes(batch) if fill_lung_holes else batch
-        if mode == "loose":
-            region = dilate(region, margin_to_pixels(margin, tf.shape(batch)[2]))
+    batch, single = _as_batch(_binary(lung_mask, lung_mask.shape.rank))
+    region = _region(batch, mode, margin_to_pixels(margin, tf.shape(batch)[2]), fill_lung_holes)
     return region[0] if single else region
 
 
 def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_lung_holes=True):
-    """Mask a chest X-ray to its lungs.
+    """Mask a chest X-ray to its lungs (or, `inverse`, remove them) at the image's own resolution.
 
     Args:
         image: float32 (height, width, 1) or (batch, height, width, 1) in [0, 1].
         lung_mask: bool, uint8 or float, same height and width as `image`, with or
-            without the channel axis; > 0.5 (True, 255) = lung. Ignored for `original`.
-        mode: `"original"`, `"tight"`, `"loose"` or `"box"`.
-        margin: `loose` dilation radius / `box` margin: fraction of the image
-            width in [0, 1) or pixels (`int` or `"11px"`).
+            without the channel axis; > 0.5 (True, 1 or 255 for uint8) = lung. Ignored for `original`.
+        mode: one of `MASK_MODES`.
+        margin: `loose` dilation radius / `box` margin / `inverse` dilation: fraction of the image
+            width in [0, 1) or pixels OF THIS IMAGE (`int` or `"11px"`).
         fill: `"zero"` or `"mean"` (each image's own mean intensity) outside the region.
-        fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`).
+        fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`, `inverse`).
 
     Returns:
         float32, same shape as `image`, in [0, 1].
@@ -336,16 +550,5 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
     image = tf.convert_to_tensor(image, tf.float32)
     if mode == "original":
         return image
-    lung_mask = tf.convert_to_tensor(lung_mask)
-    if lung_mask.shape.rank == image.shape.rank - 1:
-        lung_mask = lung_mask[..., tf.newaxis]  # add the channel axis
-    region = region_mask(lung_mask, mode, margin, fill_lung_holes)
-    if region.shape.rank != image.shape.rank:
-        raise ValueError(
-            "`image` and `lung_mask` must both be single or both batched. "
-            f"Received: image.shape={image.shape}, lung_mask.shape={region.shape}"
-        )
-    if fill == "zero":
-        return image * region
-    mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
-    return image * region + mean * (1.0 - region)
+    radius = margin_to_pixels(margin, tf.shape(image)[-2])
+    return _mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes)
