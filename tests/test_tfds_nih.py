@@ -93,3 +93,96 @@ def test_missing_manual_dir_shows_expected_tree(tmp_path):
     config = tfds.download.DownloadConfig(manual_dir=str(tmp_path / "no_csv"))
     with pytest.raises(FileNotFoundError, match=r"(?s)no_csv: no metadata CSV found.*Data_Entry_2017_v2020"):
         builder.download_and_prepare(download_config=config)
+
+
+def _build(config, manual, data_dir):
+    builder = tfds.builder(config if isinstance(config, str) else "nih_cxr14", data_dir=data_dir,
+                           **({} if isinstance(config, str) else {"config": config}))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    return builder
+
+
+def _examples(builder):
+    return {split: {e["image_id"].decode(): e for e in tfds.as_numpy(builder.as_dataset(split=split))}
+            for split in ("train", "validation", "test")}
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_masked_configs_store_resized_images_with_cleaned_masks(tmp_path, size):
+    """masked_<size> on the dummy data: same curated images and splits as `full`, image and mask of longest side
+    `size`, mask 0/255 with the dummy masks' hole filled."""
+    manual = BUILDER_DIR / "dummy_data"
+    full = _examples(_build("nih_cxr14/full", manual, tmp_path / "tfds"))
+    builder = _build(f"nih_cxr14/masked_{size}", manual, tmp_path / "tfds")
+    assert builder.builder_config.image_size == size and builder.info.metadata["skipped_missing_masks"] == 0
+    assert builder.info.features["mask"].shape == (None, None, 1) and builder.info.features["mask"].dtype == np.uint8
+    masked = _examples(builder)
+    for split in full:
+        assert set(masked[split]) == set(full[split]), split  # the same splits as the default config
+    for split, examples in masked.items():
+        for image_id, example in examples.items():
+            image, mask = example["image"], example["mask"]
+            assert image.dtype == mask.dtype == np.uint8
+            assert image.shape == mask.shape == (size, round(size * 16 / 20), 1)
+            assert set(np.unique(mask)) == {0, 255}, image_id
+            np.testing.assert_array_equal(example["labels"], full[split][image_id]["labels"])
+    mask = masked["train"][next(iter(masked["train"]))]["mask"][..., 0] > 0
+    row = mask[size // 2]  # through the dummy hole (row 10 of 20, column 4 of 16)
+    assert row[round(size * 16 / 20 * 4.5 / 16)]  # filled
+    assert mask.mean() == pytest.approx(2 * (14 / 20) * (5 / 16 + 4 / 16) / 2, abs=0.04)
+
+
+def test_masked_config_missing_mask_is_named_or_skipped(tmp_path, monkeypatch):
+    manual = make_dummy_data(tmp_path / "manual")
+    (manual / "masks" / "00000007_000.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"(?s)No lung mask for image 00000007_000\.png.*masks/00000001_000"
+                                                r".*TFCXR_NIH_SKIP_MISSING_MASKS=1"):
+        _build("nih_cxr14/masked_256", manual, tmp_path / "tfds")
+    monkeypatch.setenv("TFCXR_NIH_SKIP_MISSING_MASKS", "1")
+    builder = _build("nih_cxr14/masked_256", manual, tmp_path / "tfds_skip")
+    assert builder.info.metadata["skipped_missing_masks"] == 1
+    assert builder.info.metadata["skipped_missing_masks_examples"] == ["00000007_000.png"]
+    assert sum(split.num_examples for split in builder.info.splits.values()) == 15
+    monkeypatch.setenv("TFCXR_NIH_SKIP_MISSING_MASKS", "maybe")
+    with pytest.raises(ValueError, match=r"Received: TFCXR_NIH_SKIP_MISSING_MASKS='maybe'"):
+        _build("nih_cxr14/masked_256", manual, tmp_path / "tfds_bad")
+    monkeypatch.delenv("TFCXR_NIH_SKIP_MISSING_MASKS")
+    monkeypatch.setenv("TFCXR_NIH_MASKS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"(?s)nowhere: mask folder not found.*masks/00000001_000"):
+        _build("nih_cxr14/masked_256", manual, tmp_path / "tfds_other")
+    # A config of its own name sets the options in code.
+    builder_cls = tfcxr.datasets.register("nih_cxr14")
+    own = builder_cls.builder_config_cls(name="masked_256_skip", image_size=256, skip_missing_masks=True,
+                                         masks_dir=str(manual / "masks"))
+    monkeypatch.delenv("TFCXR_NIH_MASKS_DIR")
+    assert _build(own, manual, tmp_path / "tfds_own").info.metadata["skipped_missing_masks"] == 1
+
+
+@pytest.mark.slow  # a TF-importing subprocess running Beam: ~20-40 s on 2 cores
+def test_tfds_build_cli_builds_a_masked_config_on_beam(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "tfds"
+    tfds_cli = shutil.which("tfds", path=os.path.dirname(sys.executable))
+    command = [tfds_cli, "build", str(BUILDER_DIR), "--config", "masked_256", "--manual_dir",
+               str(BUILDER_DIR / "dummy_data"), "--data_dir", str(data_dir),
+               "--beam_pipeline_options=runner=DirectRunner"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    splits = tfds.load("nih_cxr14/masked_256", data_dir=data_dir, download=False)
+    assert {name: len(list(dataset)) for name, dataset in splits.items()} == {"train": 8, "validation": 4, "test": 4}
+
+
+def test_masked_configs_generate_on_beam_when_installed(tmp_path):
+    beam = pytest.importorskip("apache_beam")
+    import pandas as pd
+
+    builder = tfds.builder("nih_cxr14/masked_256", data_dir=tmp_path)
+    assert isinstance(builder._generate_examples(pd.DataFrame(), {}, {}), beam.PTransform)
+    full = tfds.builder("nih_cxr14/full", data_dir=tmp_path)
+    assert not isinstance(full._generate_examples(pd.DataFrame(), {}), beam.PTransform)  # unchanged generator

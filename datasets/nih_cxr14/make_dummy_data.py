@@ -5,7 +5,8 @@
 Layout (see `Builder.MANUAL_DOWNLOAD_INSTRUCTIONS`): `Data_Entry_2017.csv` in
 NIH's original format (split `[Width,Height]` header, trailing empty column),
 images split between `images/` and `images_001/images/`, optional official
-lists. Edge cases: one 16-bit and one RGB PNG (converted), one
+lists, and `masks/<stem>.png` (0/255) for every image file: two rectangular lungs, the left one
+with a hole, for the `masked_*` configs. Edge cases: one 16-bit and one RGB PNG (converted), one
 Cardiomegaly-only row (not curated), one row without its image file (skipped)
 and one image file without a row (ignored).
 """
@@ -21,6 +22,16 @@ HEADER = (
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
 )
 LABELS = ("No Finding", "Mass", "Nodule|Effusion", "Pneumonia", "Edema", "Fibrosis", "Mass|Edema", "No Finding")
+
+
+def lung_mask(height, width):
+    """uint8 (height, width) 0/255: two rectangular lungs, a one-pixel hole in the left one."""
+    mask = np.zeros((height, width), np.uint8)
+    top, bottom = height // 6, height - height // 6
+    mask[top:bottom, width // 8 : width * 3 // 8 + 1] = 255
+    mask[top:bottom, width * 5 // 8 : width * 7 // 8] = 255
+    mask[height // 2, width // 4] = 0  # a hole: filled by the masked configs
+    return mask
 
 
 def make_dummy_data(out_dir, num_patients=12, image_size=(20, 16), official_lists=True, seed=0):
@@ -60,6 +71,8 @@ def make_dummy_data(out_dir, num_patients=12, image_size=(20, 16), official_list
             elif patient == 4:
                 pixels = np.repeat(pixels[..., None], 3, axis=-1)  # RGB PNG
             cv2.imwrite(str(folder / image_id), pixels)
+            (out / "masks").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out / "masks" / image_id), lung_mask(height, width))
     cv2.imwrite(str(out / "images" / "99999999_000.png"), np.zeros((height, width), np.uint8))  # not in CSV
     (out / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
     if official_lists:
