@@ -42,3 +42,24 @@ def test_save_and_load_round_trip(tmp_path):
 def test_shipped_configs_are_valid():
     assert TrainConfig(**read_yaml(REPO / "configs" / "default.yaml")) == TrainConfig()
     assert resolve_config(REPO / "configs" / "nih_efficientnetb0.yaml").backbone == "efficientnetb0"
+
+
+def test_mask_spec_is_one_object_read_flat_or_nested(tmp_path):
+    from tfcxr.masking import MaskSpec
+
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text("mask: inverse\nmargin: 0.1\nfill: mean\nimage_size: 64\n")
+    nested.write_text("mask_spec:\n  mode: inverse\n  margin: 0.1\n  fill: mean\n  image_size: 64\n")
+    expected = MaskSpec("inverse", 0.1, "mean", 64)
+    assert resolve_config(flat).mask_spec == resolve_config(nested).mask_spec == expected
+    assert resolve_config(nested, {"mask": "loose"}).mask_spec == expected.replace(mode="loose")  # flags win
+    config = resolve_config(nested)
+    assert (config.mask, config.margin, config.fill, config.image_size) == ("inverse", 0.1, "mean", 64)
+    save_config(config, tmp_path / "run" / "config.yaml")
+    saved = read_yaml(tmp_path / "run" / "config.yaml")
+    assert {k: saved[k] for k in ("mask", "margin", "fill", "image_size")} == expected.to_flat()  # written flat
+    assert "mask_spec" not in saved and load_config(tmp_path / "run" / "config.yaml") == config
+    both = tmp_path / "both.yaml"
+    both.write_text("mask: tight\nmask_spec:\n  mode: loose\n")
+    with pytest.raises(ValueError, match=r"both\.yaml.*not both"):
+        resolve_config(both)

@@ -146,3 +146,61 @@ def test_real_nih_sample_reads(shared_data):
     assert len(records) > 500 and set(records["split"]) == {"train", "validation", "test"}
     x, y = next(iter(make_dataset(config, "validation", records)))
     assert x.shape == (4, 64, 64, 1) and y.shape == (4, 5)
+
+
+DUMMY = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "nih_cxr14" / "dummy_data"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """`nih_cxr14/masked_256` built from the builder's dummy data (images and masks/), its TFDS data_dir."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tfcxr.datasets
+
+    tfcxr.datasets.register("nih_cxr14")
+    data_dir = tmp_path_factory.mktemp("tfds")
+    builder = tfds.builder("nih_cxr14/masked_256", data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY)))
+    return str(data_dir)
+
+
+def test_prepared_source_masks_at_training_resolution(prepared):
+    """tfds:nih_cxr14/masked_256: every mode, labels in record order, mask applied after resizing to S."""
+    import tensorflow_datasets as tfds
+
+    def config(mode, **kwargs):
+        return PipelineConfig(data="tfds:nih_cxr14/masked_256", tfds_data_dir=prepared, mask=mode, image_size=32,
+                              batch_size=4, augment=False, **kwargs)
+
+    records = load_records(config("loose"))  # no mask folder needed: the examples carry their masks
+    assert records.attrs["prepared"] and (records["mask_path"] == "").all()
+    outputs = {}
+    for mode in MASK_MODES:
+        batches = list(make_dataset(config(mode, margin=0), "test", records))
+        images = np.concatenate([x.numpy() for x, _ in batches])
+        assert images.shape == (4, 32, 32, 1) and 0.0 <= images.min() and images.max() <= 1.0, mode
+        labels = np.concatenate([y.numpy() for _, y in batches])
+        np.testing.assert_array_equal(labels, split_records(records, "test")[list(TARGETS)].to_numpy(np.float32))
+        outputs[mode] = images
+    stored = tfds.load("nih_cxr14/masked_256", split="test", data_dir=prepared, shuffle_files=False)
+    lungs = np.stack([tf.image.resize_with_pad(tf.cast(e["mask"] > 0, tf.float32), 32, 32, antialias=True).numpy() > 0.5
+                      for e in stored])  # (4, 32, 32, 1)
+    np.testing.assert_allclose(outputs["tight"], outputs["original"] * lungs)
+    np.testing.assert_allclose(outputs["inverse"], outputs["original"] * ~lungs)  # margin 0: complement of tight
+    np.testing.assert_allclose(outputs["loose"], outputs["tight"])  # margin 0
+    assert (outputs["box"] > 0).sum() >= (outputs["tight"] > 0).sum()
+    wide = np.concatenate([x.numpy() for x, _ in make_dataset(config("loose", margin="2px"), "test", records)])
+    assert (wide > 0).sum() > (outputs["tight"] > 0).sum()
+
+
+def test_pipeline_config_holds_one_mask_spec(synthetic):
+    from tfcxr.masking import MaskSpec
+
+    spec = MaskSpec("inverse", "3px", "mean", 48)
+    config = PipelineConfig(data=str(synthetic), masks=str(synthetic / "masks"), mask_spec=spec)
+    assert config.mask_spec is spec and (config.mask, config.margin, config.fill, config.image_size) == (
+        "inverse", "3px", "mean", 48)
+    assert PipelineConfig(data=str(synthetic), mask_spec=spec, mask="original", image_size=32).mask_spec == MaskSpec(
+        "original", "3px", "mean", 32)  # the shorthands override the spec's fields
+    with pytest.raises(ValueError, match="needs a mask folder"):
+        load_records(PipelineConfig(data="tfds:nih_cxr14", mask="tight"))

@@ -121,3 +121,19 @@ def test_unknown_config_key_and_empty_split(synthetic, tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="tfcxr.train"):
         assert main(["--data", str(one_patient.parent), "--mask", "original", "--out", str(tmp_path / "r")]) == 2
     assert "empty" in caplog.text
+
+
+def test_cli_mask_flags_build_one_mask_spec(tmp_path):
+    """`--mask inverse --margin 0.05 --fill zero` (and `11px`) become the run's MaskSpec; an old flat run-dir
+    config.yaml still resumes with the same spec."""
+    from tfcxr.masking import MaskSpec
+
+    args = build_parser().parse_args(["--mask", "inverse", "--margin", "0.05", "--fill", "zero", "--image-size", "64"])
+    assert resolve_config(None, _overrides(args)).mask_spec == MaskSpec("inverse", 0.05, "zero", 64)
+    args = build_parser().parse_args(["--mask", "loose", "--margin", "11px"])
+    assert resolve_config(None, _overrides(args)).mask_spec == MaskSpec("loose", "11px", "zero", 128)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--mask", "lungs"])
+    old = tmp_path / "config.yaml"  # a run dir written before MaskSpec: flat keys, old order
+    old.write_text("data: demo\nmasks: null\nmask: loose\nmargin: 0.05\nfill: zero\nbackbone: tiny\nimage_size: 128\n")
+    assert resolve_config(old).mask_spec == TrainConfig().mask_spec

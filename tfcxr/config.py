@@ -4,6 +4,12 @@ Precedence: dataclass defaults < `--config FILE.yaml` < command-line flags.
 An unknown YAML key is an error naming the key and the file. The resolved
 config is written to `RUNDIR/config.yaml` (big_vision style), and every field
 is a documented, named parameter. The defaults are the CPU demo.
+
+The masking settings (`mask`, `margin`, `fill`, `image_size`) are one `tfcxr.masking.MaskSpec`,
+`TrainConfig.mask_spec`, handed as is to the pipeline and the saved model. In YAML and on the
+command line they stay flat keys (`mask: loose`, `margin: 0.05`, `--mask loose --margin 0.05`);
+a nested `mask_spec: {mode: loose, margin: 0.05, fill: zero, image_size: 224}` is read too.
+`RUNDIR/config.yaml` is written flat, the form every run-dir reader knows.
 """
 
 import dataclasses
@@ -12,7 +18,7 @@ import pathlib
 import yaml
 
 from tfcxr.data.nih import CurationConfig
-from tfcxr.masking import DEFAULT_MARGIN, parse_margin, validate_fill, validate_mask_mode
+from tfcxr.masking import FLAT_KEYS, SPEC_KEY, MaskSpec, mask_spec_properties
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import get_preset
 
@@ -20,6 +26,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16")
 DEMO = "demo"
 
 
+@mask_spec_properties
 @dataclasses.dataclass
 class TrainConfig:
     """One training run.
@@ -30,13 +37,16 @@ class TrainConfig:
         masks: lung mask folder (MASKDIR/<stem>.png); default for `demo`: the
             synthetic ground-truth masks, otherwise `<data>/masks` when it exists.
             Not needed for mask=original.
-        mask: `original`, `tight`, `loose` or `box` (tfcxr.masking).
-        margin: loose/box margin: fraction of image width in [0, 1) or "11px".
+        mask_spec: the run's `tfcxr.masking.MaskSpec`; set it with the flat keys below (or a
+            mapping in YAML). Its fields read back as `mask`, `margin`, `fill`, `image_size`.
+        mask: `original`, `tight`, `loose`, `box` or `inverse` (tfcxr.masking).
+        margin: loose/box/inverse margin: fraction of image width in [0, 1), or "11px" (pixels
+            at `image_size`).
         fill: background fill outside the region, `zero` or `mean`.
         backbone: tiny, resnet50, densenet121, efficientnetb0..b4.
         weights: `none`, `imagenet` or a path (tfcxr .keras/.weights.h5 or a
             keras.applications notop .h5).
-        image_size: classifier input S (S x S).
+        image_size: classifier input S (S x S), the training resolution.
         epochs: total epochs (a resumed run continues to this count).
         batch_size: global batch size.
         learning_rate: Adam learning rate.
@@ -62,12 +72,9 @@ class TrainConfig:
 
     data: str = DEMO
     masks: str = None
-    mask: str = "loose"
-    margin: object = DEFAULT_MARGIN
-    fill: str = "zero"
+    mask_spec: MaskSpec = None
     backbone: str = "tiny"
     weights: str = "none"
-    image_size: int = 128
     epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -89,17 +96,24 @@ class TrainConfig:
     demo_image_size: int = 192
     tfds_data_dir: str = None
     exclude_not_cxr: bool = False
+    mask: dataclasses.InitVar[str] = None
+    margin: dataclasses.InitVar[object] = None
+    fill: dataclasses.InitVar[str] = None
+    image_size: dataclasses.InitVar[int] = None
 
-    def __post_init__(self):
-        validate_mask_mode(self.mask)
-        validate_fill(self.fill)
-        parse_margin(self.margin)
+    def __post_init__(self, mask, margin, fill, image_size):
+        spec = self.mask_spec
+        if spec is None:
+            spec = MaskSpec()
+        elif not isinstance(spec, MaskSpec):
+            spec = MaskSpec.from_dict(spec)  # the nested YAML form
+        self.mask_spec = spec.replace(mode=mask, margin=margin, fill=fill, image_size=image_size)
         get_preset(self.backbone)
         if self.loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={self.loss!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={self.precision!r}")
-        for name in ("image_size", "epochs", "batch_size"):
+        for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
         if not float(self.learning_rate) > 0:
@@ -121,13 +135,20 @@ class TrainConfig:
         )
 
     def to_dict(self):
-        """Plain dict (YAML-safe: tuples become lists)."""
-        out = dataclasses.asdict(self)
+        """Plain flat dict (YAML-safe: tuples become lists); `mask_spec` becomes its flat keys."""
+        out = {}
+        for field in dataclasses.fields(self):
+            if field.name == SPEC_KEY:
+                out.update(self.mask_spec.to_flat())
+            else:
+                out[field.name] = getattr(self, field.name)
         out["views"] = list(self.views) if self.views is not None else None
         return out
 
 
-FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+FIELDS = tuple(TrainConfig().to_dict())
+# Keys a config file may hold: the flat fields, or the masking settings nested under `mask_spec`.
+KNOWN_KEYS = FIELDS + (SPEC_KEY,)
 
 
 def read_yaml_mapping(path) -> dict:
@@ -160,9 +181,13 @@ def read_yaml(path):
         ValueError: not a mapping, or an unknown key (named with the file).
     """
     values = read_yaml_mapping(path)
-    unknown = sorted(set(values) - set(FIELDS))
+    unknown = sorted(set(values) - set(KNOWN_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown config key(s) {unknown}. Known keys: {', '.join(FIELDS)}")
+        raise ValueError(f"{path}: unknown config key(s) {unknown}. Known keys: {', '.join(KNOWN_KEYS)}")
+    nested = set(values) & {SPEC_KEY} and set(values) & set(FLAT_KEYS)
+    if nested:
+        raise ValueError(f"{path}: give the masking settings either flat ({', '.join(FLAT_KEYS)}) or under "
+                         f"`{SPEC_KEY}`, not both. Received both: {SPEC_KEY}, {', '.join(sorted(nested))}")
     return values
 
 

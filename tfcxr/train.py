@@ -32,7 +32,7 @@ import numpy as np
 
 from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
 from tfcxr.labels import NO_FINDING, TARGETS
-from tfcxr.masking import FILL_MODES, MASK_MODES, parse_margin
+from tfcxr.masking import FILL_MODES, MASK_MODES
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import BACKBONES
 
@@ -287,10 +287,7 @@ def train(config, callbacks=()):
     pipeline = PipelineConfig(
         data=data,
         masks=masks,
-        mask=config.mask,
-        margin=config.margin,
-        fill=config.fill,
-        image_size=config.image_size,
+        mask_spec=config.mask_spec,
         batch_size=config.batch_size,
         augment=config.augment,
         cache=config.cache,
@@ -303,13 +300,11 @@ def train(config, callbacks=()):
     not_cxr = records.attrs.get("not_cxr", {})
     parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
     logger.info(
-        "data %s: %s images (train/validation/test), mask=%s margin=%s fill=%s, masks=%s",
+        "data %s: %s images (train/validation/test), %s, masks=%s",
         data,
         "/".join(str(len(p)) for p in parts.values()),
-        config.mask,
-        config.margin,
-        config.fill,
-        masks,
+        config.mask_spec,
+        "stored with the images" if records.attrs.get("prepared") else masks,
     )
     train_ds = make_dataset(pipeline, "train", records)
     val_ds = make_dataset(pipeline, "validation", records)
@@ -406,10 +401,13 @@ def build_parser():
         description="Train a lung-masked chest X-ray classifier (defaults: CPU demo on synthetic data).",
     )
     parser.add_argument("--config", type=pathlib.Path, help="YAML config (flags override it), e.g. configs/default.yaml")
-    parser.add_argument("--data", help="'demo', an NIH-layout folder, a metadata CSV, or tfds:<name>")
+    parser.add_argument("--data", help="'demo', an NIH-layout folder, a metadata CSV, or tfds:<name>[/<config>] "
+                                       "(tfds:nih_cxr14/masked_512: prepared images with their masks)")
     parser.add_argument("--masks", help="lung mask folder MASKDIR/<stem>.png (demo default: synthetic ground truth)")
-    parser.add_argument("--mask", choices=MASK_MODES, help="masking mode (default loose)")
-    parser.add_argument("--margin", help="loose/box margin: fraction of width (0.05) or pixels (11px)")
+    parser.add_argument("--mask", choices=MASK_MODES,
+                        help="masking mode (default loose); inverse = the lungs removed (shortcut probe)")
+    parser.add_argument("--margin", help="loose/box/inverse margin: fraction of width (0.05) or pixels at "
+                                         "--image-size (11px)")
     parser.add_argument("--fill", choices=FILL_MODES, help="background fill (default zero)")
     parser.add_argument("--backbone", choices=BACKBONES, help="classifier backbone (default tiny)")
     parser.add_argument("--weights", help="none | imagenet | PATH")
@@ -430,19 +428,12 @@ def build_parser():
 
 
 def _overrides(args):
-    overrides = {
+    """CLI flags that were given -> TrainConfig keys (MaskSpec canonicalises `--margin 0.05` / `11px`)."""
+    return {
         key: value
         for key, value in vars(args).items()
         if key not in ("config", "verbose") and value is not None
     }
-    if "margin" in overrides:
-        try:
-            unit, value = parse_margin(overrides["margin"])
-        except ValueError:
-            pass  # TrainConfig echoes the bad value.
-        else:
-            overrides["margin"] = value if unit == "fraction" else f"{value}px"
-    return overrides
 
 
 def main(argv=None):

@@ -1,18 +1,29 @@
 """tf.data input pipeline: curated NIH split + lung masks -> masked, batched images.
 
-One function, `make_dataset(config, split)`, reads top to bottom::
+One function, `make_dataset(config, split)`, reads top to bottom. Two paths, chosen by the source:
 
-    read file -> decode -> mask (source resolution) -> resize to image_size
+Image files with a mask folder (and `tfds:nih_cxr14`, the full-resolution config)::
+
+    read file -> decode -> mask (source resolution) -> resize to S
       -> [cache] -> [shuffle] -> batch -> [augment] -> prefetch
 
-- Masking happens at the SOURCE resolution, before resizing, so a `loose`
-  margin in pixels means source pixels and the mask edge is as sharp as the
-  source allows. A mask file whose size differs from its image is resized to the
-  image with nearest neighbour first.
+Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr14/masked_512`)::
+
+    decode image + stored mask -> resize both to S -> [cache] -> [shuffle] -> batch
+      -> mask the batch (training resolution) -> [augment] -> prefetch
+
+- The masking settings are one `tfcxr.masking.MaskSpec` (`config.mask_spec`): mode, margin, fill
+  and S = `mask_spec.image_size`. See `tfcxr.masking` for what a fraction or "Npx" margin means on
+  each path (the same anatomy on both).
+- At source resolution the mask is hole-filled before use; a mask file whose size differs
+  from its image is resized to the image with nearest neighbour first.
+- At training resolution the prepared (already cleaned) mask is resized like its image and
+  thresholded at 0.5, then masked with batched ops: no per-image hole filling, so `tight`,
+  `loose`, `box` and `inverse` cost about what `original` costs.
 - Resizing keeps the aspect ratio: `tf.image.resize_with_pad` (antialiased,
-  zero padding), to (image_size, image_size).
-- `cache` (memory or a file prefix) stores the resized, masked images, so
-  augmentation stays random per epoch.
+  zero padding), to (S, S).
+- `cache` (memory or a file prefix) stores the resized images (and resized masks on the
+  prepared path), so augmentation stays random per epoch.
 - Augmentation (training split only, when `augment=True`) runs on batches with
   Keras preprocessing layers: small rotation, translation and zoom, brightness
   and contrast. No horizontal flip: heart and lungs are not left/right symmetric.
@@ -24,9 +35,10 @@ Sources (`config.data`):
 - an NIH-layout folder: `Data_Entry_2017.csv`, `Data_Entry_2017_v2020.csv(.gz)`
   or `labels.csv`, with images in `images/`, `images_*/images/` or the folder;
 - a metadata CSV file (images found next to it the same way);
-- `tfds:<name>` (e.g. `tfds:nih_cxr14`): a TFDS dataset whose examples hold
-  `image` (uint8 (H, W, 1)), `image_id` (file name, used to find the mask) and
-  `labels` (5 ints in TARGETS order); splits `train`, `validation`, `test`.
+- `tfds:<name>[/<config>]` (e.g. `tfds:nih_cxr14`, `tfds:nih_cxr14/masked_512`): a TFDS dataset
+  whose examples hold `image` (uint8 (H, W, 1)), `image_id` (file name), `labels` (5 ints in
+  TARGETS order) and, when prepared, `mask` (uint8 (H, W, 1), 0/255); splits `train`,
+  `validation`, `test`. Without a `mask` feature the mask folder is used.
 
 Masks: `MASKDIR/<image stem>.png`, uint8 0/255 (the segment helper's contract).
 They are checked up front, in Python: a missing mask names the file.
@@ -43,7 +55,7 @@ import tensorflow as tf
 from tfcxr.data.io import decode_image_tf
 from tfcxr.data.nih import SPLITS, CurationConfig, curate, find_images, load_metadata
 from tfcxr.labels import NO_FINDING, TARGETS
-from tfcxr.masking import DEFAULT_MARGIN, apply_mask, parse_margin, validate_fill, validate_mask_mode
+from tfcxr.masking import MaskSpec, mask_spec_properties
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +69,16 @@ TFDS_PREFIX = "tfds:"
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+@mask_spec_properties
 @dataclasses.dataclass
 class PipelineConfig:
     """Everything `make_dataset` needs.
 
     Attributes:
-        data: NIH-layout folder, metadata CSV, or `tfds:<name>`.
-        masks: mask folder (MASKDIR/<stem>.png); may be None only for mask="original".
-        mask: `original`, `tight`, `loose` or `box` (see `tfcxr.masking`).
-        margin: `loose`/`box` margin: fraction of width in [0, 1) or pixels ("11px").
-        fill: background fill, `zero` or `mean`.
-        image_size: output S, images are (S, S, 1).
+        data: NIH-layout folder, metadata CSV, or `tfds:<name>[/<config>]`.
+        masks: mask folder (MASKDIR/<stem>.png); not needed for mode `original` or a prepared
+            TFDS source (whose examples carry their mask).
+        mask_spec: the `tfcxr.masking.MaskSpec` (mode, margin, fill, image size S).
         batch_size: examples per batch.
         augment: random affine/brightness/contrast on the training split.
         cache: None, "memory", or a file prefix for `Dataset.cache`.
@@ -77,14 +88,14 @@ class PipelineConfig:
         tfds_data_dir: TFDS data_dir for `tfds:` sources.
         exclude_not_cxr: leave out of train and validation the images that the mask folder's QC
             (`tfcxr.segment.qc`) flagged `not_cxr`; the test split is kept whole, so runs stay comparable.
+        mask, margin, fill, image_size: shorthands (init only) that override the matching `mask_spec`
+            field, e.g. `PipelineConfig(data, mask="original", image_size=64)`; read back as
+            properties of `mask_spec`.
     """
 
     data: str
     masks: str = None
-    mask: str = "loose"
-    margin: object = DEFAULT_MARGIN
-    fill: str = "zero"
-    image_size: int = 128
+    mask_spec: MaskSpec = None
     batch_size: int = 32
     augment: bool = True
     cache: str = None
@@ -93,17 +104,21 @@ class PipelineConfig:
     curation: CurationConfig = dataclasses.field(default_factory=CurationConfig)
     tfds_data_dir: str = None
     exclude_not_cxr: bool = False
+    mask: dataclasses.InitVar[str] = None
+    margin: dataclasses.InitVar[object] = None
+    fill: dataclasses.InitVar[str] = None
+    image_size: dataclasses.InitVar[int] = None
 
-    def __post_init__(self):
-        validate_mask_mode(self.mask)
-        validate_fill(self.fill)
-        parse_margin(self.margin)
-        if int(self.image_size) < 8:
-            raise ValueError(f"`image_size` must be >= 8. Received: image_size={self.image_size!r}")
+    def __post_init__(self, mask, margin, fill, image_size):
+        self.mask_spec = (self.mask_spec or MaskSpec()).replace(
+            mode=mask, margin=margin, fill=fill, image_size=image_size
+        )
         if int(self.batch_size) < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={self.batch_size!r}")
-        if self.mask != "original" and not self.masks:
-            raise ValueError(f"mask={self.mask!r} needs a mask folder (`masks`). Received: masks={self.masks!r}")
+        if self.mask_spec.needs_mask and not self.masks and not is_tfds(self.data):
+            raise ValueError(
+                f"mask={self.mask_spec.mode!r} needs a mask folder (`masks`). Received: masks={self.masks!r}"
+            )
 
 
 def is_tfds(data):
@@ -144,7 +159,7 @@ def load_records(config):
     Returns:
         DataFrame: `tfcxr.data.nih.curate` columns (image_id, patient_id, TARGETS,
         "No Finding", split, ...) plus `image_path` and `mask_path` (str; "" when
-        no mask folder is given). For `tfds:` sources the rows come from the
+        no mask folder is given or the source is prepared). For `tfds:` sources the rows come from the
         TFDS splits (in their order) and `image_path` is `tfds:<name>/<split>/<image_id>`.
         ``frame.attrs["not_cxr"]``: per split, how many images the mask QC flagged `not_cxr`
         (before any exclusion; zeros without a QC file).
@@ -154,6 +169,8 @@ def load_records(config):
             file is missing; the message names the files.
     """
     if is_tfds(config.data):
+        if config.mask_spec.needs_mask and not config.masks and not is_prepared(config):
+            raise _needs_masks(config)
         frame = _tfds_records(config)
     else:
         csv_path, image_root = find_metadata(config.data)
@@ -170,9 +187,16 @@ def load_records(config):
         frame["mask_path"] = [str(mask_path_for(config.masks, image_id)) for image_id in frame["image_id"]]
     else:
         frame["mask_path"] = ""
-    if config.mask != "original":
+    if config.mask_spec.needs_mask and not frame.attrs.get("prepared"):
         check_masks(frame, config.masks)
     return gate_records(frame, config.masks, config.exclude_not_cxr)
+
+
+def _needs_masks(config):
+    return ValueError(
+        f"mask={config.mask_spec.mode!r} needs a mask folder (`masks`) for {config.data}, whose examples have no "
+        f"`mask`; or use a prepared config such as tfds:nih_cxr14/masked_512. Received: masks={config.masks!r}"
+    )
 
 
 def gate_records(frame, masks_dir, exclude: bool):
@@ -232,24 +256,56 @@ def load_and_mask(image_path, mask_path, config):
 
     Args:
         image_path, mask_path: tf.string scalars.
-        config: `PipelineConfig` (mask, margin, fill, image_size).
+        config: `PipelineConfig` (its `mask_spec`).
 
     Returns:
-        float32 (image_size, image_size, 1) in [0, 1].
+        float32 (S, S, 1) in [0, 1].
     """
     image = decode_image_tf(tf.io.read_file(image_path))  # (H, W, 1)
     return mask_and_resize(image, mask_path, config)
 
 
+def resize_to_training(image, size):
+    """Aspect-preserving, antialiased, zero-padded resize: float32 (H, W, C) -> (size, size, C), clipped to [0, 1]."""
+    image = tf.image.resize_with_pad(image, size, size, antialias=True)  # (S, S, C)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def mask_and_resize(image, mask_path, config):
-    """Mask a decoded image at source resolution, then resize it (TF ops)."""
-    if config.mask != "original":
+    """Mask a decoded image at source resolution, then resize it (TF ops).
+
+    Args:
+        image: float32 (H, W, 1) in [0, 1].
+        mask_path: tf.string scalar, a PNG lung mask (0/255); unused for mode `original`.
+        config: `PipelineConfig` (its `mask_spec`).
+
+    Returns:
+        float32 (S, S, 1) in [0, 1].
+    """
+    spec = config.mask_spec
+    if spec.needs_mask:
         lung = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)  # (h, w, 1) uint8
         lung = tf.image.resize(lung, tf.shape(image)[:2], method="nearest")  # (H, W, 1)
-        image = apply_mask(image, lung > 127, config.mask, config.margin, config.fill)
-    size = int(config.image_size)
-    image = tf.image.resize_with_pad(image, size, size, antialias=True)  # (S, S, 1)
-    return tf.clip_by_value(image, 0.0, 1.0)
+        image = spec.apply_at_source(image, lung > 127)
+    return resize_to_training(image, spec.image_size)
+
+
+def resize_prepared(image, lung_mask, size):
+    """A prepared example at training resolution: image and its stored mask resized alike.
+
+    Args:
+        image: uint8 (H, W, 1), the stored image.
+        lung_mask: uint8 (H, W, 1), the stored cleaned mask (0/255 or 0/1).
+        size: S.
+
+    Returns:
+        (image float32 (S, S, 1) in [0, 1], lung uint8 (S, S, 1) in {0, 1}); the mask is resized
+        bilinearly (antialiased) and thresholded at half its maximum, so edges stay in place.
+    """
+    image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
+    lung = tf.cast(lung_mask > 0, tf.float32)  # (H, W, 1) in {0, 1}
+    lung = tf.image.resize_with_pad(lung, size, size, antialias=True)  # (S, S, 1) in [0, 1]
+    return image, tf.cast(lung > 0.5, tf.uint8)
 
 
 def build_augmenter(seed=0):
@@ -277,7 +333,7 @@ def make_dataset(config, split, records=None, training=None):
     Args:
         config: `PipelineConfig`.
         split: `"train"`, `"validation"` or `"test"`.
-        records: output of `load_records(config)` (read when None).
+        records: output of `load_records(config)` (read when None; unused for `tfds:` sources).
         training: shuffle and augment; default `split == "train"`.
 
     Returns:
@@ -286,8 +342,9 @@ def make_dataset(config, split, records=None, training=None):
         order of `split_records(records, split)`.
     """
     training = split == "train" if training is None else training
+    prepared = False
     if is_tfds(config.data):
-        dataset = _tfds_source(config, split)
+        dataset, prepared = _tfds_source(config, split)
         if training and not config.cache:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     else:
@@ -308,6 +365,12 @@ def make_dataset(config, split, records=None, training=None):
         if training:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(config.batch_size))
+    if prepared:  # (image, lung, labels) batches -> masked at training resolution
+        dataset = dataset.map(
+            lambda x, lung, y: (config.mask_spec.apply_at_training(x, lung), y),  # (batch, S, S, 1)
+            num_parallel_calls=AUTOTUNE,
+            deterministic=not training,
+        )
     if training and config.augment:
         augmenter = build_augmenter(config.seed)
         dataset = dataset.map(
@@ -317,26 +380,48 @@ def make_dataset(config, split, records=None, training=None):
     return dataset.prefetch(AUTOTUNE)
 
 
-def _tfds_load(config, split, **kwargs):
+def tfds_name(data):
+    """`tfds:nih_cxr14/masked_512` -> `nih_cxr14/masked_512`."""
+    return str(data)[len(TFDS_PREFIX) :]
+
+
+def _tfds_builder(config):
     import tensorflow_datasets as tfds
 
     import tfcxr.datasets
 
-    name = str(config.data)[len(TFDS_PREFIX) :]
-    if name in tfcxr.datasets.BUILDERS:
-        tfcxr.datasets.register(name)
-    return tfds.load(name, split=split, data_dir=config.tfds_data_dir, shuffle_files=False, **kwargs)
+    name = tfds_name(config.data)
+    base = name.split("/")[0].split(":")[0]
+    if base in tfcxr.datasets.BUILDERS:
+        tfcxr.datasets.register(base)
+    return tfds.builder(name, data_dir=config.tfds_data_dir)
+
+
+def is_prepared(config):
+    """True when a `tfds:` source's examples carry their own lung `mask` (e.g. `nih_cxr14/masked_512`)."""
+    return is_tfds(config.data) and "mask" in _tfds_builder(config).info.features
+
+
+def _tfds_load(config, split, **kwargs):
+    import tensorflow_datasets as tfds
+
+    _tfds_builder(config)  # registers tfcxr's builders
+    return tfds.load(tfds_name(config.data), split=split, data_dir=config.tfds_data_dir, shuffle_files=False,
+                     **kwargs)
 
 
 def _tfds_records(config):
     """Records (no pixels decoded) of the train/validation/test splits of a TFDS source."""
     import tensorflow_datasets as tfds
 
-    name = str(config.data)[len(TFDS_PREFIX) :]
+    name = tfds_name(config.data)
+    prepared = is_prepared(config)
+    skip = {"image": tfds.decode.SkipDecoding(), **({"mask": tfds.decode.SkipDecoding()} if prepared else {})}
     rows = []
     for split in SPLITS:
-        dataset = _tfds_load(config, split, decoders={"image": tfds.decode.SkipDecoding()})
-        for example in dataset.map(lambda e: {k: v for k, v in e.items() if k != "image"}).as_numpy_iterator():
+        dataset = _tfds_load(config, split, decoders=skip)
+        dataset = dataset.map(lambda e: {k: v for k, v in e.items() if k not in ("image", "mask")})
+        for example in dataset.as_numpy_iterator():
             image_id = example["image_id"].decode()
             row = {
                 "image_id": image_id,
@@ -349,12 +434,28 @@ def _tfds_records(config):
             rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs["source"] = str(config.data)
+    frame.attrs["prepared"] = prepared
     return frame
 
 
 def _tfds_source(config, split):
-    """Unbatched (image, labels) from a `tfds:<name>` source (masked, resized), in split order."""
+    """Unbatched examples of a `tfds:<name>` source, in split order, and whether it is prepared.
+
+    Returns:
+        (dataset, prepared): prepared sources give (image float32 (S, S, 1), lung uint8 (S, S, 1)
+        in {0, 1}, labels float32 (5,)), to be masked after batching; the others give
+        (image float32 (S, S, 1) masked at source resolution, labels float32 (5,)).
+    """
     dataset = _tfds_load(config, split)
+    size = config.mask_spec.image_size
+    if is_prepared(config):
+        def convert(example):
+            image, lung = resize_prepared(example["image"], example["mask"], size)  # (S, S, 1) each
+            return image, lung, tf.cast(example["labels"], tf.float32)
+
+        return dataset.map(convert, num_parallel_calls=AUTOTUNE, deterministic=True), True
+    if config.mask_spec.needs_mask and not config.masks:
+        raise _needs_masks(config)
     masks_dir = str(config.masks or "")
 
     def convert(example):
@@ -364,7 +465,7 @@ def _tfds_source(config, split):
         labels = tf.cast(example["labels"], tf.float32)  # (5,)
         return mask_and_resize(image, mask_path, config), labels
 
-    return dataset.map(convert, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.map(convert, num_parallel_calls=AUTOTUNE, deterministic=True), False
 
 
 def label_matrix(frame):
@@ -377,10 +478,13 @@ __all__ = [
     "build_augmenter",
     "check_masks",
     "find_metadata",
+    "is_prepared",
     "label_matrix",
     "load_and_mask",
     "load_records",
     "make_dataset",
     "mask_path_for",
+    "resize_prepared",
+    "resize_to_training",
     "split_records",
 ]

@@ -4,8 +4,9 @@ The exported ``tf.Module`` has two signatures:
 
 ``serving_default`` (bytes in, used by TF Serving clients)
     inputs:  ``image_bytes``  tf.string (batch,)   PNG (8/16-bit) or JPEG files, any size, gray or RGB.
-             ``mask_bytes``   tf.string (batch,)   only for ``tight``/``loose``/``box`` runs exported WITHOUT the
-                                                   embedded segmenter: PNG lung masks (0/255), same size as the image.
+             ``mask_bytes``   tf.string (batch,)   only for masked runs (``tight``/``loose``/``box``/``inverse``)
+                                                   exported WITHOUT the embedded segmenter: PNG lung masks (0/255),
+                                                   same size as the image.
     outputs: ``probabilities`` float32 (batch, 5)  sigmoid probabilities in ``tfcxr.labels.TARGETS`` order.
              ``no_finding``    float32 (batch,)    ``tfcxr.scoring.no_finding_score`` of the run's method.
              ``labels``        string  (batch, 5)  the TARGETS names, repeated per row. (batch, 5) rather than (5,)
@@ -42,6 +43,7 @@ import shutil
 
 from tfcxr.export import serving_layout
 from tfcxr.labels import TARGETS
+from tfcxr.masking import MaskSpec, mask_spec_properties
 
 logger = logging.getLogger(__name__)
 
@@ -53,39 +55,58 @@ OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "
                  "in_distribution": (None,), "is_cxr": (None,)}
 
 
+@mask_spec_properties
 @dataclasses.dataclass
 class RunInfo:
-    """What export needs from a run directory (``config.yaml`` + ``best.keras``)."""
+    """What export needs from a run directory (``config.yaml`` + ``best.keras``).
+
+    Attributes:
+        rundir, model_path: the run directory and its model file.
+        mask_spec: the run's `tfcxr.masking.MaskSpec` (mode, margin, fill, image size), as trained.
+        backbone, no_finding_method: copied into the export metadata.
+        image_size, mask, margin, fill: init-only shorthands for `mask_spec` fields (mode defaults
+            to `original`); read back as properties of `mask_spec`.
+    """
 
     rundir: pathlib.Path
     model_path: pathlib.Path
-    image_size: int
-    mask: str = "original"
-    margin: float = 0.05
-    fill: str = "zero"
+    mask_spec: MaskSpec = None
     backbone: str = "unknown"
     no_finding_method: str = "max"
+    image_size: dataclasses.InitVar[int] = None
+    mask: dataclasses.InitVar[str] = None
+    margin: dataclasses.InitVar[object] = None
+    fill: dataclasses.InitVar[str] = None
+
+    def __post_init__(self, image_size, mask, margin, fill):
+        if self.mask_spec is None and image_size is None:
+            raise ValueError("RunInfo needs `mask_spec` or `image_size`. Received neither")
+        spec = self.mask_spec or MaskSpec(mode="original", image_size=image_size)
+        self.mask_spec = spec.replace(mode=mask, margin=margin, fill=fill, image_size=image_size)
 
     @property
     def needs_mask(self) -> bool:
-        return self.mask != "original"
+        return self.mask_spec.needs_mask
 
     def metadata(self) -> dict:
-        """JSON-able description stored beside every exported artefact."""
+        """JSON-able description stored beside every exported artefact.
+
+        ``mask_spec`` is the spec itself (`MaskSpec.from_dict` reads it back); the flat
+        ``image_size``/``mask``/``margin``/``fill`` keys repeat it for older readers.
+        """
         return {
             "run": str(self.rundir),
             "backbone": self.backbone,
-            "image_size": self.image_size,
-            "mask": self.mask,
-            "margin": self.margin,
-            "fill": self.fill,
+            **self.mask_spec.to_flat(),
+            "mask_spec": self.mask_spec.to_dict(),
             "no_finding_method": self.no_finding_method,
             "labels": list(TARGETS),
         }
 
 
 def read_run(rundir) -> RunInfo:
-    """Read ``RUNDIR/config.yaml`` (flat or one level of sections) and locate ``RUNDIR/best.keras``.
+    """Read ``RUNDIR/config.yaml`` (flat or one level of sections; masking flat or as ``mask_spec:``) and locate
+    ``RUNDIR/best.keras``.
 
     Raises:
         FileNotFoundError: naming the missing file.
@@ -93,7 +114,6 @@ def read_run(rundir) -> RunInfo:
     """
     import yaml
 
-    from tfcxr import masking
     from tfcxr.evaluation.runs import config_value
 
     rundir = pathlib.Path(rundir)
@@ -106,20 +126,15 @@ def read_run(rundir) -> RunInfo:
     image_size = config_value(config, "image_size") if isinstance(config, dict) else None
     if image_size is None:
         raise ValueError(f"{config_path}: missing required field `image_size`")
-    info = RunInfo(
-        rundir=rundir,
-        model_path=model_path,
-        image_size=int(image_size),
-        mask=str(config_value(config, "mask", "original")),
-        margin=config_value(config, "margin", masking.DEFAULT_MARGIN),
-        fill=str(config_value(config, "fill", "zero")),
-        backbone=str(config_value(config, "backbone", "unknown")),
-        no_finding_method=str(config_value(config, "no_finding_method", "max")),
-    )
     try:
-        masking.validate_mask_mode(info.mask)
-        masking.validate_fill(info.fill)
-        masking.parse_margin(info.margin)
+        spec = MaskSpec.from_config(config, default=MaskSpec(mode="original", image_size=image_size))
+        info = RunInfo(
+            rundir=rundir,
+            model_path=model_path,
+            mask_spec=spec,
+            backbone=str(config_value(config, "backbone", "unknown")),
+            no_finding_method=str(config_value(config, "no_finding_method", "max")),
+        )
         if info.no_finding_method not in NO_FINDING_METHODS:
             raise ValueError(
                 f"`no_finding_method` must be one of {NO_FINDING_METHODS}. "
@@ -297,7 +312,7 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None, w
 
     Args:
         image_bytes: tf.string scalar, a PNG (8/16-bit) or JPEG file.
-        info: the run's `RunInfo` (image size, mask mode, margin, fill).
+        info: the run's `RunInfo` (its `MaskSpec`: image size, mask mode, margin, fill).
         mask_bytes: tf.string scalar PNG lung mask (0/255, same size as the image); needed when the run masks
             and `segmenter` is None.
         segmenter: optional object with ``serving_fn(images (1, H, W, 1)) -> masks (1, H, W, 1) in {0, 1}``.
@@ -309,8 +324,7 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None, w
     import tensorflow as tf
 
     from tfcxr.data.io import decode_image_tf
-    from tfcxr.data.pipeline import PipelineConfig, mask_and_resize
-    from tfcxr.masking import apply_mask
+    from tfcxr.data.pipeline import resize_to_training
 
     image = decode_image_tf(image_bytes)  # (H, W, 1)
     score = None
@@ -330,10 +344,9 @@ def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None, w
             )
             with tf.control_dependencies([same_size]):
                 lung = lung > 0.5  # the pipeline's `uint8 > 127`
-        image = apply_mask(image, lung, info.mask, info.margin, info.fill)
+        image = info.mask_spec.apply_at_source(image, lung)  # the run's MaskSpec, at source resolution
     # The training pipeline's resize (aspect-preserving, antialiased, padded), reused as is.
-    resize_only = PipelineConfig(data="", mask="original", image_size=info.image_size)
-    resized = mask_and_resize(image, None, resize_only)  # (S, S, 1)
+    resized = resize_to_training(image, info.mask_spec.image_size)  # (S, S, 1)
     return (resized, score) if with_cxr_score else resized
 
 
