@@ -85,7 +85,7 @@ def load_metadata(csv_path):
 
     Reads `Data_Entry_2017.csv` (trailing empty column, split
     `OriginalImage[Width,Height]` header), `Data_Entry_2017_v2020.csv(.gz)`, the
-    `labels.csv` of shared/data/nih_cxr14_384, or a curated CSV written by this
+    `labels.csv` of the nih_cxr14_384 sample, or a curated CSV written by this
     module. Extra columns are dropped; every `Finding Labels` value is validated.
 
     Args:
