@@ -302,9 +302,9 @@ def resize_prepared(image, lung_mask, size):
         (image float32 (S, S, 1) in [0, 1], lung uint8 (S, S, 1) in {0, 1}); the mask is resized
         bilinearly (antialiased) and thresholded at half its maximum, so edges stay in place.
     """
-    image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
-    lung = tf.cast(lung_mask > 0, tf.float32)  # (H, W, 1) in {0, 1}
-    lung = tf.image.resize_with_pad(lung, size, size, antialias=True)  # (S, S, 1) in [0, 1]
+    both = tf.concat([tf.image.convert_image_dtype(image, tf.float32), tf.cast(lung_mask > 0, tf.float32)], -1)
+    both = tf.image.resize_with_pad(both, size, size, antialias=True)  # (S, S, 2): one resize for the pair
+    image, lung = tf.clip_by_value(both[..., :1], 0.0, 1.0), both[..., 1:]  # (S, S, 1) each
     return image, tf.cast(lung > 0.5, tf.uint8)
 
 
