@@ -95,7 +95,8 @@ def pair_sets(config: PresetConfig, work: pathlib.Path) -> dict:
     write_text_atomic(split / "split.json", json.dumps(listing, indent=1))
     validation = [str(split / "val_v7.csv")] if (split / "val_v7.csv").is_file() else []
     return {"train": str(split / "train.csv"), "validation": validation + list(config.validation),
-            "tests": {"classic": str(split / "test_classic.csv"), "v7": str(split / "test_v7.csv")}}
+            "tests": {"classic": str(split / "test_classic.csv"), "v7": str(split / "test_v7.csv")},
+            "counts": listing["counts"]}
 
 
 def run_stages(config: PresetConfig, train: str, work: pathlib.Path) -> list[pathlib.Path]:
@@ -117,6 +118,14 @@ def run_stages(config: PresetConfig, train: str, work: pathlib.Path) -> list[pat
         previous = work / name
         runs.append(previous)
     return runs
+
+
+def stage_seconds(run: pathlib.Path) -> float:
+    """Training seconds of a fine-tuning run, summed over the epochs of its ``history.csv``."""
+    import csv
+
+    with open(run / "history.csv", newline="", encoding="utf-8") as handle:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(handle)), 1)
 
 
 def validation_pairs(sets: dict, first_run: pathlib.Path) -> list:
@@ -242,6 +251,7 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
     sets = pair_sets(config, work)
     runs = run_stages(config, sets["train"], work)
     cost["fine_tuning_s"] = round(time.time() - start, 1)
+    cost["stage_epoch_seconds"] = {run.name: stage_seconds(run) for run in runs}
 
     step = time.time()
     val_pairs = validation_pairs(sets, runs[0])

