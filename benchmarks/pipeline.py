@@ -1,11 +1,22 @@
-"""Input-pipeline throughput (images/s) per mask mode and output size.
+"""Input-pipeline throughput (images/s): 1024-px PNG sources vs the prepared TFDS dataset, per mask mode and size.
 
-    python benchmarks/pipeline.py                      # synthetic set, 512 px sources
-    python benchmarks/pipeline.py --data ../shared/data/nih_cxr14_384 --masks /tmp/nih384_masks
+    python benchmarks/pipeline.py                       # ~200 synthetic 1024-px images in a temp dir
+    python benchmarks/pipeline.py --num-images 400 --sizes 224 --modes original loose
 
-Times `tfcxr.data.pipeline.make_dataset` on the training split (read -> decode ->
-mask at source resolution -> resize -> batch -> augment -> prefetch, no cache),
-after one warm-up pass, and writes benchmarks/results/pipeline.json.
+One run, so the ratios compare like with like:
+
+- `source: png`: today's path, `tfcxr.data.pipeline.make_dataset` on the image folder with its
+  mask folder (read -> decode -> mask at source resolution with hole filling -> resize).
+- `source: prepared`: the same images built into `nih_cxr14/masked_256` and `masked_512` with the
+  real TFDS builder (Beam DirectRunner), then `make_dataset` on `tfds:nih_cxr14/masked_<N>` (decode
+  the stored image and mask -> resize both -> batch -> mask at training resolution). Each training
+  size uses the smallest prepared config at least as large (224 -> masked_256, 512 -> masked_512).
+
+Every configuration times the training split (batch, augment as in training, prefetch, no cache)
+after one warm-up pass: `--rounds` rounds over all modes of a source and size, each timing at least
+`--passes` passes and `--min-seconds`; the median round is reported (all rounds are in the JSON),
+so a change of machine load hits all modes alike. Writes benchmarks/results/pipeline.json: `results`
+rows hold `source`, `mask`, `image_size`, `images_per_second`, `images_per_second_per_core`.
 """
 
 import argparse
@@ -14,78 +25,167 @@ import logging
 import os
 import pathlib
 import platform
+import tempfile
 import time
 
+import numpy as np
+
 logger = logging.getLogger("benchmarks.pipeline")
+
+MODES = ("original", "tight", "loose", "box", "inverse")
+PREPARED_SIZES = (256, 512)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="NIH-layout folder or metadata CSV (default: a generated synthetic set)")
-    parser.add_argument("--masks", help="mask folder (default for synthetic: its masks/)")
-    parser.add_argument("--synthetic-dir", default="demo_data/bench_synthetic")
-    parser.add_argument("--num-images", type=int, default=128, help="synthetic images")
-    parser.add_argument("--source-size", type=int, default=512, help="synthetic source resolution")
-    parser.add_argument("--modes", nargs="+", default=["original", "tight", "loose", "box"])
+    parser.add_argument("--num-images", type=int, default=200, help="synthetic images")
+    parser.add_argument("--source-size", type=int, default=1024, help="synthetic source resolution")
+    parser.add_argument("--work-dir", type=pathlib.Path, help="keep the sources and TFDS builds here (default: temp)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--passes", type=int, default=2, help="timed passes after the warm-up pass")
+    parser.add_argument("--passes", type=int, default=1, help="timed passes per mode and round (at least)")
+    parser.add_argument("--min-seconds", type=float, default=4.0, help="timed seconds per mode and round (at least)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all modes; the median is reported")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results/pipeline.json"))
     return parser
 
 
-def _time_passes(dataset, passes):
-    count = 0
-    for _ in dataset:  # warm-up: tracing, file cache
-        pass
-    start = time.perf_counter()
-    for _ in range(passes):
+def cores():
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def prepared_config_for(size):
+    """Name of the smallest prepared nih_cxr14 config whose longest side is >= `size` (else the largest)."""
+    return f"masked_{next((s for s in PREPARED_SIZES if s >= size), PREPARED_SIZES[-1])}"
+
+
+def build_prepared(manual_dir, data_dir, configs):
+    """Build nih_cxr14 `configs` from `manual_dir` (images/, masks/, metadata CSV) into `data_dir`; seconds each."""
+    import tensorflow_datasets as tfds
+
+    import tfcxr.datasets
+
+    tfcxr.datasets.register("nih_cxr14")
+    seconds = {}
+    for name in configs:
+        start = time.perf_counter()
+        builder = tfds.builder(f"nih_cxr14/{name}", data_dir=str(data_dir))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        seconds[name] = round(time.perf_counter() - start, 1)
+        logger.info("built nih_cxr14/%s in %.1f s", name, seconds[name])
+    return seconds
+
+
+def time_passes(dataset, passes, min_seconds):
+    """(images/s, images timed) over at least `passes` passes and `min_seconds` seconds."""
+    count, start = 0, time.perf_counter()
+    done = 0
+    while done < passes or time.perf_counter() - start < min_seconds:
         for images, _ in dataset:
             count += int(images.shape[0])
+        done += 1
     return count / (time.perf_counter() - start), count
+
+
+def run(args, work):
+    from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
+    from tfcxr.data.synthetic import SyntheticConfig, generate
+
+    start = time.perf_counter()
+    sources = generate(work / "sources", SyntheticConfig(num_images=args.num_images, image_size=args.source_size))
+    logger.info("synthetic sources: %s (%.0f s)", sources, time.perf_counter() - start)
+    configs = sorted({prepared_config_for(size) for size in args.sizes})
+    build_seconds = build_prepared(sources, work / "tfds", configs)
+
+    results, images = [], {}
+    for size in args.sizes:
+        for source in ("png", "prepared"):
+            data = ({"data": str(sources), "masks": str(sources / "masks")} if source == "png" else
+                    {"data": f"tfds:nih_cxr14/{prepared_config_for(size)}", "tfds_data_dir": str(work / "tfds")})
+            datasets = {}
+            for mode in args.modes:
+                config = PipelineConfig(mask=mode, image_size=size, batch_size=args.batch_size, augment=args.augment,
+                                        **data)
+                records = load_records(config)
+                images[source] = len(split_records(records, "train"))
+                datasets[mode] = make_dataset(config, "train", records)
+                for _ in datasets[mode]:  # warm-up pass: tracing, file cache
+                    pass
+            # Rounds over all modes, so a change in machine load hits every mode alike; the median is reported.
+            rates, counts = {mode: [] for mode in args.modes}, dict.fromkeys(args.modes, 0)
+            for _ in range(args.rounds):
+                for mode in args.modes:
+                    rate, count = time_passes(datasets[mode], args.passes, args.min_seconds)
+                    rates[mode].append(rate)
+                    counts[mode] += count
+            for mode in args.modes:
+                rate = float(np.median(rates[mode]))
+                row = {"source": source, "mask": mode, "image_size": size, "images_per_second": round(rate, 1),
+                       "images_per_second_per_core": round(rate / cores(), 1), "images_timed": counts[mode],
+                       "rounds_images_per_second": [round(r, 1) for r in rates[mode]]}
+                if source == "prepared":
+                    row["prepared_config"] = prepared_config_for(size)
+                results.append(row)
+                logger.info("%-8s %-8s %4d px: %7.1f images/s (rounds %s)", source, mode, size, rate,
+                            row["rounds_images_per_second"])
+    return results, images, build_seconds
+
+
+def summarise(results):
+    """Ratios the targets are stated in: per size, prepared mode / prepared original, prepared loose / png loose."""
+    rate = {(r["source"], r["mask"], r["image_size"]): r["images_per_second"] for r in results}
+    summary = {}
+    for (source, mode, size), value in rate.items():
+        if source != "prepared":
+            continue
+        entry = summary.setdefault(str(size), {})
+        if ("prepared", "original", size) in rate:
+            entry[f"{mode}_vs_original"] = round(value / rate[("prepared", "original", size)], 3)
+        if ("png", mode, size) in rate:
+            entry[f"{mode}_vs_png"] = round(value / rate[("png", mode, size)], 1)
+    return summary
+
+
+def print_table(results, sizes, modes):
+    rate = {(r["source"], r["mask"], r["image_size"]): r["images_per_second"] for r in results}
+    header = f"{'mask':<10}" + "".join(f"{f'png {s}':>11}{f'prep {s}':>11}{'x':>7}" for s in sizes)
+    print(f"\n{header}   (images/s; x = prepared / png)")
+    for mode in modes:
+        cells = []
+        for size in sizes:
+            png, prepared = rate.get(("png", mode, size)), rate.get(("prepared", mode, size))
+            ratio = f"{prepared / png:.1f}" if png and prepared else "-"
+            cells.append(f"{png or 0:>11.1f}{prepared or 0:>11.1f}{ratio:>7}")
+        print(f"{mode:<10}" + "".join(cells))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
-
-    data, masks = args.data, args.masks
-    if data is None:
-        from tfcxr.data.synthetic import SyntheticConfig, generate
-
-        data = str(generate(args.synthetic_dir, SyntheticConfig(num_images=args.num_images, image_size=args.source_size)))
-        masks = masks or str(pathlib.Path(data) / "masks")
-    results = []
-    for mode in args.modes:
-        for size in args.sizes:
-            config = PipelineConfig(
-                data=data, masks=masks, mask=mode, image_size=size, batch_size=args.batch_size, augment=args.augment
-            )
-            records = load_records(config)
-            rate, count = _time_passes(make_dataset(config, "train", records), args.passes)
-            results.append({"mask": mode, "image_size": size, "images_per_second": round(rate, 1), "images_timed": count})
-            logger.info("mask=%-8s size=%4d: %7.1f images/s", mode, size, rate)
-    train_images = len(split_records(records, "train"))
+    with tempfile.TemporaryDirectory(prefix="tfcxr-bench-pipeline-") as temp:
+        work = args.work_dir or pathlib.Path(temp)
+        results, images, build_seconds = run(args, work)
     report = {
-        "data": data,
-        "masks": masks,
+        "data": f"tfcxr.data.synthetic, {args.num_images} images at {args.source_size} px, with their masks",
         "split": "train",
-        "n": train_images,
+        "n": images,
         "batch_size": args.batch_size,
         "augment": args.augment,
         "passes": args.passes,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+        "min_seconds": args.min_seconds,
+        "rounds": args.rounds,
+        "machine": f"{platform.machine()}, {cores()} CPU cores, {platform.platform()}",
+        "prepared_build_seconds": build_seconds,
+        "summary": summarise(results),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"\n{'mask':<10}" + "".join(f"{f'{s} px':>12}" for s in args.sizes) + "   (images/s)")
-    for mode in args.modes:
-        rates = {r["image_size"]: r["images_per_second"] for r in results if r["mask"] == mode}
-        print(f"{mode:<10}" + "".join(f"{rates[s]:>12.1f}" for s in args.sizes))
-    print(f"written: {args.out}")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(results, args.sizes, args.modes)
+    print(f"n = {images} training images; {report['machine']}\nwritten: {args.out}")
     return 0
 
 
