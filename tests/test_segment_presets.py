@@ -92,3 +92,21 @@ def test_the_preset_is_the_default_everywhere():
     assert predict.build_parser().parse_args(["--images", "a", "--out", "b"]).model == PRESET
     assert evaluate.build_parser().parse_args(["--data", "a", "--out", "b"]).model == PRESET
     assert export_parser().parse_args(["run", "--format", "savedmodel", "--out", "o"]).segmenter == PRESET
+
+
+def test_noise_and_photos_are_flagged_not_cxr_by_the_preset(preset, tmp_path):
+    """The attack from the hardening issue: 16-bit uniform noise used to get a clean-looking lung mask."""
+    from tfcxr.segment import predict, qc
+    from tfcxr.segment.gate_data import photos
+
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 65536, (400, 400), dtype=np.uint16)
+    cv2.imwrite(str(images / "noise16.png"), noise)
+    cv2.imwrite(str(images / "camera.png"), (photos()["camera"][..., 0] * 255).astype(np.uint8))
+    image, _ = phantom()
+    cv2.imwrite(str(images / "phantom.png"), (image[..., 0] * 255).astype(np.uint8))
+    counts = predict.generate_masks(preset, str(images), tmp_path / "masks", batch_size=4)
+    table = qc.read_qc(tmp_path / "masks").set_index("stem")
+    assert "not_cxr" in table.loc["noise16", "flags"] and "not_cxr" in table.loc["camera", "flags"]
+    assert counts["not_cxr"] >= 2 and float(table.loc["noise16", "cxr_score"]) < float(preset.gate.threshold)
