@@ -1,4 +1,7 @@
-"""Install tfcxr. The pins follow DESIGN.md §2 (TF 2.21 + Keras 3; transformers 4.57 on tf-keras for SAM)."""
+"""Install tfcxr. Pins: TF 2.21 + Keras 3 for the classifiers, transformers 4.57 on tf-keras for SAM.
+
+Why the two Keras: docs/architecture.md ("tf_keras and Keras 3").
+"""
 
 from setuptools import find_packages, setup
 
@@ -19,7 +22,6 @@ setup(
         "tensorboard==2.21.*",
         "transformers==4.57.*",
         "tensorflow-datasets==4.9.*",
-        "keras-cv==0.9.*",
         "numpy>=1.26",
         "pandas>=2.1",
         "scikit-learn>=1.4",

@@ -1,4 +1,4 @@
-"""No Finding score derived from the five target probabilities (DESIGN.md §5)."""
+"""No Finding score derived from the five target probabilities (NIH's "No Finding" is not a model output)."""
 
 import tensorflow as tf
 

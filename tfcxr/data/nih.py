@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 metadata, curation (DESIGN §5) and patient-level splits.
+"""NIH ChestX-ray14 metadata, curation into the five-target subset and patient-level splits.
 
     meta = load_metadata("Data_Entry_2017_v2020.csv.gz")   # normalised columns
     df = curate(meta, CurationConfig(views=None))            # + 0/1 label columns + "split"
@@ -146,7 +146,7 @@ def load_metadata(csv_path):
 
 @dataclasses.dataclass
 class CurationConfig:
-    """How to curate NIH metadata into the classification subset (DESIGN §5).
+    """How to curate NIH metadata into the classification subset (the rules are in `curate`).
 
     Attributes:
         views: tuple of views to keep, from `NIH_VIEWS`; None keeps every view present.

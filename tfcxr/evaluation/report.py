@@ -1,4 +1,4 @@
-"""Compute the evaluation of one or more runs and write the report folder (DESIGN.md §6).
+"""Compute the evaluation of one or more runs and write the report folder (docs/architecture.md).
 
 REPORTDIR/
     metrics.json            every number below; NaN is written as null with a reason

@@ -1,4 +1,4 @@
-"""Deployment of trained tfcxr classifiers (DESIGN.md §7).
+"""Deployment of trained tfcxr classifiers: SavedModel -> ONNX -> TensorRT (docs/architecture.md).
 
 - :mod:`tfcxr.export.savedmodel`: a SavedModel in the TF Serving layout with a bytes signature
   (``serving_default``) and a float signature (``predict_images``).

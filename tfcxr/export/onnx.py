@@ -1,4 +1,4 @@
-"""Export the float signature of a run to ONNX with tf2onnx, and check it with onnxruntime (DESIGN.md §7).
+"""Export the float signature of a run to ONNX with tf2onnx, and check it with onnxruntime.
 
 The ONNX graph is the classifier plus the No Finding score:
 

@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from the exported ONNX and run it (DESIGN.md §2, §7). Needs ``tfcxr[tensorrt]``.
+"""Build a TensorRT engine from the exported ONNX and run it. Needs ``tfcxr[tensorrt]``.
 
 pip TensorFlow has no TF-TRT, so the route is SavedModel -> ONNX (:mod:`tfcxr.export.onnx`) -> TensorRT engine
 with the TensorRT 10 python API:
@@ -344,7 +344,7 @@ def compare(probabilities, reference) -> dict:
 
     Returns:
         {"max_abs_diff": max |diff|, "top_label_agreement": fraction of rows with the same argmax}.
-        FP16 acceptance (DESIGN.md §7): max_abs_diff < 1e-2 and top_label_agreement == 1.
+        FP16 acceptance: max_abs_diff < 1e-2 and top_label_agreement == 1.
     """
     probabilities = np.asarray(probabilities, np.float32)
     reference = np.asarray(reference, np.float32)

@@ -31,7 +31,7 @@ def backbone_metadata_path(path):
 
 
 def save_backbone_weights(model, path, metadata):
-    """Write a backbone's weights and their metadata (STYLE: weights metadata is data).
+    """Write a backbone's weights and their metadata (weights metadata is data).
 
     Args:
         model: the keras.Model returned by `build_backbone`.

@@ -1,4 +1,8 @@
-"""CxrClassifier: preprocessor + backbone + 5-way sigmoid head, and compile defaults."""
+"""The classifier task: preprocessor + backbone + 5-way sigmoid head, and its compile defaults.
+
+`build_classifier` returns a functional `keras.Model`; `compile_classifier` compiles it with the
+default optimizer, loss and metric.
+"""
 
 import logging
 import os

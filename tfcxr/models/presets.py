@@ -1,8 +1,8 @@
 """Backbone presets: which Keras application, its input normalisation and sizes.
 
-Weights metadata is data (STYLE.md §4): the label order (`tfcxr.labels.TARGETS`),
-the input range and the normalisation travel with each backbone name here, and
-`CxrPreprocessor` applies them inside the model graph.
+Weights metadata is data: the input range, the normalisation and the sizes travel
+with each backbone name here, and `CxrPreprocessor` applies them inside the model
+graph. The label order is `tfcxr.labels.TARGETS`, the one label vocabulary.
 
 Normalisation modes (keras.applications docs, `imagenet_utils.preprocess_input`):
     caffe  ResNet50: 0-255 RGB -> BGR, minus ImageNet BGR means, no scaling.
@@ -10,8 +10,6 @@ Normalisation modes (keras.applications docs, `imagenet_utils.preprocess_input`)
     torch  DenseNet121: 0-1, minus ImageNet means, divided by ImageNet stds.
     unit   tiny: 0-1 unchanged (single channel).
 """
-
-from tfcxr.labels import TARGETS
 
 PREPROCESSING_MODES = ("caffe", "raw255", "torch", "unit")
 
@@ -52,7 +50,6 @@ for _index, _size in enumerate((224, 240, 260, 300, 380)):
     }
 
 BACKBONES = tuple(BACKBONE_PRESETS)
-LABELS = TARGETS
 
 
 def get_preset(backbone):
