@@ -140,7 +140,7 @@ def test_tfds_source_matches_its_records(tmp_path):
 
 @pytest.mark.real_data
 def test_real_nih_sample_reads(shared_data):
-    """shared/data/nih_cxr14_384 (labels.csv + images/): curated records and one batch, mask=original."""
+    """The real nih_cxr14_384 sample (labels.csv + images/): curated records and one batch, mask=original."""
     config = PipelineConfig(data=str(shared_data / "nih_cxr14_384"), mask="original", image_size=64, batch_size=4)
     records = load_records(config)
     assert len(records) > 500 and set(records["split"]) == {"train", "validation", "test"}

@@ -49,7 +49,7 @@ from tfcxr.labels import NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
 
-# First found wins. `labels.csv` is the layout of tfcxr's real-image sample (shared/data/nih_cxr14_384).
+# First found wins. `labels.csv` is the layout of tfcxr's real-image sample (the nih_cxr14_384 sample, see docs/results.md).
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv", "labels.csv")
 
 MASKS_DIR_ENV = "TFCXR_NIH_MASKS_DIR"
