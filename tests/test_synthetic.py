@@ -1,5 +1,6 @@
 """Tests of tfcxr.data.synthetic: determinism, exact masks, findings inside the lungs, learnability."""
 
+import hashlib
 import json
 
 import cv2
@@ -151,3 +152,36 @@ def test_cli(tmp_path):
     assert synthetic.main(["--out", str(out), "--num-images", "5", "--image-size", "8"]) == 2
     parser = synthetic.build_parser()
     assert parser.parse_args(["--no-distractors"]).distractors is False
+
+
+# sha256 of generate_arrays' (images, masks, labels) bytes and of render_case's boxes (repr of floats), recorded with
+# this repository's numpy/OpenCV before the phantom drawing was split out of this module. Both sets hold all five
+# findings, AP and PA views and follow-ups. A drawing change must bump GENERATOR_VERSION and update these.
+_PINNED_OUTPUT = [
+    (
+        dict(num_images=8, image_size=64, seed=0, prevalence=0.5),
+        "e4dcb161ed51d883e2d0fe16c7137629719d1e0234b72c1fb06e051b92c92445",
+        "705e863a0c900d098f990298a8d9993ca48988f4b69bdc16471e252acaf00334",
+    ),
+    (
+        dict(num_images=6, image_size=96, seed=3, prevalence=0.7, distractors=False, num_patients=2),
+        "d5dc70f92255dafaa1d1a95e50539a1234242a8ef3d3a02a230e516206207080",
+        "73a9f9aff51b1ee8175371c99048cabb16ffdbe1c6eda5e548774b23cf9f2e5b",
+    ),
+]
+
+
+@pytest.mark.parametrize("fields,arrays_sha256,boxes_sha256", _PINNED_OUTPUT)
+def test_output_bit_identical_to_pinned_hash(fields, arrays_sha256, boxes_sha256):
+    assert synthetic.GENERATOR_VERSION == 4
+    config = synthetic.SyntheticConfig(**fields)
+    images, masks, labels, cases = synthetic.generate_arrays(config)
+    digest = hashlib.sha256()
+    for array in (images, masks, labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    assert digest.hexdigest() == arrays_sha256
+    boxes = hashlib.sha256()
+    for case in cases:
+        _, _, case_boxes = synthetic.render_case(case, config, return_boxes=True)
+        boxes.update(repr([(label, float(x), float(y), float(w), float(h)) for label, x, y, w, h in case_boxes]).encode())
+    assert boxes.hexdigest() == boxes_sha256
