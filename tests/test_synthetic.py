@@ -1,4 +1,4 @@
-"""Tests of tfcxr.data.synthetic: determinism, exact masks, findings inside the lungs, learnability."""
+"""Tests of tfcxr.data.synthetic: config, cases, files and CLI, determinism, exact masks, learnability, pinned output."""
 
 import hashlib
 import json
@@ -90,18 +90,6 @@ def test_prevalence_and_no_finding(small_set):
     assert np.all((labels.mean(axis=0) > 0.12) & (labels.mean(axis=0) < 0.3))
     no_finding = np.mean([c.finding_labels == NO_FINDING for c in cases])
     assert 0.2 < no_finding < 0.45
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_findings_drawn_inside_lungs_only(target):
-    config = synthetic.SyntheticConfig(num_images=3, image_size=128, seed=5)
-    case = synthetic.sample_cases(config)[0]
-    with_finding, mask = synthetic.render_case(case, config, findings=(target,))
-    without, mask0 = synthetic.render_case(case, config, findings=())
-    np.testing.assert_array_equal(mask, mask0)
-    diff = np.abs(with_finding.astype(int) - without.astype(int))
-    assert diff[~mask].max() == 0
-    assert diff[mask].sum() > 50  # visible inside
 
 
 def _features(images):

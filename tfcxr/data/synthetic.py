@@ -10,7 +10,7 @@ Findings are drawn INSIDE the lung mask only (the finding layer is multiplied by
 the hard mask), so masking to the lungs can never remove a label's signal:
 
 - Mass: one large bright lobulated blob.
-- Nodule: two to five small bright dots.
+- Nodule: three to six small bright dots.
 - Fibrosis: reticular texture (many short thin lines), mostly basal and peripheral.
 - Edema: diffuse bilateral perihilar haze with a few Kerley B lines at the bases.
 - Pneumonia: one focal patchy haze in one zone (lobe) of one lung.
@@ -25,6 +25,11 @@ Labels are independent Bernoulli draws per image and target (default
 prevalence 0.2, so about a third of images are "No Finding"); a few images also
 carry a non-target NIH finding (not drawn) to exercise curation. Patients have
 one or more follow-up images sharing their anatomy, so patient-level splits matter.
+
+This module owns the set: its config, the cases (metadata and seeds), the files
+and the CLI. The drawing of one case is `tfcxr.data.phantom.render_case`
+(re-exported here), built from `phantom_anatomy`, `phantom_findings`,
+`phantom_distractors` and `phantom_draw` in `tfcxr.data`.
 
 Layout written by `generate` (the NIH-like contract)::
 
@@ -41,18 +46,17 @@ CLI::
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import pathlib
 import time
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from tfcxr.atomic import write_text_atomic
 from tfcxr.data.io import write_png_atomic
+from tfcxr.data.phantom import render_case  # re-exported: synthetic.render_case
 from tfcxr.labels import NIH_FINDINGS, NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
@@ -65,16 +69,6 @@ CONFIG_NAME = "config.json"
 GENERATOR_VERSION = 4
 
 _OTHER_FINDINGS = tuple(name for name in NIH_FINDINGS if name not in TARGETS)
-# Right lung (image left) outline in a unit box: u from lateral (0) to medial (1),
-# v from apex (0) to costophrenic angle (1). Clockwise from the apex.
-_LUNG_TEMPLATE = np.array(
-    [
-        (0.62, 0.00), (0.38, 0.04), (0.18, 0.17), (0.07, 0.40), (0.01, 0.70), (0.00, 1.00),
-        (0.30, 0.93), (0.58, 0.86), (0.86, 0.84), (0.97, 0.66), (0.92, 0.42), (0.90, 0.18),
-        (0.80, 0.04),
-    ],
-    dtype=np.float64,
-)
 
 
 @dataclasses.dataclass
@@ -200,382 +194,6 @@ def sample_cases(config):
             )
             index += 1
     return cases
-
-
-# ----------------------------------------------------------------------------- drawing
-
-
-def _chaikin(points, iterations=3):
-    """Corner-cutting smoothing of a closed polygon (n, 2) -> (n * 2**iterations, 2)."""
-    for _ in range(iterations):
-        nxt = np.roll(points, -1, axis=0)
-        points = np.stack([0.75 * points + 0.25 * nxt, 0.25 * points + 0.75 * nxt], axis=1).reshape(-1, 2)
-    return points
-
-
-def _fill(shape, polygon):
-    """Hard polygon mask: uint8 (H, W) in {0, 1} from float pixel points (n, 2)."""
-    out = np.zeros(shape, np.uint8)
-    cv2.fillPoly(out, [np.round(polygon * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
-    return out
-
-
-def _blur(array, sigma):
-    """Gaussian blur with a sigma in pixels (no-op for tiny sigma)."""
-    if sigma < 0.3:
-        return array
-    return cv2.GaussianBlur(array, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT)
-
-
-def _grid(size):
-    """Broadcastable pixel coordinates: yy float32 (S, 1), xx float32 (1, S)."""
-    axis = np.arange(size, dtype=np.float32)
-    return axis[:, None], axis[None, :]
-
-
-def _gauss(xx, yy, x, y, rx, ry=None):
-    """Separable Gaussian bump exp(-((xx-x)/rx)^2 - ((yy-y)/ry)^2): float32 (S, S)."""
-    ry = rx if ry is None else ry
-    return np.exp(-(((yy - y) / ry) ** 2)) * np.exp(-(((xx - x) / rx) ** 2))
-
-
-def _smooth_noise(rng, size, cells):
-    """Low-frequency noise: float32 (size, size), roughly N(0, 1), `cells` blobs across."""
-    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-
-
-def _patient_anatomy(seed, patient_id):
-    """Per-patient anatomy parameters (shared by all follow-ups), in units of the image size."""
-    rng = np.random.default_rng([seed, 1, patient_id])
-    return {
-        "cx": 0.5 + rng.normal(0, 0.015),
-        "top": rng.uniform(0.10, 0.16),
-        "bottom": rng.uniform(0.74, 0.82),
-        "lung_width": rng.uniform(0.27, 0.32),
-        "gap": rng.uniform(0.08, 0.11),
-        "right_raise": rng.uniform(0.0, 0.04),
-        "jitter": rng.normal(0, 0.025, size=(2,) + _LUNG_TEMPLATE.shape),
-        "heart_scale": rng.uniform(0.9, 1.12),
-        "heart_shift": rng.normal(0, 0.01, size=2),
-        "body_width": rng.uniform(0.44, 0.5),
-        "lung_level": rng.uniform(0.18, 0.26),
-        "tissue_level": rng.uniform(0.5, 0.6),
-        "rib_spacing": rng.uniform(0.070, 0.085),
-        "rib_phase": rng.uniform(0, 1),
-        "gamma": rng.uniform(0.85, 1.15),
-        "gastric_bubble": rng.random() < 0.4,
-    }
-
-
-@functools.lru_cache(maxsize=4)
-def _draw_anatomy(seed, patient_id, view, size):
-    """Draw a patient's finding-free phantom (cached: follow-ups reuse it, then shift it).
-
-    Returns (read-only arrays):
-        base: float32 (S, S) intensity, roughly [0, 1] (bright = attenuating).
-        lung_mask: uint8 (S, S) in {0, 1}, union of both lungs.
-        lungs: tuple of two dicts (per lung: mask, box (x0, y0, x1, y1) in pixels, hilum (x, y)),
-            right lung (image left) first.
-    """
-    a = _patient_anatomy(seed, patient_id)
-    rng = np.random.default_rng([seed, 2, patient_id])
-    s = size
-    shape = (s, s)
-    cx = a["cx"] * s
-    top = a["top"] * s
-    bottom = a["bottom"] * s
-    gap = a["gap"] * s
-    width = a["lung_width"] * s
-    heart_scale = a["heart_scale"] * (1.12 if view == "AP" else 1.0)
-
-    lungs = []
-    union = np.zeros(shape, np.uint8)
-    for side in (0, 1):  # 0: right lung (image left), 1: left lung (image right)
-        template = _LUNG_TEMPLATE + a["jitter"][side]
-        lung_bottom = bottom - (a["right_raise"] * s if side == 0 else 0.0)
-        if side == 0:
-            x = (cx - gap / 2 - width) + template[:, 0] * width
-        else:
-            x = (cx + gap / 2 + width) - template[:, 0] * width
-        y = top + template[:, 1] * (lung_bottom - top)
-        mask = _fill(shape, _chaikin(np.stack([x, y], axis=1)))
-        lungs.append({"mask": mask, "box": (x.min(), top, x.max(), lung_bottom)})
-        union |= mask
-
-    # Heart: a tilted ellipse low in the mediastinum, bulging to the patient's left.
-    height = bottom - top
-    heart_center = (cx + (0.05 + a["heart_shift"][0]) * s, top + (0.74 + a["heart_shift"][1]) * height)
-    heart_axes = (0.155 * s * heart_scale, 0.11 * s * heart_scale)
-    heart = np.zeros(shape, np.uint8)
-    cv2.ellipse(
-        heart,
-        (int(round(heart_center[0] * 16)), int(round(heart_center[1] * 16))),
-        (int(round(heart_axes[0] * 16)), int(round(heart_axes[1] * 16))),
-        -30, 0, 360, 1, -1, cv2.LINE_8, 4,
-    )
-    union &= 1 - heart
-    for lung in lungs:
-        lung["mask"] &= 1 - heart
-        bx, by, bw, bh = cv2.boundingRect(lung["mask"])
-        if bw == 0:
-            raise RuntimeError("synthetic lung vanished; anatomy parameters out of range")
-        lung["box"] = (bx, by, bx + bw, by + bh)
-        x0, y0, x1, y1 = lung["box"]
-        medial = x1 if lung is lungs[0] else x0
-        lung["hilum"] = (medial + (-0.18 if lung is lungs[0] else 0.18) * (x1 - x0), y0 + 0.45 * (y1 - y0))
-
-    yy, xx = _grid(s)
-    # Body: a rounded torso (superellipse) with the neck on top.
-    body_w = a["body_width"] * s
-    torso = (np.abs(xx - cx) / body_w) ** 3 + (np.abs(yy - 0.66 * s) / (0.6 * s)) ** 3  # 1 on the outline
-    neck = np.clip((0.08 * s - np.abs(xx - cx)) / (0.02 * s), 0, 1) * (yy < top)
-    body_f = np.maximum(np.clip((1 - torso) * 8, 0, 1), neck)  # soft edge, no blur needed
-    lateral = np.clip(np.abs(xx - cx) / body_w, 0, 1)
-    abdomen = 0.06 * np.clip((yy - bottom) / (0.1 * s), 0, 1)  # (S, 1): brighter below the diaphragm
-    base = 0.05 + body_f * (a["tissue_level"] + 0.1 * lateral**6 + abdomen)
-
-    # Mediastinum and spine: bright vertical bands; heart low and to the patient's left.
-    spine = np.exp(-(((xx - cx) / (0.035 * s)) ** 2) * 2.0)
-    vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * yy / (0.05 * s))
-    base += body_f * spine * (0.08 + 0.04 * vertebrae)
-    mediastinum = np.exp(-(((xx - cx) / (gap * 0.9)) ** 2))
-    base += body_f * mediastinum * 0.07 * (yy > top - 0.05 * s)
-    base += _blur(heart.astype(np.float32), 0.015 * s) * 0.08
-    knob = _gauss(xx, yy, cx + 0.045 * s, top + 0.22 * height, 0.03 * s)
-    base += knob * 0.06
-
-    # Lungs: dark, with vessel texture, brighter hila and apices.
-    lung_soft = _blur(union.astype(np.float32), 0.008 * s)
-    vessels = 0.02 * _smooth_noise(rng, s, 24) + 0.015 * _smooth_noise(rng, s, 48)
-    hila = np.zeros(shape, np.float32)
-    for lung in lungs:
-        hx, hy = lung["hilum"]
-        hila += _gauss(xx, yy, hx, hy, 0.06 * s)
-    apex = np.clip(1 - (yy - top) / (0.25 * height), 0, 1) ** 2
-    lung_value = a["lung_level"] + vessels + 0.09 * hila + 0.08 * apex
-    base = base * (1 - lung_soft) + lung_soft * lung_value
-    if a["gastric_bubble"]:
-        bubble = _gauss(xx, yy, cx + 0.17 * s, bottom + 0.06 * s, 0.05 * s, 0.03 * s)
-        base -= 0.2 * bubble * body_f
-
-    # Ribs (posterior arcs bright, anterior arcs faint) and clavicles, over the thorax only.
-    ribs = np.zeros(shape, np.float32)
-    thickness = max(1, int(round(0.016 * s)))
-    spacing = a["rib_spacing"] * s
-    reach = gap / 2 + width + 0.03 * s
-    t = np.linspace(0.0, 1.0, 24)
-    for k in range(11):
-        y_k = top - 0.03 * s + (k + a["rib_phase"] * 0.3) * spacing
-        for side in (-1, 1):
-            xs = cx + side * (0.02 * s + t * reach)
-            ys = y_k - 0.03 * s * np.sin(np.pi * t * 0.8) + 0.17 * s * t**2.2
-            pts = np.round(np.stack([xs, ys], axis=1) * 16).astype(np.int32)
-            cv2.polylines(ribs, [pts], False, 1.0, thickness, cv2.LINE_AA, 4)
-            if k < 6:  # anterior rib: from the lateral wall down towards the sternum
-                xs = cx + side * (reach - t * 0.7 * reach)
-                ys = y_k + 0.06 * s + 0.12 * s * t - 0.04 * s * t**2
-                pts = np.round(np.stack([xs, ys], axis=1) * 16).astype(np.int32)
-                cv2.polylines(ribs, [pts], False, 0.45, thickness, cv2.LINE_AA, 4)
-    thorax = ((xx - cx) / reach) ** 2 + ((yy - 0.5 * (top + bottom)) / (0.5 * height + 0.03 * s)) ** 2
-    ribs *= np.clip((1 - thorax) * 4, 0, 1)
-    for side in (-1, 1):
-        xs = cx + side * (0.04 * s + t * 0.28 * s)
-        ys = top - 0.01 * s - 0.035 * s * t + 0.015 * s * np.sin(np.pi * t)
-        pts = np.round(np.stack([xs, ys], axis=1) * 16).astype(np.int32)
-        cv2.polylines(ribs, [pts], False, 1.4, int(round(thickness * 1.4)), cv2.LINE_AA, 4)
-    ribs = _blur(ribs, 0.004 * s)
-    base += ribs * body_f * (0.03 + 0.07 * lung_soft)
-
-    base = _blur(base, 0.003 * s).astype(np.float32)
-    for array in [base, union] + [lung["mask"] for lung in lungs]:
-        array.setflags(write=False)
-    return base, union, tuple(lungs)
-
-
-def _shift_anatomy(base, union, lungs, dx, dy):
-    """Translate the phantom by whole pixels (dx, dy); masks stay exact 0/1."""
-    if dx == 0 and dy == 0:
-        return base, union, lungs
-    size = base.shape[1], base.shape[0]
-    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
-
-    def move(array, border):
-        return cv2.warpAffine(array, matrix, size, flags=cv2.INTER_NEAREST, borderMode=border)
-
-    moved = []
-    for lung in lungs:
-        x0, y0, x1, y1 = lung["box"]
-        hx, hy = lung["hilum"]
-        moved.append({
-            "mask": move(lung["mask"], cv2.BORDER_CONSTANT),
-            "box": (x0 + dx, y0 + dy, x1 + dx, y1 + dy),
-            "hilum": (hx + dx, hy + dy),
-        })
-    return move(base, cv2.BORDER_REPLICATE), move(union, cv2.BORDER_CONSTANT), tuple(moved)
-
-
-def _sample_point(rng, lung_mask, min_depth):
-    """Random pixel (x, y) of a mask, preferring pixels at least `min_depth` px inside it."""
-    depth = cv2.distanceTransform(lung_mask, cv2.DIST_L2, 3)
-    ys, xs = np.nonzero(depth >= min(min_depth, depth.max()))
-    pick = rng.integers(0, xs.size)
-    return float(xs[pick]), float(ys[pick])
-
-
-def _draw_findings(findings, lungs, union, size, rng):
-    """Finding layer (added intensity, float32 (S, S)) and NIH-style boxes [(label, x, y, w, h)].
-
-    The caller multiplies the layer by the hard lung mask, so nothing leaks outside it.
-    """
-    s = size
-    layer = np.zeros((s, s), np.float32)
-    boxes = []
-    yy, xx = _grid(s)
-    if "Mass" in findings:
-        radius = rng.uniform(0.045, 0.075) * s
-        lung = lungs[rng.integers(0, 2)]
-        x, y = _sample_point(rng, lung["mask"], 0.8 * radius)
-        reach = int(np.ceil(1.6 * radius)) + 2  # the blob lies within 1.23 radius: draw in a window
-        x0, x1 = max(0, int(x) - reach), min(s, int(x) + reach + 1)
-        y0, y1 = max(0, int(y) - reach), min(s, int(y) + reach + 1)
-        wy, wx = yy[y0:y1] - y, xx[:, x0:x1] - x
-        angle = np.arctan2(wy, wx)
-        lobes = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6.3)) + 0.08 * np.sin(5 * angle + rng.uniform(0, 6.3))
-        dist = np.sqrt(wx**2 + wy**2) / (radius * lobes)
-        blob = np.clip(1 - dist**2, 0, 1) ** 0.4
-        layer[y0:y1, x0:x1] += rng.uniform(0.24, 0.34) * _blur(blob.astype(np.float32), 0.08 * radius)
-        boxes.append(("Mass", x - radius, y - radius, 2 * radius, 2 * radius))
-    if "Nodule" in findings:
-        for _ in range(int(rng.integers(3, 7))):
-            radius = max(rng.uniform(0.018, 0.028) * s, 1.0)
-            lung = lungs[rng.integers(0, 2)]
-            x, y = _sample_point(rng, lung["mask"], 1.5 * radius)
-            dot = _gauss(xx, yy, x, y, radius)
-            layer += rng.uniform(0.32, 0.42) * dot
-            boxes.append(("Nodule", x - 1.5 * radius, y - 1.5 * radius, 3 * radius, 3 * radius))
-    if "Fibrosis" in findings:
-        reticular = np.zeros((s, s), np.float32)
-        thickness = max(1, int(round(s / 128)))  # survives downsampling to the classifier's input size
-        for lung in lungs:
-            count = int(rng.integers(50, 80))
-            xs, ys = _sample_rows(rng, lung, 1 - rng.random(count) ** 1.8 * 0.85)  # mostly basal
-            half = 0.5 * rng.uniform(0.02, 0.05, count) * s
-            theta = rng.uniform(0, np.pi, count)
-            dx, dy = half * np.cos(theta), half * np.sin(theta)
-            ends = np.stack([xs - dx, ys - dy, xs + dx, ys + dy], axis=1).reshape(count, 2, 2)
-            cv2.polylines(reticular, list(np.round(ends * 16).astype(np.int32)), False, 1.0, thickness, cv2.LINE_AA, 4)
-        layer += rng.uniform(0.11, 0.15) * reticular
-    if "Edema" in findings:
-        haze = np.zeros((s, s), np.float32)
-        for lung in lungs:
-            hx, hy = lung["hilum"]
-            haze += _gauss(xx, yy, hx, hy, 0.16 * s)
-        haze = 0.5 * np.minimum(haze, 1.0) + 0.5  # diffuse, strongest perihilar
-        haze *= 1 + 0.25 * _smooth_noise(rng, s, 10)
-        layer += rng.uniform(0.09, 0.14) * haze
-        kerley = np.zeros((s, s), np.float32)
-        for lung in lungs:
-            x0, y0, x1, y1 = lung["box"]
-            lateral = x0 if lung is lungs[0] else x1
-            inward = 1 if lung is lungs[0] else -1
-            for _ in range(int(rng.integers(3, 7))):
-                y = y0 + rng.uniform(0.6, 0.9) * (y1 - y0)
-                length = rng.uniform(0.03, 0.05) * s
-                cv2.line(
-                    kerley,
-                    (int(lateral * 16), int(y * 16)),
-                    (int((lateral + inward * length) * 16), int(y * 16)),
-                    1.0, max(1, int(round(s / 300))), cv2.LINE_AA, 4,
-                )
-        layer += 0.08 * kerley
-    if "Pneumonia" in findings:
-        lung = lungs[rng.integers(0, 2)]
-        zone = rng.uniform(0.2, 0.4) if rng.random() < 0.35 else rng.uniform(0.6, 0.85)
-        xs, ys = _sample_rows(rng, lung, np.array([zone]))
-        x, y = float(xs[0]), float(ys[0])
-        radius = rng.uniform(0.08, 0.12) * s
-        envelope = _gauss(xx, yy, x, y, radius)
-        patches = np.clip(0.6 + 0.6 * _smooth_noise(rng, s, 20), 0, 1.5)
-        layer += rng.uniform(0.22, 0.32) * envelope * patches
-        boxes.append(("Pneumonia", x - radius, y - radius, 2 * radius, 2 * radius))
-    return layer, boxes
-
-
-def _sample_rows(rng, lung, v):
-    """Random lung points at relative heights `v` (array in [0, 1]) of the lung's box: (xs, ys) float arrays."""
-    mask = lung["mask"].astype(bool)
-    x0, y0, x1, y1 = lung["box"]
-    valid = np.flatnonzero(mask.any(axis=1))
-    rows = np.clip(np.round(y0 + v * (y1 - 1 - y0)).astype(int), valid[0], valid[-1])
-    rows = valid[np.minimum(np.searchsorted(valid, rows), valid.size - 1)]  # rows that hold lung pixels
-    first = mask.argmax(axis=1)
-    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
-    xs = first[rows] + rng.random(rows.size) * (last[rows] - first[rows])
-    return xs, rows.astype(float)
-
-
-def _draw_distractors(view, union, size, rng):
-    """Label-unrelated bright context outside the lungs: electrodes, wires, side marker. float32 (S, S)."""
-    s = size
-    layer = np.zeros((s, s), np.float32)
-    for _ in range(int(rng.choice([0, 0, 1, 2]))):  # ECG electrodes: rings with a bright snap
-        x, y = rng.uniform(0.1, 0.9) * s, rng.uniform(0.05, 0.95) * s
-        radius = rng.uniform(0.015, 0.03) * s
-        center = (int(x * 16), int(y * 16))
-        cv2.circle(layer, center, int(radius * 16), 0.45, max(1, int(round(0.006 * s))), cv2.LINE_AA, 4)
-        cv2.circle(layer, center, int(radius * 0.35 * 16), 0.7, -1, cv2.LINE_AA, 4)
-    for _ in range(int(rng.integers(0, 3))):  # wires and tubes
-        xs = np.cumsum(rng.normal(0, 0.04, size=8)) * s + rng.uniform(0.2, 0.8) * s
-        ys = np.linspace(rng.uniform(0, 0.3), rng.uniform(0.6, 1.0), 8) * s
-        pts = np.round(np.stack([xs, ys], axis=1) * 16).astype(np.int32)
-        cv2.polylines(layer, [pts], False, 0.25, max(1, int(round(0.008 * s))), cv2.LINE_AA, 4)
-    letter = "R" if view == "PA" else "L"
-    corner = (int(0.04 * s), int(0.12 * s)) if rng.random() < 0.5 else (int(0.88 * s), int(0.12 * s))
-    text = np.zeros((s, s), np.uint8)  # putText draws on 8-bit images only
-    cv2.putText(text, letter, corner, cv2.FONT_HERSHEY_SIMPLEX, 0.0025 * s, 255, max(1, int(0.006 * s)), cv2.LINE_AA)
-    layer += text.astype(np.float32) * (0.8 / 255)
-    outside = 1.0 - cv2.dilate(union, np.ones((3, 3), np.uint8)).astype(np.float32)
-    return layer * outside
-
-
-def render_case(case, config, findings=None, return_boxes=False):
-    """Draw one synthetic radiograph and its exact lung mask.
-
-    Args:
-        case: a `Case` from `sample_cases(config)`.
-        config: the `SyntheticConfig` (image size, seed, noise, distractors).
-        findings: override `case.findings` (e.g. `()` for the same image without
-            findings: identical pixels outside the lung mask).
-        return_boxes: also return NIH-style boxes.
-
-    Returns:
-        image: uint8 (S, S) gray radiograph.
-        mask: bool (S, S), True inside either lung.
-        boxes (only with `return_boxes`): list of (label, x, y, w, h) in pixels.
-    """
-    size = int(config.image_size)
-    findings = case.findings if findings is None else tuple(findings)
-    # Follow-ups share the patient's anatomy, shifted by a few pixels (positioning).
-    base, union, lungs = _draw_anatomy(int(config.seed), case.patient_id, case.view, size)
-    shift_rng = np.random.default_rng([config.seed, 6, case.index])
-    reach = max(1, round(0.015 * size))
-    base, union, lungs = _shift_anatomy(base, union, lungs, *shift_rng.integers(-reach, reach + 1, size=2))
-    layer, boxes = _draw_findings(findings, lungs, union, size, np.random.default_rng([config.seed, 3, case.index]))
-    image = base + layer * union
-    if config.distractors:
-        image += _draw_distractors(case.view, union, size, np.random.default_rng([config.seed, 4, case.index]))
-    noise_rng = np.random.default_rng([config.seed, 5, case.index])
-    image += config.noise_std * noise_rng.standard_normal((size, size), dtype=np.float32)
-    # AP films: a little less contrast. Gamma through a lookup table (fast).
-    contrast = 0.9 if case.view == "AP" else 1.0
-    levels = np.linspace(0.0, 1.0, 4096) ** _patient_anatomy(int(config.seed), case.patient_id)["gamma"]
-    lut = np.round(levels * 255).astype(np.uint8)
-    image = lut[(np.clip(image * contrast, 0, 1) * 4095 + 0.5).astype(np.int32)]
-    mask = union.astype(bool)
-    if return_boxes:
-        return image, mask, boxes
-    return image, mask
 
 
 def generate_arrays(config, cases=None):
