@@ -36,6 +36,8 @@ import pathlib
 
 import yaml
 
+from tfcxr import cli
+
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("name", "out", "grid", "seeds", "train", "evaluate")
@@ -286,20 +288,17 @@ def build_parser():
                         help="override a shared `train` field, e.g. --set epochs=2 (repeatable)")
     parser.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                         help="list the cells and their state without training")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser
+    return cli.add_log_level(parser)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        experiment = load_experiment(args.config, args.out, args.set)
-        outcome = run_experiment(experiment, dry_run=args.dry_run)
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
+    experiment = load_experiment(args.config, args.out, args.set)
+    outcome = run_experiment(experiment, dry_run=args.dry_run)
     if outcome["failed"]:
         logger.error("failed cells: %s", ", ".join(outcome["failed"]))
         return 1

@@ -45,7 +45,6 @@ Exit status: 0 on success, 2 for bad arguments or inputs (one line naming the fi
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -54,6 +53,7 @@ import re
 import sys
 import time
 
+from tfcxr import cli
 from tfcxr.config import PRECISIONS, read_yaml_mapping
 from tfcxr.masking import DEFAULT_MARGIN, FILL_MODES, MASK_MODES, parse_margin, validate_fill, validate_mask_mode
 from tfcxr.models.presets import BACKBONES, get_preset
@@ -667,21 +667,18 @@ def build_parser():
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser
+    return cli.add_log_level(parser)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level") and v is not None}
-    try:
-        config = resolve_pretrain_config(args.config, overrides)
-        result = pretrain(config)
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        return 2
+    config = resolve_pretrain_config(args.config, overrides)
+    result = pretrain(config)
     logger.info("done: %s (%d images, %d epochs, loss %.4f, z_std %.3f, %.0f CPU s)", result["weights"],
                 result["images"], result["epochs_run"], result["loss"] if result["loss"] is not None else math.nan,
                 result["z_std"] if result["z_std"] is not None else math.nan, result["cpu_seconds"] or 0.0)

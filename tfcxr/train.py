@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from tfcxr import cli
 from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
 from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.masking import FILL_MODES, MASK_MODES
@@ -423,8 +424,7 @@ def build_parser():
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<backbone>-<mask>)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
+    return cli.add_log_level(parser)
 
 
 def _overrides(args):
@@ -432,28 +432,20 @@ def _overrides(args):
     return {
         key: value
         for key, value in vars(args).items()
-        if key not in ("config", "verbose") and value is not None
+        if key not in ("config", "log_level") and value is not None
     }
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        config = resolve_config(args.config, _overrides(args))
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        return 2
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
+    config = resolve_config(args.config, _overrides(args))
     start = time.perf_counter()
     try:
         result = train(config)
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        return 2
     finally:
         import keras
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tfcxr import cli
 from tfcxr.segment.presets import DEFAULT_PRESET
 
 logger = logging.getLogger("tfcxr.export")
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action=argparse.BooleanOptionalAction, default=True,
         help="onnx/tensorrt: check parity against the TF graph on random images (default on)",
     )
-    return parser
+    return cli.add_log_level(parser)
 
 
 def _reference(rundir, images):
@@ -78,7 +79,10 @@ def _random_images(image_size, count=4, seed=0):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     from tfcxr.export.savedmodel import read_run
 
     info = read_run(args.rundir)

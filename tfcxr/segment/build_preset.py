@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from tfcxr import cli
 from tfcxr.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -335,17 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="folder of the lung pair sets (overrides the config)")
     parser.add_argument("--install", action=argparse.BooleanOptionalAction, default=False,
                         help="copy the built preset into the package (tfcxr/segment/presets/<name>)")
-    return parser
+    return cli.add_log_level(parser)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = read_config(args.config, data_root=args.data_root)
-    except (OSError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
+    config = read_config(args.config, data_root=args.data_root)
     preset_dir = build_preset(config, args.out, install=args.install)
     print(preset_dir)
     return 0

@@ -31,6 +31,8 @@ import time
 import cv2
 import numpy as np
 
+from tfcxr import cli
+
 from . import qc
 from .presets import DEFAULT_PRESET
 from .prompts import embed_images, segment_lungs
@@ -303,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image-encoder backend: tf (reference) or onnx (ONNX Runtime, cached export)")
     parser.add_argument("--runner", help="run as an Apache Beam pipeline on this runner (DirectRunner, "
                         "DataflowRunner, FlinkRunner, SparkRunner, ...); other --options go to Beam")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_inference_flags(parser)
-    return parser
+    return cli.add_log_level(parser)
 
 
 def add_inference_flags(parser: argparse.ArgumentParser, prompts=PREDICT_PROMPTS) -> None:
@@ -347,9 +348,10 @@ def main(argv=None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)} (pipeline options need --runner)")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.runner:
-        return _beam_main(args, beam_args)
+    return cli.run(lambda parsed: _beam_main(parsed, beam_args) if parsed.runner else _main(parsed), args, logger)
+
+
+def _main(args) -> int:
     from .model import load_segmenter
 
     model = load_segmenter(args.model)

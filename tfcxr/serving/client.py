@@ -27,6 +27,8 @@ import urllib.request
 
 import numpy as np
 
+from tfcxr import cli
+
 logger = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
@@ -216,12 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="default 8501 for rest, 8500 for grpc")
     parser.add_argument("--model-name", default="tfcxr")
     parser.add_argument("--version", type=int, default=None)
-    return parser
+    return cli.add_log_level(parser)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     if args.protocol == "rest":
         client = RestClient(args.host, args.port or 8501, args.model_name, args.version)
     else:
