@@ -1,11 +1,14 @@
-"""Tests of tfcxr.data.pairs: the three layouts, nesting, errors and real folders."""
+"""Tests of tfcxr.data.pairs: the three layouts, nesting, errors, real folders, and loading pairs into memory."""
 
+import csv
 import logging
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from segment_fakes import write_pairs
 from tfcxr.data import pairs
 from tfcxr.data.io import ImageReadError
 
@@ -118,3 +121,35 @@ def test_real_folders(shared_data):
     assert len(shenzhen) == 6 and {p.source_layout for p in shenzhen} == {"shenzhen"}
     image, mask = pairs.read_pair(shenzhen[0])
     assert image.shape[:2] == mask.shape and 0.1 < mask.mean() < 0.6
+
+
+def test_load_pairs_skips_bad_pairs_and_checks_manifest(tmp_path, caplog):
+    root = write_pairs(tmp_path / "pairs", count=3)
+    cv2.imwrite(str(root / "masks" / "p1.png"), np.zeros((10, 10), np.uint8))  # wrong size
+    with caplog.at_level(logging.WARNING):
+        loaded = pairs.load_pairs(str(root))
+    assert [p.name for p in loaded] == ["p0", "p2"]
+    assert "p1.png" in caplog.text and "does not match" in caplog.text
+    manifest = tmp_path / "pairs.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "mask"], ["a.png", "b.png"]])
+    with pytest.raises(ValueError, match="image_path"):
+        pairs.load_pairs(str(manifest))
+    train, val = pairs.split_pairs(list(range(10)), 0.2, seed=0)
+    assert len(val) == 2 and sorted(train + val) == list(range(10))
+
+
+def test_load_pairs_from_tfds_registers_tfcxr_builders_first(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    seen = []
+
+    def fake_builder(name):
+        seen.append((name, "tfcxr.datasets" in sys.modules))
+        raise tfds.core.registered.DatasetNotFoundError(name)
+
+    monkeypatch.delitem(sys.modules, "tfcxr.datasets", raising=False)
+    monkeypatch.setattr(tfds, "builder", fake_builder)
+    with pytest.raises(ValueError, match="neither an existing path nor a TFDS dataset"):
+        pairs.load_pairs("cxr_lung_masks_missing")
+    assert seen == [("cxr_lung_masks_missing", True)]

@@ -13,15 +13,21 @@ plain folder. Three layouts are recognised (`EXPECTED_LAYOUTS` shows the trees):
 
 A root may hold one layout directly, or several datasets one level down
 (e.g. ``manual_dir/MontgomerySet/`` and ``manual_dir/shenzhen/``).
+
+`load_pairs` reads labelled pairs into memory (`Pair`) from such a folder, a CSV
+manifest or a TFDS dataset; `split_pairs` is the seeded train/validation split of
+segmentation fine-tuning.
 """
 
+import csv
+import dataclasses
 import logging
 import pathlib
 from typing import NamedTuple
 
 import numpy as np
 
-from tfcxr.data.io import read_image, read_mask
+from tfcxr.data.io import ImageReadError, read_image, read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +191,98 @@ def read_pair(pair):
     for path in pair.mask_paths:
         mask |= read_mask(path, expected_shape=image.shape)
     return image, mask
+
+
+@dataclasses.dataclass
+class Pair:
+    """One labelled example: ``image`` float32 (height, width, 1) in [0, 1], ``mask`` bool (height, width)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def _pair_files(spec: str) -> list:
+    """`ImageMaskPair` list of a pairs folder or of a CSV manifest (image_path, mask_path)."""
+    path = pathlib.Path(spec)
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return find_pairs(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"image_path", "mask_path"} <= set(rows[0]):
+        raise ValueError(f"{path}: a pairs manifest needs `image_path` and `mask_path` columns. "
+                         f"Received: {sorted(rows[0])}")
+    return [ImageMaskPair(pathlib.Path(r["image_path"]), (pathlib.Path(r["mask_path"]),),
+                          pathlib.Path(r["image_path"]).stem, "manifest") for r in rows]
+
+
+def load_pairs(spec: str, max_pairs: int = 0, seed: int = 0) -> list[Pair]:
+    """Load labelled lung pairs from a directory of pairs, a CSV manifest, or a TFDS dataset name.
+
+    Bad pairs (unreadable image or mask, mask size different from the image) are skipped with a warning that names
+    the file; the count is logged.
+
+    Args:
+        spec: a folder understood by `find_pairs` (``images/`` + ``masks/``, Shenzhen ``_mask``,
+            Montgomery), a ``.csv`` with ``image_path, mask_path`` columns, or a TFDS name (``cxr_lung_masks``).
+        max_pairs: 0 for all, else a seeded random subset of that size.
+        seed: subset seed.
+
+    Returns:
+        list of :class:`Pair`, in a stable order.
+    """
+    if pathlib.Path(spec).exists():
+        files = _pair_files(spec)
+        if max_pairs and len(files) > max_pairs:
+            keep = np.sort(np.random.default_rng(seed).choice(len(files), max_pairs, replace=False))
+            files = [files[i] for i in keep]
+        pairs, bad = [], 0
+        for pair_files in files:
+            try:
+                image, mask = read_pair(pair_files)
+            except ImageReadError as err:
+                bad += 1
+                logger.warning("Skipping pair: %s", err)
+                continue
+            pairs.append(Pair(pair_files.stem, image, mask))
+        if bad:
+            logger.warning("Skipped %d of %d pairs from %s", bad, len(files), spec)
+    else:
+        pairs = _load_tfds_pairs(spec, max_pairs, seed)
+    if not pairs:
+        raise ValueError(f"{spec}: no usable image/mask pairs found")
+    return pairs
+
+
+def _load_tfds_pairs(name: str, max_pairs: int, seed: int) -> list[Pair]:
+    """Every split of TFDS dataset `name` (``image``, ``mask`` features) as `Pair`s, optionally a seeded subset."""
+    import tensorflow_datasets as tfds
+
+    import tfcxr.datasets  # noqa: F401  registers tfcxr's builders (cxr_lung_masks, nih_cxr14) with TFDS
+
+    try:
+        splits = tfds.builder(name).info.splits
+    except Exception as err:  # tfds raises DatasetNotFoundError and others
+        raise ValueError(f"`data` is neither an existing path nor a TFDS dataset. Received: data={name!r} ({err})")
+    pairs = []
+    for split in sorted(splits.keys()):
+        for i, example in enumerate(tfds.as_numpy(tfds.load(name, split=split))):
+            image = np.asarray(example["image"])
+            scale = 65535.0 if image.dtype == np.uint16 else 255.0
+            image = (image.astype(np.float32) / scale).reshape(image.shape[0], image.shape[1], 1)
+            mask = np.asarray(example["mask"]).reshape(image.shape[:2]) > 0
+            key = example.get("image_id", example.get("id", f"{split}-{i}"))
+            pairs.append(Pair(key.decode() if isinstance(key, bytes) else str(key), image, mask))
+    if max_pairs and len(pairs) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded train/validation split -> (train, val); at least one validation pair when `val_fraction` > 0."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs)))) if val_fraction > 0 else 0
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [pairs[i] for i in train], [pairs[i] for i in val]

@@ -57,11 +57,11 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
 
     Args:
         model: a ``SamLungModel``.
-        pairs: list of ``tfcxr.segment.finetune.Pair`` (image float32 (H, W, 1) in [0, 1], mask bool (H, W)).
+        pairs: list of ``tfcxr.data.pairs.Pair`` (image float32 (H, W, 1) in [0, 1], mask bool (H, W)).
         prompts: strategies from ("gt", "prior", "refine").
         settings: ``InferenceSettings`` (refine rounds, margin, threshold, clean); None for the model's own.
         batch_size: images per model call.
-        cache_dir: optional embedding cache shared with fine-tuning (see ``finetune.cached_embeddings``).
+        cache_dir: optional embedding cache shared with fine-tuning (see ``tfcxr.segment.embedding_cache``).
         worst: also return overlay tiles of this many lowest-Dice images per prompt (key "worst_tiles").
         keep_masks: also return the predicted bool (H, W) masks per prompt (key "masks") and their
             ``mask_stability`` (key "stability").
@@ -70,7 +70,7 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
         ``{prompt: {"summary": {...}, "per_image": [{"name", "dice", "iou", "hd95"}, ...]}}``; with `worst`, each
         prompt also holds ``"worst_tiles": [(caption, uint8 tile), ...]``, lowest Dice first.
     """
-    from .finetune import cached_embeddings
+    from .embedding_cache import cached_embeddings
     from .metrics import segmentation_metrics
 
     images = [p.image for p in pairs]
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .finetune import load_pairs
+    from tfcxr.data.pairs import load_pairs
+
     from .model import load_segmenter
 
     model = load_segmenter(args.model)

@@ -13,6 +13,9 @@
   finished epoch), the best model by validation Dice saved with ``model.save(OUT)``, the fitted prior boxes in its
   ``segmenter.json``, so ``load_segmenter(OUT)`` loads it ready to predict.
 
+The pairs come from ``tfcxr.data.pairs``, the examples from ``tfcxr.segment.examples``, the loss from
+``tfcxr.segment.losses`` and the frozen-encoder embeddings from ``tfcxr.segment.embedding_cache``.
+
 Usage::
 
     python -m tfcxr.segment.finetune --data DIR|pairs.csv|TFDS_NAME --model litemedsam --out runs/seg --epochs 10
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import pathlib
@@ -31,9 +33,17 @@ import time
 
 import numpy as np
 
-from tfcxr.atomic import atomic_write
+from tfcxr.data.pairs import Pair, load_pairs, split_pairs
 
-from .prompts import DEFAULT_PRIORS, fit_priors, input_boxes, lung_components, mask_box, normalize_boxes
+from .embedding_cache import cached_embeddings, model_fingerprint
+from .examples import prepare_examples
+from .losses import segmentation_loss
+from .prompts import fit_priors
+
+# Re-exported for callers that still import them from here; their owners are tfcxr.data.pairs and
+# tfcxr.segment.embedding_cache.
+__all__ = ["FinetuneConfig", "Pair", "build_parser", "cached_embeddings", "finetune", "load_pairs", "main",
+           "model_fingerprint", "resolve_config", "split_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,226 +86,8 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Pair:
-    """One labelled example: ``image`` float32 (height, width, 1) in [0, 1], ``mask`` bool (height, width)."""
-
-    name: str
-    image: np.ndarray
-    mask: np.ndarray
-
-
-def _pair_files(spec: str) -> list:
-    """``tfcxr.data.pairs.ImageMaskPair`` list of a pairs folder or of a CSV manifest (image_path, mask_path)."""
-    from tfcxr.data.pairs import ImageMaskPair, find_pairs
-
-    path = pathlib.Path(spec)
-    if not (path.is_file() and path.suffix.lower() == ".csv"):
-        return find_pairs(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"image_path", "mask_path"} <= set(rows[0]):
-        raise ValueError(f"{path}: a pairs manifest needs `image_path` and `mask_path` columns. "
-                         f"Received: {sorted(rows[0])}")
-    return [ImageMaskPair(pathlib.Path(r["image_path"]), (pathlib.Path(r["mask_path"]),),
-                          pathlib.Path(r["image_path"]).stem, "manifest") for r in rows]
-
-
-def load_pairs(spec: str, max_pairs: int = 0, seed: int = 0) -> list[Pair]:
-    """Load labelled lung pairs from a directory of pairs, a CSV manifest, or a TFDS dataset name.
-
-    Bad pairs (unreadable image or mask, mask size different from the image) are skipped with a warning that names
-    the file; the count is logged.
-
-    Args:
-        spec: a folder understood by ``tfcxr.data.pairs`` (``images/`` + ``masks/``, Shenzhen ``_mask``,
-            Montgomery), a ``.csv`` with ``image_path, mask_path`` columns, or a TFDS name (``cxr_lung_masks``).
-        max_pairs: 0 for all, else a seeded random subset of that size.
-        seed: subset seed.
-
-    Returns:
-        list of :class:`Pair`, in a stable order.
-    """
-    from tfcxr.data.io import ImageReadError
-    from tfcxr.data.pairs import read_pair
-
-    if pathlib.Path(spec).exists():
-        files = _pair_files(spec)
-        if max_pairs and len(files) > max_pairs:
-            keep = np.sort(np.random.default_rng(seed).choice(len(files), max_pairs, replace=False))
-            files = [files[i] for i in keep]
-        pairs, bad = [], 0
-        for pair_files in files:
-            try:
-                image, mask = read_pair(pair_files)
-            except ImageReadError as err:
-                bad += 1
-                logger.warning("Skipping pair: %s", err)
-                continue
-            pairs.append(Pair(pair_files.stem, image, mask))
-        if bad:
-            logger.warning("Skipped %d of %d pairs from %s", bad, len(files), spec)
-    else:
-        pairs = _load_tfds_pairs(spec, max_pairs, seed)
-    if not pairs:
-        raise ValueError(f"{spec}: no usable image/mask pairs found")
-    return pairs
-
-
-def _load_tfds_pairs(name: str, max_pairs: int, seed: int) -> list[Pair]:
-    import tensorflow_datasets as tfds
-
-    try:
-        splits = tfds.builder(name).info.splits
-    except Exception as err:  # tfds raises DatasetNotFoundError and others
-        raise ValueError(f"`data` is neither an existing path nor a TFDS dataset. Received: data={name!r} ({err})")
-    pairs = []
-    for split in sorted(splits.keys()):
-        for i, example in enumerate(tfds.as_numpy(tfds.load(name, split=split))):
-            image = np.asarray(example["image"])
-            scale = 65535.0 if image.dtype == np.uint16 else 255.0
-            image = (image.astype(np.float32) / scale).reshape(image.shape[0], image.shape[1], 1)
-            mask = np.asarray(example["mask"]).reshape(image.shape[:2]) > 0
-            key = example.get("image_id", example.get("id", f"{split}-{i}"))
-            pairs.append(Pair(key.decode() if isinstance(key, bytes) else str(key), image, mask))
-    if max_pairs and len(pairs) > max_pairs:
-        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
-        pairs = [pairs[i] for i in keep]
-    return pairs
-
-
-def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded train/validation split -> (train, val); at least one validation pair when `val_fraction` > 0."""
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs)))) if val_fraction > 0 else 0
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
-    return [pairs[i] for i in train], [pairs[i] for i in val]
-
-
-def _label_frame(model, sizes, label_size: int):
-    """(content_height, content_width) of the original image inside the (label_size, label_size) logit frame."""
-    corner = np.asarray(input_boxes(model, np.asarray([[[0.0, 0.0, 1.0, 1.0]]], np.float32), sizes))[0, 0]
-    scale = label_size / float(model.image_size)
-    return max(1, round(corner[3] * scale)), max(1, round(corner[2] * scale))
-
-
-def to_label_frame(mask, frame: tuple[int, int], label_size: int) -> np.ndarray:
-    """Resize a bool (height, width) mask into the top-left `frame` of a (label_size, label_size) uint8 canvas."""
-    import cv2
-
-    small = cv2.resize(mask.astype(np.float32), (frame[1], frame[0]), interpolation=cv2.INTER_AREA) >= 0.5
-    label = np.zeros((label_size, label_size), np.uint8)
-    label[: frame[0], : frame[1]] = small
-    return label
-
-
-def prepare_examples(model, pairs: list[Pair], label_size: int, priors=None) -> dict[str, np.ndarray]:
-    """Model inputs, per-lung boxes and labels for a list of pairs.
-
-    Each image gets two boxes (one per lung component, image-left first; a single component is repeated) and a
-    label per box: that component's mask in the low-resolution logit frame.
-
-    Args:
-        model: a ``SamLungModel``.
-        pairs: the labelled pairs.
-        label_size: side of the decoder's low-resolution logits.
-        priors: float32 (2, 4) normalised prior boxes (image-left lung first); :data:`DEFAULT_PRIORS` when None.
-
-    Returns:
-        dict with ``pixel_values`` (n, S, S, C) float32, ``boxes`` (n, 2, 4) float32 model-input xyxy,
-        ``prior_boxes`` (n, 2, 4) the prior boxes in the same frame, ``labels`` (n, 2, label_size, label_size)
-        uint8 in {0, 1}, ``union`` (n, label_size, label_size) uint8.
-    """
-    priors = DEFAULT_PRIORS if priors is None else np.asarray(priors, np.float32)
-    pixel_values, boxes, prior_boxes, labels = [], [], [], []
-    for pair in pairs:
-        values, sizes = model.preprocess(pair.image[None])
-        frame = _label_frame(model, sizes, label_size)
-        parts = lung_components(pair.mask, max_components=2) or [pair.mask]
-        parts = (parts * 2)[:2]
-        norm = np.stack([normalize_boxes(mask_box(p), pair.mask.shape) if p.any() else priors[i]
-                         for i, p in enumerate(parts)])
-        boxes.append(np.asarray(input_boxes(model, norm[None], sizes))[0])
-        prior_boxes.append(np.asarray(input_boxes(model, priors[None], sizes))[0])
-        labels.append(np.stack([to_label_frame(p, frame, label_size) for p in parts]))
-        pixel_values.append(np.asarray(values)[0])
-    labels = np.stack(labels)
-    return {"pixel_values": np.stack(pixel_values), "boxes": np.stack(boxes).astype(np.float32),
-            "prior_boxes": np.stack(prior_boxes).astype(np.float32), "labels": labels, "union": labels.max(axis=1)}
-
-
-def model_fingerprint(model) -> str:
-    """SHA-1 of the image encoder's weights: identifies which embeddings a cache holds."""
-    digest = hashlib.sha1()
-    for weight in model.image_encoder.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def cached_embeddings(model, pixel_values: np.ndarray, cache_dir=None, batch_size: int = 8) -> np.ndarray:
-    """Image embeddings of `pixel_values`, each computed once and cached as ``.npy`` under `cache_dir`.
-
-    Files are content-addressed: ``cache_dir/<encoder weights SHA-1>/<pixel_values SHA-1>.npy``, so fine-tuning
-    (resume included) and evaluation with the same frozen encoder share them, and a changed encoder never reads
-    stale embeddings.
-
-    Args:
-        model: a ``SamLungModel``.
-        pixel_values: float32 (n, S, S, 3) from ``model.preprocess``.
-        cache_dir: cache folder; None computes without caching.
-        batch_size: images per ``model.embed`` call.
-
-    Returns:
-        float32 (n, C, e, e) ``model.embed`` outputs.
-    """
-    from tqdm import tqdm
-
-    folder = pathlib.Path(cache_dir) / model_fingerprint(model) if cache_dir else None
-    paths = [folder / f"{hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()[:20]}.npy" if folder else None
-             for v in pixel_values]
-    out = [np.load(p) if p is not None and p.is_file() else None for p in paths]
-    todo = [i for i, e in enumerate(out) if e is None]
-    if folder is not None:
-        logger.info("Embeddings: %d cached, %d to compute (%s)", len(out) - len(todo), len(todo), folder)
-        folder.mkdir(parents=True, exist_ok=True)
-    for start in tqdm(range(0, len(todo), batch_size), desc="embeddings", unit="batch", disable=not todo):
-        idx = todo[start : start + batch_size]
-        batch = np.asarray(model.embed(pixel_values[idx]))
-        for i, embedding in zip(idx, batch):
-            out[i] = embedding
-            if folder is not None:
-                with atomic_write(paths[i]) as handle:
-                    np.save(handle, embedding)
-    return np.stack(out).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
-def segmentation_loss(logits, labels, dice_weight: float = 1.0, bce_weight: float = 1.0):
-    """Dice + BCE on logits.
-
-    Args:
-        logits: float32 (batch, boxes, h, w).
-        labels: float32 (batch, boxes, h, w) in {0, 1}.
-
-    Returns:
-        scalar float32: ``dice_weight * (1 - soft Dice) + bce_weight * BCE``, averaged over boxes.
-    """
-    import tensorflow as tf
-
-    labels = tf.cast(labels, tf.float32)
-    probs = tf.sigmoid(logits)
-    inter = tf.reduce_sum(probs * labels, axis=[-2, -1])
-    total = tf.reduce_sum(probs, axis=[-2, -1]) + tf.reduce_sum(labels, axis=[-2, -1])
-    dice_loss = 1.0 - tf.reduce_mean((2.0 * inter + 1.0) / (total + 1.0))
-    bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
-    return dice_weight * dice_loss + bce_weight * bce
-
-
 def jitter_boxes_tf(boxes, max_shift: float, image_size: int, seed):
     """TF MedSAM jitter: every side moves outwards by U[0, max_shift] px; (batch, boxes, 4) -> same, clipped."""
     import tensorflow as tf
@@ -331,14 +123,50 @@ def evaluate_examples(model, inputs, boxes, union, embed: bool, batch_size: int)
     return {"dice": float(np.concatenate(dices).mean()), "iou": float(np.concatenate(ious).mean())}
 
 
-def finetune(config: FinetuneConfig) -> dict:
-    """Run (or resume) fine-tuning; returns a summary dict (also written to ``OUT/summary.json``)."""
-    import tensorflow as tf
-    import tf_keras
-    import yaml
-    from tqdm import tqdm
+@dataclasses.dataclass
+class _FinetuneData:
+    """The examples of one run (see `prepare_examples`) and what the epochs read.
 
-    from .model import SAVE_FILENAME, load_segmenter
+    ``train_inputs`` / ``val_inputs`` are the cached embeddings (float32 (n, C, e, e)) when the image encoder is
+    frozen, else the pixel values (float32 (n, S, S, C)); ``val`` and ``val_inputs`` are None without validation.
+    """
+
+    train_pairs: list
+    val_pairs: list
+    priors: np.ndarray  # float32 (2, 4) normalised, fitted on the training masks
+    train: dict
+    val: dict | None
+    train_inputs: np.ndarray
+    val_inputs: np.ndarray | None
+    frozen: bool
+
+
+@dataclasses.dataclass
+class _TrainingState:
+    """What a checkpoint restores: optimizer, finished epochs and best validation score, and its manager."""
+
+    variables: list
+    optimizer: object
+    epoch: object  # tf.Variable int64: finished epochs
+    best: object  # tf.Variable float32: best selection score so far
+    checkpoint: object
+    manager: object
+
+
+_HISTORY_FIELDS = ["epoch", "loss", "val_dice", "val_iou", "val_dice_prior", "seconds", "saved"]
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Run (or resume) fine-tuning; returns a summary dict (also written to ``OUT/summary.json``).
+
+    Steps: the run folder (``config.yaml``, op determinism), the data (`_prepare_data`), the optimizer and checkpoint
+    (`_restore_or_start`), the compiled step (`_make_train_step`), then per epoch `_train_epoch` and `_end_epoch`
+    (validation, best-model save, checkpoint, ``history.csv`` row).
+    """
+    import tensorflow as tf
+    import yaml
+
+    from .model import load_segmenter
 
     if not config.out:
         raise ValueError("`out` must be set to the output directory. Received: out=''")
@@ -349,6 +177,24 @@ def finetune(config: FinetuneConfig) -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
     model = load_segmenter(config.model)
+    data = _prepare_data(model, config, out)
+    state = _restore_or_start(model, config, out, data.frozen)
+    train_step = _make_train_step(model, config, state, data.frozen)
+    for epoch in range(int(state.epoch), config.epochs):
+        row = _train_epoch(train_step, data, config, epoch)
+        _end_epoch(row, model, data, state, config, out)
+    summary = {"epochs_run": int(state.epoch), "best_val_dice": float(state.best),
+               "train_pairs": len(data.train_pairs), "val_pairs": len(data.val_pairs),
+               "priors": np.round(data.priors, 5).tolist(), "freeze_image_encoder": data.frozen,
+               "model": config.model}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _prepare_data(model, config: FinetuneConfig, out: pathlib.Path) -> _FinetuneData:
+    """Load and split the pairs (``OUT/split.json``), fit the priors onto `model`, build the examples and inputs."""
+    import tensorflow as tf
+
     pairs = load_pairs(config.data, config.max_pairs, config.seed)
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
     (out / "split.json").write_text(json.dumps(
@@ -373,6 +219,17 @@ def finetune(config: FinetuneConfig) -> dict:
         val_inputs = cached_embeddings(model, val["pixel_values"], cache, config.batch_size) if val else None
     else:
         train_inputs, val_inputs = train["pixel_values"], (val["pixel_values"] if val else None)
+    return _FinetuneData(train_pairs, val_pairs, priors, train, val, train_inputs, val_inputs, frozen)
+
+
+def _restore_or_start(model, config: FinetuneConfig, out: pathlib.Path, frozen: bool) -> _TrainingState:
+    """AdamW over the trained variables and a checkpoint in ``OUT/checkpoints``, restored when one exists.
+
+    Raises:
+        ValueError: the latest checkpoint was written for a different model.
+    """
+    import tensorflow as tf
+    import tf_keras
 
     variables = list(model.mask_decoder.trainable_variables)
     if not frozen:
@@ -392,6 +249,18 @@ def finetune(config: FinetuneConfig) -> dict:
                              f"({str(err).splitlines()[0]}). Use a new --out or the model it was trained with.") \
                 from err
         logger.info("Resuming from %s (finished epochs: %d)", manager.latest_checkpoint, int(epoch_var))
+    return _TrainingState(variables, optimizer, epoch_var, best_var, checkpoint, manager)
+
+
+def _make_train_step(model, config: FinetuneConfig, state: _TrainingState, frozen: bool):
+    """The compiled step: jitter the boxes, swap in prior boxes for a share of examples, one AdamW update.
+
+    The step takes ``inputs`` (batch, ...) embeddings or pixels, ``boxes`` and ``prior_boxes`` (batch, 2, 4),
+    ``labels`` (batch, 2, label_size, label_size) and a stateless ``seed`` (2,) int, and returns the scalar loss.
+    """
+    import tensorflow as tf
+
+    optimizer, variables = state.optimizer, state.variables
 
     @tf.function(reduce_retracing=True)
     def train_step(inputs, boxes, prior_boxes, labels, seed):
@@ -407,50 +276,65 @@ def finetune(config: FinetuneConfig) -> dict:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    history_path = out / "history.csv"
+    return train_step
+
+
+def _train_epoch(train_step, data: _FinetuneData, config: FinetuneConfig, epoch: int) -> dict:
+    """One seeded pass over the training examples; returns the history row so far (epoch, loss, seconds)."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    train = data.train
+    start_time = time.time()
     n = len(train["boxes"])
     steps = -(-n // config.batch_size)
-    for epoch in range(int(epoch_var), config.epochs):
-        start_time = time.time()
-        order = np.random.default_rng([config.seed, epoch]).permutation(n)
-        losses = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
-        for step in bar:
-            idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
-            loss = train_step(tf.constant(train_inputs[idx]), tf.constant(train["boxes"][idx]),
-                              tf.constant(train["prior_boxes"][idx]), tf.constant(train["labels"][idx]),
-                              tf.constant([config.seed, epoch * steps + step]))
-            losses.append(float(loss))
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - start_time, 1)}
-        if val is not None:
-            scores = evaluate_examples(model, val_inputs, val["boxes"], val["union"], not frozen, config.batch_size)
-            row.update({"val_dice": scores["dice"], "val_iou": scores["iou"]})
-            prior_scores = evaluate_examples(model, val_inputs, val["prior_boxes"], val["union"], not frozen,
-                                             config.batch_size)
-            row["val_dice_prior"] = prior_scores["dice"]
-        score = row.get("val_dice", -row["loss"])
-        if val is not None and config.prior_prompt_fraction > 0:  # trained for both prompt kinds: select on both
-            score = (row["val_dice"] + row["val_dice_prior"]) / 2
-        if score > float(best_var) or not (out / SAVE_FILENAME).is_file():
-            best_var.assign(score)
-            model.save(out)
-            row["saved"] = 1
-        logger.info("epoch %d: %s", epoch + 1, row)
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        new = not history_path.is_file()
-        with open(history_path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, ["epoch", "loss", "val_dice", "val_iou", "val_dice_prior", "seconds",
-                                             "saved"])
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-    summary = {"epochs_run": int(epoch_var), "best_val_dice": float(best_var), "train_pairs": len(train_pairs),
-               "val_pairs": len(val_pairs), "priors": np.round(priors, 5).tolist(),
-               "freeze_image_encoder": frozen, "model": config.model}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    order = np.random.default_rng([config.seed, epoch]).permutation(n)
+    losses = []
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+    for step in bar:
+        idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
+        loss = train_step(tf.constant(data.train_inputs[idx]), tf.constant(train["boxes"][idx]),
+                          tf.constant(train["prior_boxes"][idx]), tf.constant(train["labels"][idx]),
+                          tf.constant([config.seed, epoch * steps + step]))
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - start_time, 1)}
+
+
+def _end_epoch(row: dict, model, data: _FinetuneData, state: _TrainingState, config: FinetuneConfig,
+               out: pathlib.Path) -> None:
+    """Validate, save the model when it is the best so far, checkpoint the epoch and append `row` to history.csv.
+
+    The selection score is the validation Dice with ground-truth boxes; with prompt augmentation the mean of that
+    and the Dice with the prior boxes; without validation pairs the negated training loss.
+    """
+    from .model import SAVE_FILENAME
+
+    val = data.val
+    if val is not None:
+        scores = evaluate_examples(model, data.val_inputs, val["boxes"], val["union"], not data.frozen,
+                                   config.batch_size)
+        row.update({"val_dice": scores["dice"], "val_iou": scores["iou"]})
+        prior_scores = evaluate_examples(model, data.val_inputs, val["prior_boxes"], val["union"], not data.frozen,
+                                         config.batch_size)
+        row["val_dice_prior"] = prior_scores["dice"]
+    score = row.get("val_dice", -row["loss"])
+    if val is not None and config.prior_prompt_fraction > 0:  # trained for both prompt kinds: select on both
+        score = (row["val_dice"] + row["val_dice_prior"]) / 2
+    if score > float(state.best) or not (out / SAVE_FILENAME).is_file():
+        state.best.assign(score)
+        model.save(out)
+        row["saved"] = 1
+    logger.info("epoch %d: %s", row["epoch"], row)
+    state.epoch.assign(row["epoch"])
+    state.manager.save(checkpoint_number=row["epoch"])
+    history_path = out / "history.csv"
+    new = not history_path.is_file()
+    with open(history_path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, _HISTORY_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 # ----------------------------------------------------------------------------------------------------------------
