@@ -119,3 +119,12 @@ def test_delong_identical_models_and_missing_class():
     out = delong.delong_test(np.zeros(4, int), np.arange(4.0), np.arange(4.0))
     assert math.isnan(out["p_value"]) and out["undefined"] == "no positives in the test set"
     np.testing.assert_array_equal(delong.midranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+
+
+def test_macro_mean_rows_matches_macro_mean_per_row():
+    values = np.array([[0.6, 0.8, np.nan], [np.nan, np.nan, np.nan], [0.5, 0.7, 0.9]])
+    rows = metrics.macro_mean_rows(values)
+    assert rows.shape == (3,) and np.isnan(rows[1])
+    np.testing.assert_allclose(rows[[0, 2]], [metrics.macro_mean(values[0]), metrics.macro_mean(values[2])])
+    none = metrics.macro_mean_rows(np.zeros((4, 0)))  # no included class
+    assert none.shape == (4,) and np.isnan(none).all()

@@ -7,6 +7,7 @@ can print the reason instead of crashing.
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -149,3 +150,18 @@ def macro_mean(values):
     arr = np.asarray(list(values), dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+def macro_mean_rows(values):
+    """`macro_mean` of every row: (rows, classes) -> float64 (rows,), NaN values left out.
+
+    The macro AUROC of each bootstrap resample: `values` holds the per-class AUROCs of
+    the included classes, one resample per row (NaN where a class is undefined in that
+    resample). A row with no finite value, or zero classes, gives NaN.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape[1] == 0:
+        return np.full(arr.shape[0], math.nan)
+    with warnings.catch_warnings():  # "Mean of empty slice" for rows where every class is undefined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(arr, axis=1)

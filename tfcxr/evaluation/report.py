@@ -80,9 +80,7 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
     macro_boot = {}
     for m in ("auroc", "auprc"):
         macro[m] = metrics.macro_mean(classes[t][m] for t in included)
-        with warnings.catch_warnings():  # "Mean of empty slice" where every class is undefined
-            warnings.simplefilter("ignore", RuntimeWarning)
-            macro_boot[m] = np.nanmean(boot[m][:, cols], axis=1) if cols else np.full(num_resamples, np.nan)
+        macro_boot[m] = metrics.macro_mean_rows(boot[m][:, cols])  # (B,)
         ci = bootstrap.percentile_ci(macro_boot[m], level)
         macro[f"{m}_ci"] = [ci["low"], ci["high"]]
         macro[f"{m}_valid_resamples"] = ci["valid_resamples"]
