@@ -2,8 +2,8 @@
 
 Subcommands::
 
-    # Seeded split of ../shared/data into pairs manifests (CSV) + a JSON listing the stems and counts.
-    python benchmarks/segmentation.py split --data-root ../shared/data --out /tmp/seg_split \\
+    # Seeded split of the lung pair sets in data/ into pairs manifests (CSV) + a JSON listing the stems and counts.
+    python benchmarks/segmentation.py split --data-root data --out /tmp/seg_split \\
         --json benchmarks/results/segmentation_split.json
 
     # Inference settings on validation pairs only: refine rounds x margin x logit threshold x flip averaging.
@@ -16,7 +16,7 @@ Subcommands::
 
     # Real CXRs: TF reference vs the ONNX Runtime embed backend vs PyTorch LiteMedSAM (images/s at batch 1 and 8,
     # Dice fast vs TF per image), and the Beam mask pipeline on the DirectRunner with 1 vs 2 workers.
-    python benchmarks/segmentation.py speed --model litemedsam --images ../shared/data/nih_cxr14_384/images \
+    python benchmarks/segmentation.py speed --model litemedsam --images data/nih_cxr14_384/images \
         --count 32 --json benchmarks/results/segmentation_speed.json \
         --beam-json benchmarks/results/beam_masks_scaling.json
 
@@ -48,7 +48,7 @@ def run_validation_pairs(run_dir) -> list:
     """The validation pairs of a fine-tuning run: ``split.json`` "validation" names looked up in its config's data."""
     import yaml
 
-    from tfcxr.segment.finetune import load_pairs
+    from tfcxr.data.pairs import load_pairs
 
     run = pathlib.Path(run_dir)
     try:
@@ -76,7 +76,8 @@ def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds
     import tensorflow as tf
 
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.finetune import cached_embeddings, load_pairs
+    from tfcxr.data.pairs import load_pairs
+    from tfcxr.segment.embedding_cache import cached_embeddings
     from tfcxr.segment.metrics import segmentation_metrics
     from tfcxr.segment.prompts import clean_lung_mask, decode_with_refine, input_boxes
 
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     split = sub.add_parser("split", help="seeded held-out split of the real lung pairs")
-    split.add_argument("--data-root", default="../shared/data")
+    split.add_argument("--data-root", default="data")
     split.add_argument("--out", required=True, help="folder for the CSV manifests")
     split.add_argument("--json", help="also write the stems and counts here")
     split.add_argument("--seed", type=int, default=0)

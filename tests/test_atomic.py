@@ -85,10 +85,10 @@ def test_mask_png_qc_csv_and_overlay_grid_are_0644_under_umask_022(umask, tmp_pa
 
 
 def test_finetune_embedding_cache_is_atomic_and_shareable(umask, tmp_path):
-    """`tfcxr.segment.finetune.cached_embeddings` writes each .npy atomically (no `.tmp` left), mode 0o644."""
+    """`tfcxr.segment.embedding_cache.cached_embeddings` writes each .npy atomically (no `.tmp` left), mode 0o644."""
     from types import SimpleNamespace
 
-    from tfcxr.segment.finetune import cached_embeddings
+    from tfcxr.segment.embedding_cache import cached_embeddings
 
     class _Weight:
         def numpy(self):

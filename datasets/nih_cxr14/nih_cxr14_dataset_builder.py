@@ -149,7 +149,7 @@ def _is_gray8_png(data):
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """DatasetBuilder for the curated NIH ChestX-ray14 subset (DESIGN §5)."""
+    """DatasetBuilder for the curated NIH ChestX-ray14 subset (No Finding or at least one target; patient-level splits)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits."}

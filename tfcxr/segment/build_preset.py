@@ -131,7 +131,7 @@ def stage_seconds(run: pathlib.Path) -> float:
 
 def validation_pairs(sets: dict, first_run: pathlib.Path) -> list:
     """The first stage's own validation pairs plus the configured validation sets."""
-    from .finetune import load_pairs
+    from tfcxr.data.pairs import load_pairs
 
     names = set(json.loads((first_run / "split.json").read_text())["validation"])
     pairs = [p for p in load_pairs(sets["train"]) if p.name in names]
@@ -200,7 +200,7 @@ def evaluate_tests(model, tests: dict, config: PresetConfig, cache, with_flags: 
     """Per test set and prompt: Dice and HD95 summaries (with CIs), per-image rows, and QC flag recall."""
     from . import qc
     from .evaluate import evaluate
-    from .finetune import load_pairs
+    from tfcxr.data.pairs import load_pairs
 
     report = {}
     for name, spec in tests.items():

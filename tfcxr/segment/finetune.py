@@ -33,17 +33,14 @@ import time
 
 import numpy as np
 
-from tfcxr.data.pairs import Pair, load_pairs, split_pairs
+from tfcxr.data.pairs import load_pairs, split_pairs
 
-from .embedding_cache import cached_embeddings, model_fingerprint
+from .embedding_cache import cached_embeddings
 from .examples import prepare_examples
 from .losses import segmentation_loss
 from .prompts import fit_priors
 
-# Re-exported for callers that still import them from here; their owners are tfcxr.data.pairs and
-# tfcxr.segment.embedding_cache.
-__all__ = ["FinetuneConfig", "Pair", "build_parser", "cached_embeddings", "finetune", "load_pairs", "main",
-           "model_fingerprint", "resolve_config", "split_pairs"]
+__all__ = ["FinetuneConfig", "build_parser", "finetune", "main", "resolve_config"]
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def _split_of(stem: str) -> str:
 def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> dict:
     from tfcxr.data.io import read_image
 
-    from .finetune import load_pairs
+    from tfcxr.data.pairs import load_pairs
     from .predict import list_images
 
     real = {split: [] for split in SPLITS}
@@ -123,7 +123,7 @@ def gate_samples(config: GateConfig, pair_specs: dict, root=None) -> dict:
 
 def pooled_features_of(model, samples, cache_dir, batch_size: int = 8) -> np.ndarray:
     """Pooled gate features (N, F) of `samples`, cached per encoder and sample key (resumable)."""
-    from .finetune import model_fingerprint
+    from .embedding_cache import model_fingerprint
     from .gate import pooled_features
     from .weights import load_npz, save_npz_atomic
 

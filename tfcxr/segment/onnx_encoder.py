@@ -3,7 +3,7 @@
 ``SamLungModel.set_embed_backend("onnx")`` swaps ``model.embed`` for :class:`OnnxImageEncoder`; the TF encoder
 stays the reference (``set_embed_backend("tf")``). The export (tf2onnx, opset 17) is cached under
 ``tfcxr.segment.weights.cache_dir()/onnx/<kind>-<image_size>-<encoder fingerprint>.onnx``, keyed by
-``tfcxr.segment.finetune.model_fingerprint`` so changed weights never read a stale file, and written atomically.
+``tfcxr.segment.embedding_cache.model_fingerprint`` so changed weights never read a stale file, and written atomically.
 
 TF's exact GELU uses ``Erfc``, which ONNX lacks: it is exported as ``1 + Erf(x / sqrt 2)`` (the same value as
 ``erfc(-x / sqrt 2)``) when the graph has TF's pattern, else as ``1 - Erf(z)``.
@@ -25,7 +25,7 @@ INPUT_NAME = "pixel_values"
 
 def onnx_path(model) -> pathlib.Path:
     """Cache path of `model`'s image-encoder export (one per encoder weights and input size)."""
-    from .finetune import model_fingerprint
+    from .embedding_cache import model_fingerprint
     from .weights import cache_dir
 
     return cache_dir() / "onnx" / f"{model.kind}-{model.image_size}-{model_fingerprint(model)}.onnx"
