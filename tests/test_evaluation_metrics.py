@@ -128,3 +128,13 @@ def test_macro_mean_rows_matches_macro_mean_per_row():
     np.testing.assert_allclose(rows[[0, 2]], [metrics.macro_mean(values[0]), metrics.macro_mean(values[2])])
     none = metrics.macro_mean_rows(np.zeros((4, 0)))  # no included class
     assert none.shape == (4,) and np.isnan(none).all()
+
+
+def test_macro_auroc_skips_undefined_classes_with_reasons():
+    from tfcxr.evaluation.metrics import macro_auroc
+
+    y = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]])
+    scores = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.8], [0.8, 0.2, np.nan], [0.1, 0.4, 0.7]])
+    macro, per_class, reasons = macro_auroc(y, scores, ("a", "b", "c"))
+    assert per_class[0] == 1.0 and np.isnan(per_class[1]) and np.isnan(per_class[2]) and macro == 1.0
+    assert reasons["b"].startswith("no positives") and reasons["c"] == "non-finite predictions"

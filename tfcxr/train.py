@@ -22,7 +22,6 @@ and checkpoints/ keep the last good epoch), 2 for bad arguments or inputs.
 import argparse
 import json
 import logging
-import math
 import os
 import pathlib
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 
 from tfcxr import cli
 from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
+from tfcxr.evaluation.metrics import macro_auroc
 from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.masking import FILL_MODES, MASK_MODES
 from tfcxr.models.losses import LOSSES
@@ -47,41 +47,6 @@ _RESUMABLE_CHANGES = ("epochs", "out")
 
 class NaNLossError(RuntimeError):
     """Training loss became NaN or Inf."""
-
-
-def macro_auroc(y_true, y_prob, names=TARGETS):
-    """Per-class and macro AUROC (sklearn), tolerant of undefined classes.
-
-    Args:
-        y_true: (examples, classes) 0/1.
-        y_prob: (examples, classes) scores.
-        names: class names for the reasons.
-
-    Returns:
-        (macro, per_class, reasons): macro AUROC over defined classes (NaN if
-        none), list of per-class AUROC (NaN when undefined), and a dict
-        class -> reason for each undefined class.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y_true = np.asarray(y_true)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    per_class, reasons = [], {}
-    for k, name in enumerate(names):
-        positives = int(y_true[:, k].sum())
-        if not np.all(np.isfinite(y_prob[:, k])):
-            reasons[name] = "non-finite predictions"
-        elif positives == 0:
-            reasons[name] = "no positive example"
-        elif positives == len(y_true):
-            reasons[name] = "no negative example"
-        if name in reasons:
-            per_class.append(float("nan"))
-        else:
-            per_class.append(float(roc_auc_score(y_true[:, k], y_prob[:, k])))
-    defined = [value for value in per_class if not math.isnan(value)]
-    macro = float(np.mean(defined)) if defined else float("nan")
-    return macro, per_class, reasons
 
 
 def _callbacks_module():
@@ -119,7 +84,7 @@ def _callbacks_module():
             probs = self.model.predict(self.dataset, verbose=0)
             loss = self.model.loss(self.labels, probs)
             logs["val_loss"] = float(np.asarray(loss))
-            macro, per_class, reasons = macro_auroc(self.labels, probs)
+            macro, per_class, reasons = macro_auroc(self.labels, probs, TARGETS)
             logs[MONITOR] = macro
             for name, value in zip(TARGETS, per_class):
                 logs[f"val_auroc_{name}"] = value
@@ -379,7 +344,7 @@ def train(config, callbacks=()):
         best_model = keras.models.load_model(best_path)
         probs = best_model.predict(test_ds, verbose=0)
         write_predictions(out / "test_predictions.csv", parts["test"], probs)
-        test_macro, per_class, reasons = macro_auroc(label_matrix(parts["test"]), probs)
+        test_macro, per_class, reasons = macro_auroc(label_matrix(parts["test"]), probs, TARGETS)
         for name, reason in reasons.items():
             logger.warning("test AUROC of %s is undefined (%s)", name, reason)
         result["test_macro_auroc"] = test_macro

@@ -165,3 +165,28 @@ def macro_mean_rows(values):
     with warnings.catch_warnings():  # "Mean of empty slice" for rows where every class is undefined
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(arr, axis=1)
+
+
+def macro_auroc(y_true, scores, names):
+    """Per-class and macro AUROC of a multi-label problem, tolerant of undefined classes.
+
+    Args:
+        y_true: (num_images, classes) 0/1 labels.
+        scores: (num_images, classes) float scores.
+        names: the class names, for the reasons.
+
+    Returns:
+        (macro, per_class, reasons): `macro_mean` of the per-class AUROCs (NaN if none is defined), the list of
+        per-class AUROCs (NaN when undefined), and ``{class name: reason}`` for each undefined class.
+    """
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    per_class, reasons = [], {}
+    for k, name in enumerate(names):
+        reason = "non-finite predictions" if not np.all(np.isfinite(scores[:, k])) else undefined_reason(y_true[:, k])
+        if reason:
+            reasons[name] = reason
+            per_class.append(math.nan)
+        else:
+            per_class.append(auroc(y_true[:, k], scores[:, k]))
+    return macro_mean(per_class), per_class, reasons
