@@ -71,17 +71,18 @@ def summarize(times_ms, batch):
 
 
 def write_run(rundir, backbone, image_size, mask):
-    """A run directory (config.yaml + best.keras) with a random-weight classifier."""
+    """A run directory (`tfcxr.rundir.RunDir`: config and model) with a random-weight classifier."""
     import yaml
 
     from tfcxr.models import build_classifier
+    from tfcxr.rundir import RunDir
 
-    rundir = pathlib.Path(rundir)
-    rundir.mkdir(parents=True, exist_ok=True)
-    build_classifier(backbone, image_size, weights="none").save(rundir / "best.keras")
+    run = RunDir(rundir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    build_classifier(backbone, image_size, weights="none").save(run.model_path)
     config = {"backbone": backbone, "image_size": image_size, "mask": mask, "margin": 0.05, "fill": "zero"}
-    (rundir / "config.yaml").write_text(yaml.safe_dump(config))
-    return rundir
+    run.config_path.write_text(yaml.safe_dump(config))
+    return run.path
 
 
 def synthetic_pngs(count, size, seed=0):

@@ -8,7 +8,8 @@ import pytest
 
 from evaluation_fakes import SIZE, make_run, tiny_model, write_images
 from tfcxr.evaluation import gradcam, report
-from tfcxr.evaluation.runs import epochs_to_best, load_run, load_runs
+from tfcxr.evaluation.runs import load_run, load_runs
+from tfcxr.rundir import best_of
 from tfcxr.labels import NO_FINDING, TARGETS
 
 
@@ -101,4 +102,4 @@ def test_load_run_validates_files(tmp_path, images):
     (run / "config.yaml").unlink()
     with pytest.raises(FileNotFoundError, match="config.yaml: missing"):
         load_run(run)
-    assert epochs_to_best(None)["epochs_to_best"] is None
+    assert best_of(None).epoch is None

@@ -21,6 +21,7 @@ from tfcxr.data.nih import CurationConfig
 from tfcxr.masking import FLAT_KEYS, SPEC_KEY, MaskSpec, mask_spec_properties
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import get_preset
+from tfcxr.scoring import NO_FINDING_METHODS
 
 PRECISIONS = ("auto", "float32", "mixed_float16")
 DEMO = "demo"
@@ -68,6 +69,9 @@ class TrainConfig:
         tfds_data_dir: TFDS data_dir for `tfds:` sources.
         exclude_not_cxr: leave out of train/validation the images the mask QC flagged `not_cxr`
             (the count is logged and written to efficiency.json either way).
+        no_finding_score: how NIH's No Finding is scored from the five target probabilities,
+            `max` (1 - max_k p_k) or `prod` (prod_k (1 - p_k)) (tfcxr.scoring); the report and
+            the export use it.
     """
 
     data: str = DEMO
@@ -96,6 +100,7 @@ class TrainConfig:
     demo_image_size: int = 192
     tfds_data_dir: str = None
     exclude_not_cxr: bool = False
+    no_finding_score: str = "max"
     mask: dataclasses.InitVar[str] = None
     margin: dataclasses.InitVar[object] = None
     fill: dataclasses.InitVar[str] = None
@@ -111,6 +116,9 @@ class TrainConfig:
         get_preset(self.backbone)
         if self.loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={self.loss!r}")
+        if self.no_finding_score not in NO_FINDING_METHODS:
+            raise ValueError(f"`no_finding_score` must be one of {NO_FINDING_METHODS}. "
+                             f"Received: no_finding_score={self.no_finding_score!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={self.precision!r}")
         for name in ("epochs", "batch_size"):

@@ -21,8 +21,8 @@ label -> value (the cell name shows the label). Without `seeds` every cell train
 `train.seed` (default 0) in OUT/<cell>, as before; with `seeds` the training seed comes only
 from that list (`seed` in `grid` or `train` is then an error).
 
-Each run calls `tfcxr.train.train`. A run whose directory is complete (config.yaml,
-best.keras, test_predictions.csv, efficiency.json) with the same config is skipped, and an
+Each run calls `tfcxr.train.train`. A run whose directory is complete
+(`tfcxr.rundir.RunDir.is_complete`) with the same config is skipped, and an
 interrupted run resumes from its checkpoints, so the command can be re-run until the grid is
 done; each (cell, seed) resumes on its own. The report compares every complete run with
 `tfcxr.evaluation.report.write_report`, which groups the seeds of a cell.
@@ -37,6 +37,7 @@ import pathlib
 import yaml
 
 from tfcxr import cli
+from tfcxr.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -205,20 +206,15 @@ def cell_state(config):
     Raises:
         ValueError: a complete run directory holds a different config (names the keys).
     """
-    from tfcxr.config import load_config
-    from tfcxr.evaluation.runs import is_complete
-
-    out = pathlib.Path(config.out)
-    if not is_complete(out):
-        return "partial" if (out / "config.yaml").is_file() else "new"
-    saved = load_config(out / "config.yaml").to_dict()
-    new = config.to_dict()
-    changed = {k: (saved.get(k), new[k]) for k in new if k not in ("epochs", "out") and saved.get(k) != new[k]}
+    run = RunDir(config.out)
+    if not run.is_complete():
+        return "partial" if run.config_path.is_file() else "new"
+    changed = run.config_changes(config)
     if changed:
         raise ValueError(
-            f"{out / 'config.yaml'}: complete run with a different config "
+            f"{run.config_path}: complete run with a different config "
             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
-            f"delete {out} or choose another --out"
+            f"delete {run.path} or choose another --out"
         )
     return "complete"
 
@@ -265,9 +261,9 @@ def run_experiment(experiment, dry_run=False):
         if result["status"] != "ok":
             failed.append(name)
     from tfcxr.evaluation.report import write_report
-    from tfcxr.evaluation.runs import is_complete, load_runs
+    from tfcxr.evaluation.runs import load_runs
 
-    done = [pathlib.Path(config.out) for _, config in cells if is_complete(config.out)]
+    done = [pathlib.Path(config.out) for _, config in cells if RunDir(config.out).is_complete()]
     report = None
     if done:
         report = experiment.out / "report"

@@ -4,7 +4,8 @@ With no other flag it generates the built-in synthetic demo set (under
 demo_data/synthetic), uses its ground-truth lung masks and trains the tiny CNN
 on CPU in a few minutes.
 
-Run directory (the contract read by tfcxr.evaluate and tfcxr.export)::
+Run directory (the contract read by tfcxr.evaluate and tfcxr.export; its layout and readers
+are `tfcxr.rundir.RunDir`)::
 
     RUNDIR/config.yaml            resolved config
     RUNDIR/best.keras             best model by validation macro AUROC
@@ -20,7 +21,6 @@ and checkpoints/ keep the last good epoch), 2 for bad arguments or inputs.
 """
 
 import argparse
-import json
 import logging
 import os
 import pathlib
@@ -30,19 +30,18 @@ import time
 import numpy as np
 
 from tfcxr import cli
-from tfcxr.config import DEMO, PRECISIONS, load_config, resolve_config, save_config
+from tfcxr.config import DEMO, PRECISIONS, resolve_config
 from tfcxr.evaluation.metrics import macro_auroc
-from tfcxr.labels import NO_FINDING, TARGETS
+from tfcxr.labels import TARGETS
 from tfcxr.masking import FILL_MODES, MASK_MODES
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import BACKBONES
+from tfcxr.rundir import MONITOR, RunDir
+from tfcxr.scoring import NO_FINDING_METHODS
 
 logger = logging.getLogger("tfcxr.train")
 
-RUN_FILES = ("config.yaml", "best.keras", "checkpoints", "history.csv", "tensorboard", "test_predictions.csv", "efficiency.json")
-MONITOR = "val_macro_auroc"
-# Fields that may change when a run is resumed in the same directory.
-_RESUMABLE_CHANGES = ("epochs", "out")
+RUN_FILES = RunDir.FILES
 
 
 class NaNLossError(RuntimeError):
@@ -162,36 +161,6 @@ def resolve_data(config) -> tuple[str, str | None]:
     return data, masks
 
 
-def _check_resume(out, config):
-    """Refuse to resume a run dir that holds a different config."""
-    saved_path = out / "config.yaml"
-    if not saved_path.is_file():
-        return False
-    saved = load_config(saved_path).to_dict()
-    new = config.to_dict()
-    changed = [key for key in new if key not in _RESUMABLE_CHANGES and saved.get(key) != new[key]]
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {new[key]!r}" for key in changed)
-        raise ValueError(
-            f"{saved_path}: this run directory holds a run with a different config ({details}). "
-            "Use a new --out, or the same settings to resume."
-        )
-    return (out / "checkpoints").is_dir()
-
-
-def _best_from_history(history_path):
-    """(best monitor value, 1-based epoch) from an existing history.csv, or (None, None)."""
-    if not history_path.is_file():
-        return None, None
-    import pandas as pd
-
-    history = pd.read_csv(history_path)
-    if MONITOR not in history or history[MONITOR].isna().all():
-        return None, None
-    index = int(history[MONITOR].idxmax())
-    return float(history[MONITOR].iloc[index]), int(history["epoch"].iloc[index]) + 1
-
-
 def _tensorboard(log_dir):
     """A TensorBoard callback, or none (with a warning) when tensorboard is not installed."""
     import importlib.util
@@ -202,27 +171,6 @@ def _tensorboard(log_dir):
         logger.warning("tensorboard is not installed (pip install tensorboard); %s is not written", log_dir)
         return []
     return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
-
-
-def write_predictions(path, frame, probs):
-    """Write test_predictions.csv (columns per the run-directory contract)."""
-    import pandas as pd
-
-    out = pd.DataFrame(
-        {
-            "image_id": frame["image_id"].to_numpy(),
-            "patient_id": frame["patient_id"].astype(str).to_numpy(),
-            "image_path": frame["image_path"].to_numpy(),
-            "mask_path": frame["mask_path"].to_numpy(),
-        }
-    )
-    for name in TARGETS:
-        out[f"y_{name}"] = frame[name].astype(int).to_numpy()
-    out[f"y_{NO_FINDING}"] = frame[NO_FINDING].astype(int).to_numpy()
-    for k, name in enumerate(TARGETS):
-        out[f"p_{name}"] = probs[:, k]
-    out.to_csv(path, index=False, float_format="%.6g")
-    return out
 
 
 def train(config, callbacks=()):
@@ -245,9 +193,10 @@ def train(config, callbacks=()):
     data, masks = resolve_data(config)
     out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
     config.out = str(out)
-    resumed = _check_resume(out, config)
+    run = RunDir(out)
+    resumed = run.check_resume(config)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    run.save_config(config)
     logger.info("run directory: %s%s", out, " (resuming)" if resumed else "")
 
     pipeline = PipelineConfig(
@@ -288,18 +237,18 @@ def train(config, callbacks=()):
     timer = EpochTimer()
     auroc = MacroAUROC(val_ds, val_labels)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(out / "best.keras"), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
+        str(run.model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
     )
-    best_value, _ = _best_from_history(out / "history.csv") if resumed else (None, None)
+    best_value = run.best().value if resumed else None
     if best_value is not None:
         checkpoint.best = best_value
     all_callbacks = [
         timer,
         auroc,
         checkpoint,
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=resumed),
-        *_tensorboard(out / "tensorboard"),
-        keras.callbacks.BackupAndRestore(str(out / "checkpoints"), delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(run.history_path), append=resumed),
+        *_tensorboard(run.tensorboard_path),
+        keras.callbacks.BackupAndRestore(str(run.checkpoints_path), delete_checkpoint=False),
         NaNGuard(),
         *callbacks,
     ]
@@ -315,8 +264,9 @@ def train(config, callbacks=()):
             error,
             out,
         )
-    best_value, best_epoch = _best_from_history(out / "history.csv")
-    epochs_run = _count_history_rows(out / "history.csv")
+    best = run.best()
+    best_value, best_epoch = best.value, best.epoch
+    epochs_run = run.epochs_run()
     train_seconds = float(np.mean(timer.train_seconds)) if timer.train_seconds else float("nan")
     val_seconds = float(np.mean(auroc.seconds)) if auroc.seconds else 0.0
     efficiency = {
@@ -337,28 +287,20 @@ def train(config, callbacks=()):
     result = {"out": str(out), "status": status, "best_val_macro_auroc": best_value, "best_epoch": best_epoch,
               "not_cxr_flagged": not_cxr}
     if status == "ok":
-        best_path = out / "best.keras"
+        best_path = run.model_path
         if not best_path.is_file():
             logger.warning("validation macro AUROC was never defined; saving the final model as %s", best_path)
             model.save(best_path)
         best_model = keras.models.load_model(best_path)
         probs = best_model.predict(test_ds, verbose=0)
-        write_predictions(out / "test_predictions.csv", parts["test"], probs)
+        run.write_predictions(parts["test"], probs)
         test_macro, per_class, reasons = macro_auroc(label_matrix(parts["test"]), probs, TARGETS)
         for name, reason in reasons.items():
             logger.warning("test AUROC of %s is undefined (%s)", name, reason)
         result["test_macro_auroc"] = test_macro
         result["test_auroc"] = dict(zip(TARGETS, per_class))
-    with open(out / "efficiency.json", "w", encoding="utf-8") as handle:
-        json.dump(efficiency, handle, indent=2)
+    run.write_efficiency(efficiency)
     return result
-
-
-def _count_history_rows(path):
-    if not path.is_file():
-        return 0
-    with open(path, encoding="utf-8") as handle:
-        return max(sum(1 for _ in handle) - 1, 0)
 
 
 def build_parser():
@@ -388,6 +330,8 @@ def build_parser():
     parser.add_argument("--cache", help="'memory', a file prefix, or 'none'")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--no-finding-score", choices=NO_FINDING_METHODS,
+                        help="No Finding score used by the report and the export (default max)")
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<backbone>-<mask>)")
     return cli.add_log_level(parser)
 

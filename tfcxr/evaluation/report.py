@@ -23,9 +23,9 @@ import warnings
 import numpy as np
 
 from tfcxr.evaluation import bootstrap, delong, metrics, plots
-from tfcxr.evaluation.runs import (check_same_test_images, config_value, differing_keys, epochs_to_best,
-                                   group_cells, run_seed)
+from tfcxr.evaluation.runs import check_same_test_images, differing_keys, group_cells, run_seed
 from tfcxr.labels import NO_FINDING, TARGETS
+from tfcxr.rundir import best_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +86,16 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
         macro[f"{m}_valid_resamples"] = ci["valid_resamples"]
 
     efficiency = dict(run.efficiency or {})
-    efficiency.update(epochs_to_best(run.history))
+    best = best_of(run.history)
+    efficiency.update(column=best.column, best_val_auroc=best.value, epochs_to_best=best.epoch)
     result = {
         "name": run.name,
         "label": run.label,
         "run_dir": str(run.run_dir),
         "backbone": run.backbone,
         "mask": run.mask,
-        "margin": config_value(run.config, "margin"),
-        "image_size": config_value(run.config, "image_size"),
+        "margin": run.config.get("margin"),
+        "image_size": run.config.get("image_size"),
         "n_images": int(len(run.predictions)),
         "n_patients": int(run.predictions["patient_id"].nunique()),
         "no_finding_score": method,
@@ -116,22 +117,23 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
         seed: bootstrap seed.
         ci_level: confidence level of the percentile intervals.
         specificity: operating point for sensitivity.
-        no_finding_score: "max" or "prod"; None takes each run's config
-            `no_finding_score` (default "max").
+        no_finding_score: "max" or "prod" for every run; None takes each run's config
+            `no_finding_score` (`Run.no_finding_score`, "max" for older runs).
         require_same_test_set: raise when two runs differ in test images; False skips
             the comparisons of those pairs instead (with a note).
 
     Returns:
         dict with "settings", "runs" (one entry per run) and "comparisons" (one per pair).
     """
+    from tfcxr.scoring import NO_FINDING_METHODS
+
     if not runs:
         raise ValueError("No runs to evaluate")
     results, macro_boots = [], []
     for run in runs:
-        method = no_finding_score or str(config_value(run.config, "no_finding_score", "max"))
-        if method not in ("max", "prod"):
-            raise ValueError(f"`no_finding_score` must be one of ('max', 'prod'). Received: {method!r} "
-                             f"(from {run.run_dir / 'config.yaml'})")
+        method = no_finding_score or run.no_finding_score
+        if method not in NO_FINDING_METHODS:
+            raise ValueError(f"`no_finding_score` must be one of {NO_FINDING_METHODS}. Received: {method!r}")
         logger.info("Evaluating %s (%s): %d test images", run.name, run.label, len(run.predictions))
         result, macro_boot = _evaluate_one(run, num_resamples, seed, ci_level, specificity, method)
         results.append(result)
@@ -580,7 +582,7 @@ def _image_figures(runs, out_dir, count, notes):
         mask_paths = [m or known.get(iid, "") for m, iid in zip(mask_paths, picked["image_id"])]
     row_titles = [f"{iid}\n{','.join(t for t in TARGETS if picked.loc[i, f'y_{t}'] == 1) or 'no target'}"
                   for i, iid in zip(rows, picked["image_id"])]
-    size = max(192, int(config_value(base.config, "image_size", 224) or 224))  # display size of the mask grid
+    size = max(192, int(base.config.get("image_size", 224) or 224))  # display size of the mask grid
 
     # Mask overlay grid: the lung mask contour, then one column per masking mode of the runs.
     modes = []
@@ -589,7 +591,7 @@ def _image_figures(runs, out_dir, count, notes):
             modes.append((run.mask, run.config))
     try:
         if not any(mask_paths):
-            raise ValueError("test_predictions.csv has no mask_path values")
+            raise ValueError(f"{base.files.predictions_path.name} has no mask_path values")
         _, raw, masks = gradcam.prepare_inputs(image_paths, mask_paths, {"mask": "original"}, size)
         grid = [[(raw[i], masks[i])] for i in range(len(rows))]
         titles = ["image + lung mask"]
@@ -597,7 +599,7 @@ def _image_figures(runs, out_dir, count, notes):
             inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, config, size)
             for i in range(len(rows)):
                 grid[i].append((inputs[i], None))
-            margin = config_value(config, "margin")
+            margin = config.get("margin")
             titles.append(f"{mode}" + (f" (margin {margin})" if mode in ("loose", "box") and margin is not None else ""))
         figures.append(("Lung masks and masking modes",
                         plots.image_grid_png(out_dir / "mask_overlay_grid.png", grid, titles, row_titles)))
@@ -612,7 +614,7 @@ def _image_figures(runs, out_dir, count, notes):
             if not run.model_path.is_file():
                 raise FileNotFoundError(f"{run.model_path}: missing")
             model = _load_model(run.model_path)
-            run_size = model.inputs[0].shape[1] or int(config_value(run.config, "image_size", size))
+            run_size = model.inputs[0].shape[1] or int(run.config.get("image_size", size))
             inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, run.config, run_size)
             probs = np.asarray(model(inputs, training=False))
             idx = [e if e is not None else int(np.argmax(p)) for e, p in zip(explain, probs)]

@@ -1,29 +1,20 @@
-"""Read run directories written by `python -m tfcxr.train` (see the run-directory contract).
+"""Load run directories written by `python -m tfcxr.train` for the report, and group them into cells.
 
-RUNDIR/config.yaml, RUNDIR/test_predictions.csv (required); RUNDIR/best.keras,
-RUNDIR/history.csv, RUNDIR/efficiency.json (optional: the report says what is missing).
+The files are read through `tfcxr.rundir.RunDir`: the config and the test predictions are required;
+the model, history and efficiency are optional (the report says what is missing).
 """
 
 import dataclasses
 import json
 import logging
-import math
 import pathlib
 
 import numpy as np
 
 from tfcxr.labels import NO_FINDING, TARGETS
+from tfcxr.rundir import RunDir
 
 logger = logging.getLogger(__name__)
-
-PREDICTIONS = "test_predictions.csv"
-CONFIG = "config.yaml"
-REQUIRED_COLUMNS = (
-    ("image_id", "patient_id", "image_path", "mask_path")
-    + tuple(f"y_{t}" for t in TARGETS)
-    + (f"y_{NO_FINDING}",)
-    + tuple(f"p_{t}" for t in TARGETS)
-)
 
 
 @dataclasses.dataclass
@@ -33,11 +24,12 @@ class Run:
     Attributes:
         run_dir: the run directory.
         name: the directory name.
-        label: "backbone / mask" from config.yaml (made unique by the caller).
-        config: the resolved config dict.
-        predictions: DataFrame of test_predictions.csv, sorted by image_id.
-        history: DataFrame of history.csv or None.
-        efficiency: dict of efficiency.json or None.
+        label: "backbone / mask" from the config (made unique by the caller).
+        config: the run's flat config mapping (`RunDir.settings`).
+        predictions: DataFrame of the test predictions (`RunDir.predictions`), sorted by image_id.
+        history: DataFrame of the per-epoch history or None.
+        efficiency: dict of the efficiency file or None.
+        files: the `RunDir`.
     """
 
     run_dir: pathlib.Path
@@ -47,18 +39,27 @@ class Run:
     predictions: object
     history: object = None
     efficiency: dict = None
+    files: RunDir = None
+
+    def __post_init__(self):
+        self.files = self.files or RunDir(self.run_dir)
 
     @property
     def backbone(self):
-        return str(config_value(self.config, "backbone", "?"))
+        return str(self.config.get("backbone", "?"))
 
     @property
     def mask(self):
-        return str(config_value(self.config, "mask", "?"))
+        return str(self.config.get("mask", "?"))
 
     @property
     def model_path(self):
-        return self.run_dir / "best.keras"
+        return self.files.model_path
+
+    @property
+    def no_finding_score(self):
+        """The run's No Finding score method (config `no_finding_score`, default "max")."""
+        return self.files.no_finding_score
 
     def labels(self):
         """int (num_images, 5) target labels in TARGETS order."""
@@ -74,7 +75,10 @@ class Run:
 
 
 def config_value(config, key, default=None):
-    """`config[key]`, else the first `config[section][key]` one level down, else `default`."""
+    """`config[key]`, else the first `config[section][key]` one level down, else `default`.
+
+    `Run.config` is already flat (`RunDir.settings`); this stays for `tfcxr.evaluation.gradcam`.
+    """
     if key in config:
         return config[key]
     for value in config.values():
@@ -83,61 +87,21 @@ def config_value(config, key, default=None):
     return default
 
 
-def is_complete(run_dir):
-    """True when `run_dir` holds everything a finished training run writes."""
-    run_dir = pathlib.Path(run_dir)
-    return all((run_dir / name).is_file() for name in (CONFIG, PREDICTIONS, "best.keras", "efficiency.json"))
-
-
 def load_run(run_dir):
     """Load and validate one run directory.
 
     Raises:
-        FileNotFoundError: naming the missing config.yaml / test_predictions.csv.
+        FileNotFoundError: naming the missing config or test predictions file.
         ValueError: naming the file and its missing columns, bad labels or duplicated image ids.
     """
-    import pandas as pd
-    import yaml
-
-    run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    for name in (CONFIG, PREDICTIONS):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a finished `tfcxr.train` run?")
-    with open(run_dir / CONFIG, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{run_dir / CONFIG}: expected a mapping, got {type(config).__name__}")
-
-    path = run_dir / PREDICTIONS
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    if df.empty:
-        raise ValueError(f"{path}: no rows")
-    dup = df["image_id"][df["image_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"{path}: duplicated image_id values {dup[:5]}")
-    for col in [f"y_{t}" for t in TARGETS] + [f"y_{NO_FINDING}"]:
-        bad = sorted(set(df[col].unique().tolist()) - {0, 1})
-        if bad:
-            raise ValueError(f"{path}: column {col!r} must hold 0/1. Received values {bad[:5]}")
-    probs = df[[f"p_{t}" for t in TARGETS]].to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
-        raise ValueError(f"{path}: p_<target> columns must be finite probabilities in [0, 1]")
-    df = df.sort_values("image_id", kind="mergesort").reset_index(drop=True)
-
-    history = None
-    if (run_dir / "history.csv").is_file():
-        history = pd.read_csv(run_dir / "history.csv")
-    efficiency = None
-    if (run_dir / "efficiency.json").is_file():
-        with open(run_dir / "efficiency.json", encoding="utf-8") as f:
-            efficiency = json.load(f)
-    run = Run(run_dir=run_dir, name=run_dir.name, label="", config=config, predictions=df,
-              history=history, efficiency=efficiency)
+    files = RunDir(run_dir)
+    if not files.path.is_dir():
+        raise FileNotFoundError(f"{files.path}: run directory not found")
+    for path in (files.config_path, files.predictions_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; is {files.path} a finished `tfcxr.train` run?")
+    run = Run(run_dir=files.path, name=files.path.name, label="", config=files.settings, predictions=files.predictions(),
+              history=files.history(), efficiency=files.efficiency(), files=files)
     run.label = f"{run.backbone} / {run.mask}"
     return run
 
@@ -169,7 +133,7 @@ class Cell:
 
 def run_seed(run):
     """The training seed of a run (None when its config has none)."""
-    return config_value(run.config, "seed")
+    return run.config.get("seed")
 
 
 def short_value(key, value):
@@ -249,32 +213,3 @@ def check_same_test_images(run_a, run_b):
             f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the labels of "
             f"{rows.size} test images (e.g. {run_a.predictions['image_id'].iloc[rows[:3]].tolist()})"
         )
-
-
-def epochs_to_best(history):
-    """Best validation AUROC and the 1-based epoch reaching it, from history.csv.
-
-    Uses the first column whose name starts with "val_" and contains "auc" or
-    "auroc" (preferring one that contains "macro"); tfcxr.train logs Keras'
-    multi-label `AUC` (the macro AUROC over the targets) as "val_auc".
-
-    Returns:
-        dict {"column", "best_val_auroc", "epochs_to_best"}, values None when unavailable.
-    """
-    out = {"column": None, "best_val_auroc": None, "epochs_to_best": None}
-    if history is None or history.empty:
-        return out
-    cols = [c for c in history.columns if c.startswith("val_") and ("auc" in c.lower() or "auroc" in c.lower())]
-    if not cols:
-        return out
-    col = next((c for c in cols if "macro" in c), cols[0])
-    values = history[col].to_numpy(dtype=np.float64)
-    if not np.any(np.isfinite(values)):
-        return out
-    best = int(np.nanargmax(values))
-    epoch = best + 1
-    if "epoch" in history.columns:
-        epoch = int(history["epoch"].iloc[best]) + 1  # CSVLogger epochs are 0-based
-    val = float(values[best])
-    out.update(column=col, best_val_auroc=None if math.isnan(val) else val, epochs_to_best=epoch)
-    return out

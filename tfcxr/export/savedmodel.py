@@ -47,7 +47,6 @@ from tfcxr.masking import MaskSpec, mask_spec_properties
 
 logger = logging.getLogger(__name__)
 
-NO_FINDING_METHODS = ("max", "prod")
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 EXPORT_INFO = "assets.extra/tfcxr_export.json"
@@ -58,12 +57,14 @@ OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "
 @mask_spec_properties
 @dataclasses.dataclass
 class RunInfo:
-    """What export needs from a run directory (``config.yaml`` + ``best.keras``).
+    """What export needs from a run directory (its config and model, `tfcxr.rundir.RunDir`).
 
     Attributes:
         rundir, model_path: the run directory and its model file.
         mask_spec: the run's `tfcxr.masking.MaskSpec` (mode, margin, fill, image size), as trained.
-        backbone, no_finding_method: copied into the export metadata.
+        backbone: copied into the export metadata.
+        no_finding_method: the run's config `no_finding_score` (`tfcxr.scoring`), served as ``no_finding`` and
+            copied into the export metadata.
         image_size, mask, margin, fill: init-only shorthands for `mask_spec` fields (mode defaults
             to `original`); read back as properties of `mask_spec`.
     """
@@ -105,44 +106,33 @@ class RunInfo:
 
 
 def read_run(rundir) -> RunInfo:
-    """Read ``RUNDIR/config.yaml`` (flat or one level of sections; masking flat or as ``mask_spec:``) and locate
-    ``RUNDIR/best.keras``.
+    """Read a run directory's config (flat or one level of sections; masking flat or as ``mask_spec:``) and
+    locate its model, through `tfcxr.rundir.RunDir`.
 
     Raises:
         FileNotFoundError: naming the missing file.
         ValueError: naming the config file and the bad or missing field.
     """
-    import yaml
+    from tfcxr.rundir import RunDir
 
-    from tfcxr.evaluation.runs import config_value
-
-    rundir = pathlib.Path(rundir)
-    config_path = rundir / "config.yaml"
-    model_path = rundir / "best.keras"
-    for path in (config_path, model_path):
+    run = RunDir(rundir)
+    for path in (run.config_path, run.model_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; expected a run directory written by `python -m tfcxr.train`")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    image_size = config_value(config, "image_size") if isinstance(config, dict) else None
+    image_size = run.setting("image_size")
     if image_size is None:
-        raise ValueError(f"{config_path}: missing required field `image_size`")
+        raise ValueError(f"{run.config_path}: missing required field `image_size`")
     try:
-        spec = MaskSpec.from_config(config, default=MaskSpec(mode="original", image_size=image_size))
-        info = RunInfo(
-            rundir=rundir,
-            model_path=model_path,
-            mask_spec=spec,
-            backbone=str(config_value(config, "backbone", "unknown")),
-            no_finding_method=str(config_value(config, "no_finding_method", "max")),
+        return RunInfo(
+            rundir=run.path,
+            model_path=run.model_path,
+            mask_spec=run.mask_spec(default=MaskSpec(mode="original", image_size=image_size)),
+            backbone=str(run.setting("backbone", "unknown")),
+            no_finding_method=run.no_finding_score,
         )
-        if info.no_finding_method not in NO_FINDING_METHODS:
-            raise ValueError(
-                f"`no_finding_method` must be one of {NO_FINDING_METHODS}. "
-                f"Received: no_finding_method={info.no_finding_method!r}"
-            )
     except ValueError as err:
-        raise ValueError(f"{config_path}: {err}") from None
-    return info
+        message = str(err)
+        raise ValueError(message if message.startswith(str(run.config_path)) else f"{run.config_path}: {message}") from None
 
 
 def to_float32(model):
@@ -173,7 +163,7 @@ def _all_layers(model):
 
 
 def load_classifier(info: RunInfo):
-    """Load ``best.keras`` (custom tfcxr layers registered by importing `tfcxr.models`) as a float32 model."""
+    """Load the run's model (custom tfcxr layers registered by importing `tfcxr.models`) as a float32 model."""
     import keras
 
     import tfcxr.models  # noqa: F401  (registers the custom layers for deserialisation)
@@ -369,7 +359,7 @@ def export_savedmodel(
     """Export ``RUNDIR`` to ``<out_dir>/<model_name>/<version>/`` and regenerate ``<out_dir>/models.config``.
 
     Args:
-        rundir: a run directory (``config.yaml`` + ``best.keras``).
+        rundir: a run directory written by `python -m tfcxr.train` (`tfcxr.rundir.RunDir`).
         out_dir: the TF Serving model base folder (mounted as ``/models`` by ``export/docker-compose.yml``).
         model_name: TF Serving model name.
         version: positive int; default 1 + the highest existing version.
