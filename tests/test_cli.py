@@ -46,8 +46,10 @@ def test_internal_errors_keep_their_traceback():
         cli.run(broken, parser().parse_args([]), logging.getLogger("tool"))
 
 
-@pytest.mark.parametrize("module", ["tfcxr.train", "tfcxr.experiment", "tfcxr.pretrain", "tfcxr.segment.predict",
-                                    "tfcxr.segment.build_preset", "tfcxr.export.__main__", "tfcxr.serving.client"])
+@pytest.mark.parametrize("module", ["tfcxr.train", "tfcxr.experiment", "tfcxr.pretrain", "tfcxr.evaluate",
+                                    "tfcxr.data.synthetic", "tfcxr.segment.predict", "tfcxr.segment.build_preset",
+                                    "tfcxr.segment.finetune", "tfcxr.segment.evaluate", "tfcxr.segment.average",
+                                    "tfcxr.export.__main__", "tfcxr.serving.client"])
 def test_every_converted_cli_has_the_log_level_flag(module):
     import importlib
 

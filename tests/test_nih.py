@@ -182,7 +182,7 @@ def test_summary_cli(tmp_path, capsys):
     parts = table.set_index("split")
     assert parts.loc[["train", "validation", "test"], "images"].sum() == parts.loc["all", "images"]
     assert "| split | images | patients |" in capsys.readouterr().out
-    assert nih.main(["summary", "--metadata", str(tmp_path / "nope.csv")]) == 1
+    assert nih.main(["summary", "--metadata", str(tmp_path / "nope.csv")]) == 2  # a user error: one line, exit 2
     with pytest.raises(SystemExit):
         nih.main(["summary", "--metadata", str(metadata), "--views", "LAT"])
 

@@ -10,6 +10,8 @@ and best.keras (Grad-CAM), and writes REPORTDIR/metrics.json, report.md and PNGs
 import argparse
 import logging
 
+from tfcxr import cli
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,8 +30,7 @@ def build_parser():
     parser.add_argument("--gradcam-images", type=int, default=4,
                         help="test images in the mask and Grad-CAM grids (0: none)")
     parser.add_argument("--title", default="tfcxr evaluation report")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser
+    return cli.add_log_level(parser)
 
 
 def summary_table(result):
@@ -57,17 +58,16 @@ def run(run_dirs, out, **kwargs):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     if args.bootstrap < 1:
-        raise SystemExit(f"--bootstrap must be >= 1. Received: {args.bootstrap}")
-    try:
-        result = run(args.run_dirs, args.out, num_resamples=args.bootstrap, seed=args.seed,
-                     ci_level=args.ci_level, specificity=args.specificity, no_finding_score=args.no_finding_score,
-                     require_same_test_set=args.require_same_test_set, gradcam_images=args.gradcam_images,
-                     title=args.title)
-    except (FileNotFoundError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+        raise ValueError(f"--bootstrap must be >= 1. Received: {args.bootstrap}")
+    result = run(args.run_dirs, args.out, num_resamples=args.bootstrap, seed=args.seed,
+                 ci_level=args.ci_level, specificity=args.specificity, no_finding_score=args.no_finding_score,
+                 require_same_test_set=args.require_same_test_set, gradcam_images=args.gradcam_images,
+                 title=args.title)
     print(summary_table(result))
     print(f"Report: {args.out}/report.md")
     return 0

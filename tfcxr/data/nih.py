@@ -13,11 +13,11 @@ import dataclasses
 import logging
 import pathlib
 import re
-import sys
 
 import numpy as np
 import pandas as pd
 
+from tfcxr import cli
 from tfcxr.labels import NO_FINDING, TARGETS, parse_finding_labels
 
 logger = logging.getLogger(__name__)
@@ -405,25 +405,25 @@ def build_parser():
     summary.add_argument("--test-fraction", type=float, default=CurationConfig.test_fraction)
     summary.add_argument("--seed", type=int, default=CurationConfig.seed)
     summary.add_argument("--official-lists-dir", type=pathlib.Path, help="folder with train_val_list.txt, test_list.txt")
+    cli.add_log_level(summary)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = CurationConfig(
-            views=tuple(args.views) if args.views else None,
-            include_other_findings=args.include_other_findings,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            official_lists_dir=args.official_lists_dir,
-        )
-        curated = curate(load_metadata(args.metadata), config)
-    except (OSError, ValueError) as err:
-        logger.error("%s", err)
-        return 1
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
+    config = CurationConfig(
+        views=tuple(args.views) if args.views else None,
+        include_other_findings=args.include_other_findings,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        official_lists_dir=args.official_lists_dir,
+    )
+    curated = curate(load_metadata(args.metadata), config)
     table = summarize(curated)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from tfcxr import cli
 from tfcxr.atomic import write_text_atomic
 from tfcxr.data.io import write_png_atomic
 from tfcxr.data.phantom import render_case  # re-exported: synthetic.render_case
@@ -322,28 +323,27 @@ def build_parser():
     parser.add_argument("--distractors", action=argparse.BooleanOptionalAction, default=defaults.distractors)
     parser.add_argument("--noise-std", type=float, default=defaults.noise_std)
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False)
-    return parser
+    return cli.add_log_level(parser)
 
 
 def main(argv=None):
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = SyntheticConfig(
-            num_images=args.num_images,
-            image_size=args.image_size,
-            num_patients=args.num_patients,
-            seed=args.seed,
-            prevalence=args.prevalence,
-            other_finding_rate=args.other_finding_rate,
-            ap_fraction=args.ap_fraction,
-            distractors=args.distractors,
-            noise_std=args.noise_std,
-        )
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
+    config = SyntheticConfig(
+        num_images=args.num_images,
+        image_size=args.image_size,
+        num_patients=args.num_patients,
+        seed=args.seed,
+        prevalence=args.prevalence,
+        other_finding_rate=args.other_finding_rate,
+        ap_fraction=args.ap_fraction,
+        distractors=args.distractors,
+        noise_std=args.noise_std,
+    )
     out = generate(args.out, config, overwrite=args.overwrite)
     print(out)
     return 0

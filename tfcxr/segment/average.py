@@ -22,6 +22,8 @@ import pathlib
 
 import numpy as np
 
+from tfcxr import cli
+
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--last", type=int, default=0, help="average the last N kept checkpoints")
     choice.add_argument("--epochs", type=int, nargs="+", help="average the checkpoints of these epochs")
-    return parser
+    return cli.add_log_level(parser)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(json.dumps(average_run(args.run, args.out, args.epochs, args.last), indent=2))
-    return 0
+    return cli.run(lambda a: print(json.dumps(average_run(a.run, a.out, a.epochs, a.last), indent=2)), args, logger)
 
 
 if __name__ == "__main__":

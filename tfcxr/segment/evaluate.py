@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from tfcxr import cli
 from tfcxr.atomic import write_text_atomic
 
 from . import qc
@@ -114,12 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fill holes and keep the two largest components (default: the model's own)")
     parser.add_argument("--worst", type=int, default=0, metavar="N",
                         help="write an overlay grid of the N lowest-Dice images per prompt next to --out")
-    return parser
+    return cli.add_log_level(parser)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     from tfcxr.data.pairs import load_pairs
 
     from .model import load_segmenter

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from tfcxr import cli
 from tfcxr.data.pairs import load_pairs, split_pairs
 
 from .embedding_cache import cached_embeddings
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deterministic TF ops (default on): the same seed gives the same weights")
     parser.add_argument("--keep-checkpoints", type=int,
                         help="epoch checkpoints to keep (default 2; more for tfcxr.segment.average)")
-    return parser
+    return cli.add_log_level(parser)
 
 
 def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
@@ -382,7 +383,10 @@ def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return cli.run(_main, args, logger)
+
+
+def _main(args) -> int:
     config = resolve_config(args)
     if not config.data or not config.out:
         build_parser().error("--data and --out are required (on the command line or in --config)")
