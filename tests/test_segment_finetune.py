@@ -73,4 +73,8 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     other = dataclasses.replace(ARCHITECTURES["litemedsam-tiny"], decoder_mlp_dim=48)
     build_litemedsam_model(other, name="other").save(tmp_path / "other")
     with pytest.raises(ValueError, match="checkpoint does not match"):
-        finetune.main(["--data", str(data), "--model", str(tmp_path / "other"), "--out", str(out), "--epochs", "3"])
+        finetune.finetune(finetune.FinetuneConfig(data=str(data), model=str(tmp_path / "other"), out=str(out),
+                                                  epochs=3))
+    # From the command line the same mistake is one line and exit code 2.
+    assert finetune.main(["--data", str(data), "--model", str(tmp_path / "other"), "--out", str(out),
+                          "--epochs", "3"]) == 2

@@ -147,16 +147,15 @@ def prepare_inputs(image_paths, mask_paths, config, image_size):
     import tensorflow as tf
 
     from tfcxr.data.pipeline import PipelineConfig, load_and_mask, mask_and_resize
-    from tfcxr.evaluation.runs import config_value
     from tfcxr.masking import DEFAULT_MARGIN
 
-    mode = str(config_value(config, "mask", "original"))
+    mode = str(config.get("mask", "original"))  # `config`: a run's flat settings (RunDir.settings)
     masked_paths = [m for m in mask_paths if m]
     if mode != "original" and len(masked_paths) < len(image_paths):
         raise ValueError(f"run uses mask={mode!r} but test_predictions.csv lacks mask_path for some of {image_paths}")
     common = {"data": "test_predictions.csv", "image_size": int(image_size),
-              "margin": config_value(config, "margin", DEFAULT_MARGIN) or DEFAULT_MARGIN,
-              "fill": config_value(config, "fill", "zero") or "zero"}
+              "margin": config.get("margin", DEFAULT_MARGIN) or DEFAULT_MARGIN,
+              "fill": config.get("fill", "zero") or "zero"}
     masks_dir = str(pathlib.Path(masked_paths[0]).parent) if masked_paths else None
     run_config = PipelineConfig(mask=mode, masks=masks_dir if mode != "original" else None, **common)
     plain = PipelineConfig(mask="original", **common)

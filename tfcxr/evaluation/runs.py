@@ -74,19 +74,6 @@ class Run:
         return self.predictions[f"y_{NO_FINDING}"].to_numpy().astype(np.int64)
 
 
-def config_value(config, key, default=None):
-    """`config[key]`, else the first `config[section][key]` one level down, else `default`.
-
-    `Run.config` is already flat (`RunDir.settings`); this stays for `tfcxr.evaluation.gradcam`.
-    """
-    if key in config:
-        return config[key]
-    for value in config.values():
-        if isinstance(value, dict) and key in value:
-            return value[key]
-    return default
-
-
 def load_run(run_dir):
     """Load and validate one run directory.
 

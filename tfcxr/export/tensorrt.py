@@ -147,16 +147,15 @@ def training_sample(rundir, num_images: int = 256):
     """
     import math
 
-    from tfcxr.config import load_config
     from tfcxr.data.pipeline import PipelineConfig, make_dataset
+    from tfcxr.rundir import RunDir
     from tfcxr.train import resolve_data  # resolves `data: demo` exactly as training did
 
-    config = load_config(pathlib.Path(rundir) / "config.yaml")
+    config = RunDir(rundir).config
     data, masks = resolve_data(config)
     pipeline = PipelineConfig(
-        data=data, masks=masks, mask=config.mask, margin=config.margin, fill=config.fill,
-        image_size=config.image_size, batch_size=16, augment=False, cache=None, seed=config.seed,
-        curation=config.curation(), tfds_data_dir=config.tfds_data_dir,
+        data=data, masks=masks, mask_spec=config.mask_spec, batch_size=16, augment=False, cache=None,
+        seed=config.seed, curation=config.curation(), tfds_data_dir=config.tfds_data_dir,
     )
     return make_dataset(pipeline, "train", training=False).take(math.ceil(int(num_images) / 16))
 

@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML with FinetuneConfig fields; flags override it")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--learning-rate", "--lr", dest="lr", type=float,
+                        help="AdamW learning rate (the same flag name as tfcxr.train; --lr kept as an alias)")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--freeze-image-encoder", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--val-fraction", type=float)
