@@ -563,7 +563,7 @@ def pretrain(config):
     import pandas as pd
 
     from tfcxr.models.backbones import save_backbone_weights
-    from tfcxr.train import _device_and_strategy
+    from tfcxr.train import device_and_strategy
 
     out = pathlib.Path(config.out or f"runs/pretrain-{config.backbone}")
     config.out = str(out)
@@ -577,7 +577,7 @@ def pretrain(config):
                 " (resuming)" if resumed else "")
 
     keras.utils.set_random_seed(config.seed)
-    strategy, device, precision = _device_and_strategy(config.precision)
+    strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
     dataset = make_dataset(frame, config)
     steps = len(frame) // int(config.batch_size)

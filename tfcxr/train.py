@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from tfcxr import cli
+from tfcxr.callbacks import EpochTimer, MacroAUROC, NaNGuard, NaNLossError, tensorboard_callbacks
 from tfcxr.config import DEMO, PRECISIONS, resolve_config
 from tfcxr.evaluation.metrics import macro_auroc
 from tfcxr.labels import TARGETS
@@ -44,83 +45,8 @@ logger = logging.getLogger("tfcxr.train")
 RUN_FILES = RunDir.FILES
 
 
-class NaNLossError(RuntimeError):
-    """Training loss became NaN or Inf."""
-
-
-def _callbacks_module():
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        """Wall time of the training part of each epoch (first in the callback list)."""
-
-        def __init__(self):
-            super().__init__()
-            self.train_seconds = []
-            self._start = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.train_seconds.append(time.perf_counter() - self._start)
-
-    class MacroAUROC(keras.callbacks.Callback):
-        """Validation loss and sklearn AUROC per class + macro, added to the epoch logs.
-
-        Must come before ModelCheckpoint and CSVLogger in the callback list.
-        """
-
-        def __init__(self, dataset, labels):
-            super().__init__()
-            self.dataset = dataset
-            self.labels = labels
-            self.seconds = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            start = time.perf_counter()
-            logs = logs if logs is not None else {}
-            probs = self.model.predict(self.dataset, verbose=0)
-            loss = self.model.loss(self.labels, probs)
-            logs["val_loss"] = float(np.asarray(loss))
-            macro, per_class, reasons = macro_auroc(self.labels, probs, TARGETS)
-            logs[MONITOR] = macro
-            for name, value in zip(TARGETS, per_class):
-                logs[f"val_auroc_{name}"] = value
-            for name, reason in reasons.items():
-                logger.warning("epoch %d: validation AUROC of %s is undefined (%s)", epoch + 1, name, reason)
-            logger.info(
-                "epoch %d: val_loss %.4f, val macro AUROC %.4f (%s)",
-                epoch + 1,
-                logs["val_loss"],
-                macro,
-                ", ".join(f"{n} {v:.3f}" for n, v in zip(TARGETS, per_class)),
-            )
-            self.seconds.append(time.perf_counter() - start)
-
-    class NaNGuard(keras.callbacks.TerminateOnNaN):
-        """Raise `NaNLossError` at the first NaN/Inf batch loss.
-
-        Raising (not `stop_training`) skips every epoch-end callback, so the NaN
-        weights reach neither best.keras nor checkpoints/.
-        """
-
-        def __init__(self):
-            super().__init__(raise_error=True)
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(loss):
-                raise NaNLossError(f"loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}")
-
-    return EpochTimer, MacroAUROC, NaNGuard
-
-
-def _device_and_strategy(precision):
+def device_and_strategy(precision):
+    """(distribution strategy, device description, precision) for `precision` ("auto" = mixed_float16 on GPU)."""
     import keras
     import tensorflow as tf
 
@@ -159,18 +85,6 @@ def resolve_data(config) -> tuple[str, str | None]:
         masks = str(pathlib.Path(data) / "masks")
         logger.info("--masks not given: using %s", masks)
     return data, masks
-
-
-def _tensorboard(log_dir):
-    """A TensorBoard callback, or none (with a warning) when tensorboard is not installed."""
-    import importlib.util
-
-    import keras
-
-    if importlib.util.find_spec("tensorboard") is None:
-        logger.warning("tensorboard is not installed (pip install tensorboard); %s is not written", log_dir)
-        return []
-    return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
 
 
 def train(config, callbacks=()):
@@ -226,14 +140,13 @@ def train(config, callbacks=()):
     test_ds = make_dataset(pipeline, "test", records)
     val_labels = label_matrix(parts["validation"])
 
-    strategy, device, precision = _device_and_strategy(config.precision)
+    strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
     with strategy.scope():
         model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout)
         compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(parts["train"]))
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
-    EpochTimer, MacroAUROC, NaNGuard = _callbacks_module()
     timer = EpochTimer()
     auroc = MacroAUROC(val_ds, val_labels)
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -247,7 +160,7 @@ def train(config, callbacks=()):
         auroc,
         checkpoint,
         keras.callbacks.CSVLogger(str(run.history_path), append=resumed),
-        *_tensorboard(run.tensorboard_path),
+        *tensorboard_callbacks(run.tensorboard_path),
         keras.callbacks.BackupAndRestore(str(run.checkpoints_path), delete_checkpoint=False),
         NaNGuard(),
         *callbacks,
