@@ -11,6 +11,9 @@ REPORTDIR/
     mask_mode_comparison.png  AUROC bars with CI whiskers, one bar per run
     mask_overlay_grid.png   a few test images: lung mask contour and each masking mode
     gradcam.png             Grad-CAM of each run (columns) on the same test images (rows)
+
+This module computes the metrics dict; `report_markdown` renders report.md from it and
+`figures` draws the PNGs.
 """
 
 import itertools
@@ -22,15 +25,17 @@ import warnings
 
 import numpy as np
 
-from tfcxr.evaluation import bootstrap, delong, metrics, plots
+from tfcxr.evaluation import bootstrap, delong, metrics
+from tfcxr.evaluation.columns import COLUMNS, MACRO, no_finding_scores
+from tfcxr.evaluation.figures import report_figures
+from tfcxr.evaluation.report_markdown import fmt as _fmt  # noqa: F401  tfcxr.evaluate imports _fmt from here
+from tfcxr.evaluation.report_markdown import markdown
 from tfcxr.evaluation.runs import check_same_test_images, differing_keys, group_cells, run_seed
 from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.rundir import best_of
 
 logger = logging.getLogger(__name__)
 
-MACRO = "macro"
-COLUMNS = TARGETS + (NO_FINDING,)  # bootstrap columns: the 5 targets, then No Finding
 # The shortcut probe compares these mask modes of one backbone (whichever exist).
 PROBE_MODES = ("inverse", "original", "tight")
 PROBE_SENTENCE = (
@@ -38,12 +43,6 @@ PROBE_SENTENCE = (
     "(devices, markers, body habitus) rather than the lung findings themselves; measuring that is the point of "
     "*Mask of truth: model sensitivity to unexpected regions of medical images*."
 )
-
-
-def _no_finding_scores(probs, method):
-    from tfcxr.scoring import no_finding_score
-
-    return np.asarray(no_finding_score(probs.astype(np.float32), method), dtype=np.float64)
 
 
 def _p_two_sided(diffs):
@@ -58,7 +57,7 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
     y = run.labels()  # (N, 5)
     p = run.probabilities()  # (N, 5)
     y_nf = run.no_finding_labels()  # (N,)
-    s_nf = _no_finding_scores(p, method)  # (N,)
+    s_nf = no_finding_scores(p, method)  # (N,)
     y_all = np.concatenate([y, y_nf[:, None]], axis=1)  # (N, 6)
     s_all = np.concatenate([p, s_nf[:, None]], axis=1)  # (N, 6)
     counts, image_patient = bootstrap.patient_resample_counts(run.predictions["patient_id"], num_resamples, seed)
@@ -141,28 +140,37 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
 
     cells = group_cells(runs)
     index = {id(run): k for k, run in enumerate(runs)}
-    multi_seed = any(len(cell.runs) > 1 for cell in cells)
-    if multi_seed:  # same-seed pairs of cells that differ in one setting
-        pairs = [(index[id(ra)], index[id(rb)])
-                 for ca, cb in itertools.combinations(cells, 2) if len(differing_keys(ca, cb)) <= 1
-                 for ra in ca.runs for rb in cb.runs if run_seed(ra) == run_seed(rb)]
-    else:  # every pair of runs, as for a single-seed grid
-        pairs = list(itertools.combinations(range(len(runs)), 2))
     comparisons, by_pair = [], {}
-    for i, j in pairs:
+    for i, j in _run_pairs(runs, cells, index):
         entry = _compare(runs[i], runs[j], results[i], results[j], macro_boots[i], macro_boots[j], ci_level,
                          require_same_test_set)
         comparisons.append(entry)
         by_pair[(i, j)] = entry
     cell_results = [_cell_summary(cell, [results[index[id(r)]] for r in cell.runs]) for cell in cells]
     cell_comparisons = []
-    for (a, ca), (b, cb) in itertools.combinations(enumerate(cells), 2):
-        if len(differing_keys(ca, cb)) > 1:
-            continue
-        entry = _compare_cells(ca, cb, results, index, by_pair, macro_boots, ci_level, seed)
-        if entry is not None:
-            cell_comparisons.append(entry)
-    settings = {
+    for ca, cb in itertools.combinations(cells, 2):
+        if len(differing_keys(ca, cb)) <= 1:
+            entry = _compare_cells(ca, cb, results, index, by_pair, macro_boots, ci_level, seed)
+            if entry is not None:
+                cell_comparisons.append(entry)
+    return {"settings": _settings(num_resamples, seed, ci_level, specificity), "runs": results,
+            "comparisons": comparisons, "cells": cell_results, "cell_comparisons": cell_comparisons,
+            "shortcut_probe": _shortcut_probe(cells, cell_results, cell_comparisons)}
+
+
+def _run_pairs(runs, cells, index):
+    """Index pairs of the runs to compare: with several seeds, same-seed runs of cells that differ in one
+    setting; otherwise every pair of runs, as for a single-seed grid."""
+    if any(len(cell.runs) > 1 for cell in cells):
+        return [(index[id(ra)], index[id(rb)])
+                for ca, cb in itertools.combinations(cells, 2) if len(differing_keys(ca, cb)) <= 1
+                for ra in ca.runs for rb in cb.runs if run_seed(ra) == run_seed(rb)]
+    return list(itertools.combinations(range(len(runs)), 2))
+
+
+def _settings(num_resamples, seed, ci_level, specificity):
+    """The "settings" entry of the metrics: how every number was computed."""
+    return {
         "targets": list(TARGETS),
         "bootstrap": {"unit": "patient", "num_resamples": num_resamples, "seed": seed, "ci_level": ci_level,
                       "interval": "percentile"},
@@ -173,9 +181,6 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
                  "paired t-test and Wilcoxon signed-rank test of the per-seed AUROC differences, and a bootstrap "
                  "that resamples patients (shared resamples) and seeds",
     }
-    return {"settings": settings, "runs": results, "comparisons": comparisons, "cells": cell_results,
-            "cell_comparisons": cell_comparisons, "shortcut_probe": _shortcut_probe(cells, cell_results,
-                                                                                  cell_comparisons)}
 
 
 def _compare(a, b, result_a, result_b, boot_a, boot_b, ci_level, require_same_test_set):
@@ -186,8 +191,8 @@ def _compare(a, b, result_a, result_b, boot_a, boot_b, ci_level, require_same_te
         if require_same_test_set:
             raise
         return {"run_a": a.name, "run_b": b.name, "skipped": str(err)}
-    scores_a = np.concatenate([a.probabilities(), _no_finding_scores(a.probabilities(), result_a["no_finding_score"])[:, None]], 1)
-    scores_b = np.concatenate([b.probabilities(), _no_finding_scores(b.probabilities(), result_b["no_finding_score"])[:, None]], 1)
+    scores_a = np.concatenate([a.probabilities(), no_finding_scores(a.probabilities(), result_a["no_finding_score"])[:, None]], 1)
+    scores_b = np.concatenate([b.probabilities(), no_finding_scores(b.probabilities(), result_b["no_finding_score"])[:, None]], 1)
     y_all = np.concatenate([a.labels(), a.no_finding_labels()[:, None]], 1)
     tests = {name: delong.delong_test(y_all[:, k], scores_a[:, k], scores_b[:, k]) for k, name in enumerate(COLUMNS)}
     diff = boot_a - boot_b
@@ -322,319 +327,6 @@ def _json_ready(obj):
     return obj
 
 
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _fmt_ci(entry, metric="auroc"):
-    value = entry[metric]
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    low, high = entry[f"{metric}_ci"]
-    return f"{value:.3f} ({_fmt(low)}-{_fmt(high)})"
-
-
-def _fmt_p(p):
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _safe_name(name):
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def _markdown(result, figures, notes, title):
-    settings = result["settings"]
-    boot = settings["bootstrap"]
-    lines = [f"# {title}", ""]
-    runs = result["runs"]
-    first = runs[0]
-    pos = ", ".join(f"{name} {first['classes'][name]['positives']}" for name in COLUMNS)
-    lines += [
-        f"Test set of `{first['name']}`: {first['n_images']} images, {first['n_patients']} patients; "
-        f"positives: {pos}.",
-        f"95% CIs: patient-level bootstrap ({boot['num_resamples']} resamples, seed {boot['seed']}, "
-        f"percentile). Macro = mean AUROC over the targets defined in the test set. "
-        f"No Finding score = 1 - max_k p_k (`max`) or prod_k (1 - p_k) (`prod`), against NIH's No Finding label.",
-        "",
-        "## Mask-mode comparison: AUROC (95% CI)",
-        "",
-        "| run (backbone / mask) | test images (patients) | " + " | ".join(TARGETS) + " | macro | No Finding |",
-        "|---" * (len(TARGETS) + 4) + "|",
-    ]
-    for r in runs:
-        cells = [_fmt_ci(r["classes"][t]) for t in TARGETS] + [_fmt_ci(r[MACRO]), _fmt_ci(r["classes"][NO_FINDING])]
-        lines.append(f"| {r['label']} | {r['n_images']} ({r['n_patients']}) | " + " | ".join(cells) + " |")
-    lines += _probe_markdown(result.get("shortcut_probe") or [])
-    lines += _seed_markdown(result.get("cells") or [], result.get("cell_comparisons") or [])
-    lines += ["", "## AUPRC (95% CI)", "",
-              "| run | " + " | ".join(TARGETS) + " | macro | No Finding |", "|---" * (len(TARGETS) + 3) + "|"]
-    for r in runs:
-        cells = [_fmt_ci(r["classes"][t], "auprc") for t in TARGETS]
-        cells += [_fmt_ci(r[MACRO], "auprc"), _fmt_ci(r["classes"][NO_FINDING], "auprc")]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    spec = settings["specificity"]
-    lines += ["", f"## Sensitivity at {spec:.0%} specificity", "",
-              "| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for r in runs:
-        lines.append(f"| {r['label']} | " + " | ".join(_fmt(r["classes"][c]["sensitivity_at_spec"]) for c in COLUMNS) + " |")
-
-    comparisons = result["comparisons"]
-    if comparisons:
-        lines += ["", "## Paired comparisons (DeLong p-values; macro: paired bootstrap)", "",
-                  "| run A | run B | " + " | ".join(COLUMNS) + " | macro diff A-B (95% CI) | macro p |",
-                  "|---" * (len(COLUMNS) + 4) + "|"]
-        for c in comparisons:
-            if "skipped" in c:
-                lines.append(f"| {c['run_a']} | {c['run_b']} | skipped: {c['skipped']} |")
-                continue
-            ps = [_fmt_p(c["delong"][name]["p_value"]) for name in COLUMNS]
-            low, high = c["macro_auroc_diff_ci"]
-            lines.append(f"| {c['label_a']} | {c['label_b']} | " + " | ".join(ps)
-                         + f" | {_fmt(c['macro_auroc_diff'])} ({_fmt(low)} to {_fmt(high)}) | "
-                         + f"{_fmt_p(c['macro_auroc_diff_bootstrap_p'])} |")
-        lines.append("")
-        lines.append(f"{len(comparisons)} pairwise comparisons, not corrected for multiple testing.")
-
-    lines += ["", "## Training efficiency", "",
-              "| run | device | precision | s/epoch | train img/s | epochs run | epochs to best val AUROC | best val AUROC |",
-              "|---" * 8 + "|"]
-    for r in runs:
-        e = r["efficiency"]
-        lines.append(
-            f"| {r['label']} | {e.get('device', 'n/a')} | {e.get('precision', 'n/a')} | "
-            f"{_fmt(e.get('seconds_per_epoch'), 1)} | {_fmt(e.get('train_images_per_second'), 1)} | "
-            f"{e.get('epochs_run', 'n/a')} | {e.get('epochs_to_best') or 'n/a'} | {_fmt(e.get('best_val_auroc'))} |")
-
-    undefined = [(r["label"], name, r["classes"][name]["undefined"]) for r in runs for name in COLUMNS
-                 if r["classes"][name]["undefined"]]
-    if undefined or notes:
-        lines += ["", "## Notes", ""]
-        lines += [f"- {label}: {name} AUROC undefined: {reason}." for label, name, reason in undefined]
-        lines += [f"- {note}" for note in notes]
-    if figures:
-        lines += ["", "## Figures", ""]
-        for caption, path in figures:
-            lines += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _fmt_spread(spread):
-    if not spread or spread.get("n", 0) == 0:
-        return "n/a"
-    if spread["n"] == 1:
-        return _fmt(spread["mean"])
-    return f"{spread['mean']:.3f} ± {_fmt(spread['sd'])} ({spread['min']:.3f} to {spread['max']:.3f})"
-
-
-def _fmt_seed_values(per_seed, key):
-    return "; ".join(f"s{e['seed']}: {_fmt_ci({'auroc': e[key], 'auroc_ci': e[key + '_ci']})}" for e in per_seed)
-
-
-def _probe_markdown(probe):
-    """The shortcut-probe section: AUROC of inverse / original / tight per backbone, their paired tests."""
-    if not probe:
-        return []
-    lines = ["", "## Shortcut probe: inverse vs original vs tight", "", PROBE_SENTENCE, ""]
-    for entry in probe:
-        lines += [f"### {entry['context']}", "",
-                  "| mask | seeds | " + " | ".join(TARGETS) + " | macro | No Finding |",
-                  "|---" * (len(TARGETS) + 4) + "|"]
-        for mode in entry["modes"]:
-            auroc = entry["auroc"][mode]
-            per_seed = auroc["per_seed"]
-            if len(per_seed) == 1:  # one seed: the value with its patient-level CI
-                only = per_seed[0]
-                macro = _fmt_ci({"auroc": only["macro_auroc"], "auroc_ci": only["macro_auroc_ci"]})
-                nf = _fmt_ci({"auroc": only["no_finding_auroc"], "auroc_ci": only["no_finding_auroc_ci"]})
-            else:
-                macro, nf = _fmt_spread(auroc["macro"]), _fmt_spread(auroc["no_finding"])
-            classes = [_fmt_spread(auroc["classes"][t]) for t in TARGETS]
-            lines.append(f"| {mode} | {len(per_seed)} | " + " | ".join(classes) + f" | {macro} | {nf} |")
-        share = entry.get("inverse_share_of_original_margin")
-        if share is not None and math.isfinite(share):
-            lines += ["", f"`inverse` keeps {share:.0%} of the `original` macro AUROC's margin above chance "
-                          "((inverse - 0.5) / (original - 0.5))."]
-        if entry["tests"]:
-            lines += ["", "| A | B | seeds | macro diff A-B | DeLong p per seed: " + ", ".join(COLUMNS)
-                      + " | macro p per seed (bootstrap) | over seeds: t-test p, Wilcoxon p |",
-                      "|---" * 6 + "|"]
-            for t in entry["tests"]:
-                delong_cells = " / ".join(", ".join(_fmt_p(e["delong_p"][c]) for c in COLUMNS) for e in t["per_seed"])
-                boot = ", ".join(_fmt_p(e["macro_bootstrap_p"]) for e in t["per_seed"])
-                over = t["macro_auroc_diff"]
-                seeds_p = f"{_fmt_p(over['t_test_p'])}, {_fmt_p(over['wilcoxon_p'])}" if over["n"] > 1 else "n/a (one seed)"
-                lines.append(f"| {t['mode_a']} | {t['mode_b']} | {len(t['seeds'])} | {_fmt_spread(over)} | "
-                             f"{delong_cells} | {boot} | {seeds_p} |")
-        lines.append("")
-    return lines
-
-
-def _seed_markdown(cells, cell_comparisons):
-    """Seed variance per cell and the cell comparisons over seeds (only when a cell has several seeds)."""
-    if not any(len(c["per_seed"]) > 1 for c in cells):
-        return []
-    lines = ["", "## Seed variance per cell (test AUROC)", "",
-             "Mean ± SD (min to max) over the training seeds; per seed the value and its patient-level 95% CI.", "",
-             "| cell | seeds | macro: mean ± SD (min to max) | macro per seed (95% CI) | No Finding: mean ± SD (min to max) "
-             "| No Finding per seed (95% CI) |", "|---" * 6 + "|"]
-    for c in cells:
-        lines.append(f"| {c['label']} | {len(c['per_seed'])} | {_fmt_spread(c['macro_auroc'])} | "
-                     f"{_fmt_seed_values(c['per_seed'], 'macro_auroc')} | {_fmt_spread(c['no_finding_auroc'])} | "
-                     f"{_fmt_seed_values(c['per_seed'], 'no_finding_auroc')} |")
-    if cell_comparisons:
-        lines += ["", "## Cell comparisons over seeds", "",
-                  "Cells that differ in one setting, paired by seed. Seed variance: paired t-test and Wilcoxon "
-                  "signed-rank test of the per-seed differences, and a bootstrap resampling patients and seeds. "
-                  "Per seed: DeLong p of No Finding and the patient-bootstrap p of the macro difference.", "",
-                  "| cell A | cell B | differs in | seeds | macro diff A-B: mean ± SD (min to max) | t-test p | Wilcoxon p "
-                  "| patients+seeds bootstrap 95% CI, p | No Finding diff: mean ± SD | t-test p | per seed: No Finding "
-                  "DeLong p | per seed: macro bootstrap p |", "|---" * 12 + "|"]
-        for c in cell_comparisons:
-            m, nf = c["macro_auroc_diff"], c["no_finding_auroc_diff"]
-            low, high = c["macro_auroc_diff_patients_seeds_ci"]
-            lines.append(
-                f"| {c['cell_a']} | {c['cell_b']} | {', '.join(c['differs_in']) or '-'} | {len(c['seeds'])} | "
-                f"{_fmt_spread(m)} | {_fmt_p(m['t_test_p'])} | {_fmt_p(m['wilcoxon_p'])} | "
-                f"{_fmt(low)} to {_fmt(high)}, {_fmt_p(c['macro_auroc_diff_patients_seeds_p'])} | {_fmt_spread(nf)} | "
-                f"{_fmt_p(nf['t_test_p'])} | "
-                + ", ".join(_fmt_p(e["delong_p"][NO_FINDING]) for e in c["per_seed"]) + " | "
-                + ", ".join(_fmt_p(e["macro_bootstrap_p"]) for e in c["per_seed"]) + " |")
-        lines += ["", f"{len(cell_comparisons)} cell comparisons, not corrected for multiple testing. "
-                      "With 3 seeds the smallest two-sided Wilcoxon p is 0.25."]
-    return lines
-
-
-def _pick_examples(run, count):
-    """Up to `count` test rows: one positive per target in order, then the first others."""
-    df = run.predictions
-    chosen, explain = [], []
-    for t in TARGETS:
-        rows = df.index[(df[f"y_{t}"] == 1) & ~df.index.isin(chosen)]
-        if len(rows) and len(chosen) < count:
-            chosen.append(int(rows[0]))
-            explain.append(TARGETS.index(t))
-    for i in df.index:
-        if len(chosen) >= count:
-            break
-        if i not in chosen:
-            chosen.append(int(i))
-            explain.append(None)
-    return chosen, explain
-
-
-def _load_model(path):
-    import keras
-
-    import tfcxr.models  # noqa: F401  registers the tfcxr custom layers
-
-    return keras.models.load_model(path, compile=False)
-
-
-def _figures(runs, result, out_dir, gradcam_images, notes):
-    figures = []
-    for run, r in zip(runs, result["runs"]):
-        y = np.concatenate([run.labels(), run.no_finding_labels()[:, None]], 1)
-        s = np.concatenate([run.probabilities(), _no_finding_scores(run.probabilities(), r["no_finding_score"])[:, None]], 1)
-        curves = [(name, y[:, k], s[:, k], r["classes"][name]["auroc"]) for k, name in enumerate(COLUMNS)]
-        path = plots.roc_curves_png(out_dir / f"roc_{_safe_name(run.name)}.png", f"ROC: {run.label}", curves)
-        figures.append((f"ROC curves, {run.label}", path))
-    panels = []
-    for k, name in enumerate(COLUMNS):
-        entries = []
-        for run, r in zip(runs, result["runs"]):
-            y = run.labels()[:, k] if k < len(TARGETS) else run.no_finding_labels()
-            s = run.probabilities()[:, k] if k < len(TARGETS) else _no_finding_scores(run.probabilities(), r["no_finding_score"])
-            entries.append((run.label, y, s, r["classes"][name]["auroc"]))
-        panels.append((name, entries))
-    figures.append(("ROC overlay across runs", plots.roc_overlay_png(out_dir / "roc_overlay.png", panels)))
-    bars = []
-    for r in result["runs"]:
-        vals = [(r["classes"][t]["auroc"], *r["classes"][t]["auroc_ci"]) for t in TARGETS]
-        vals.append((r[MACRO]["auroc"], *r[MACRO]["auroc_ci"]))
-        vals.append((r["classes"][NO_FINDING]["auroc"], *r["classes"][NO_FINDING]["auroc_ci"]))
-        bars.append((r["label"], vals))
-    figures.append(("Mask-mode comparison (AUROC, 95% CI)",
-                    plots.comparison_png(out_dir / "mask_mode_comparison.png", TARGETS + (MACRO, NO_FINDING), bars)))
-    if gradcam_images > 0:
-        figures += _image_figures(runs, out_dir, gradcam_images, notes)
-    return figures
-
-
-def _image_figures(runs, out_dir, count, notes):
-    """Mask overlay grid and Grad-CAM grid on the same few test images of the first run."""
-    import tensorflow as tf
-
-    from tfcxr.evaluation import gradcam
-
-    expected = (ImportError, OSError, ValueError, tf.errors.OpError)
-    figures = []
-    base = runs[0]
-    rows, explain = _pick_examples(base, count)
-    picked = base.predictions.loc[rows]
-    image_paths = picked["image_path"].astype(str).tolist()
-    mask_paths = [""] * len(rows)
-    for run in runs:  # an `original` run may have no mask_path; take the lung masks from any run that has them
-        known = run.predictions.set_index("image_id")["mask_path"].fillna("").astype(str)
-        mask_paths = [m or known.get(iid, "") for m, iid in zip(mask_paths, picked["image_id"])]
-    row_titles = [f"{iid}\n{','.join(t for t in TARGETS if picked.loc[i, f'y_{t}'] == 1) or 'no target'}"
-                  for i, iid in zip(rows, picked["image_id"])]
-    size = max(192, int(base.config.get("image_size", 224) or 224))  # display size of the mask grid
-
-    # Mask overlay grid: the lung mask contour, then one column per masking mode of the runs.
-    modes = []
-    for run in runs:
-        if run.mask not in [m for m, _ in modes]:
-            modes.append((run.mask, run.config))
-    try:
-        if not any(mask_paths):
-            raise ValueError(f"{base.files.predictions_path.name} has no mask_path values")
-        _, raw, masks = gradcam.prepare_inputs(image_paths, mask_paths, {"mask": "original"}, size)
-        grid = [[(raw[i], masks[i])] for i in range(len(rows))]
-        titles = ["image + lung mask"]
-        for mode, config in modes:
-            inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, config, size)
-            for i in range(len(rows)):
-                grid[i].append((inputs[i], None))
-            margin = config.get("margin")
-            titles.append(f"{mode}" + (f" (margin {margin})" if mode in ("loose", "box") and margin is not None else ""))
-        figures.append(("Lung masks and masking modes",
-                        plots.image_grid_png(out_dir / "mask_overlay_grid.png", grid, titles, row_titles)))
-    except expected as err:
-        notes.append(f"Mask overlay grid skipped: {err}")
-        logger.warning("Mask overlay grid skipped: %s", err)
-
-    # Grad-CAM: one column per run, each on that run's own masked input.
-    grid, heat, captions, titles = [[] for _ in rows], [[] for _ in rows], [[] for _ in rows], []
-    for run in runs:
-        try:
-            if not run.model_path.is_file():
-                raise FileNotFoundError(f"{run.model_path}: missing")
-            model = _load_model(run.model_path)
-            run_size = model.inputs[0].shape[1] or int(run.config.get("image_size", size))
-            inputs, _, _ = gradcam.prepare_inputs(image_paths, mask_paths, run.config, run_size)
-            probs = np.asarray(model(inputs, training=False))
-            idx = [e if e is not None else int(np.argmax(p)) for e, p in zip(explain, probs)]
-            cams, probs = gradcam.grad_cam(model, inputs, idx)
-        except expected as err:
-            notes.append(f"Grad-CAM skipped for {run.label}: {err}")
-            logger.warning("Grad-CAM skipped for %s: %s", run.label, err)
-            continue
-        titles.append(run.label)
-        for i in range(len(rows)):
-            grid[i].append((inputs[i], None))
-            heat[i].append(cams[i])
-            no_evidence = "" if np.max(cams[i]) > 0 else ", no positive evidence"  # all-zero map after ReLU
-            captions[i].append(f"{TARGETS[idx[i]]} p={probs[i, idx[i]]:.2f}{no_evidence}")
-    if titles:
-        figures.append(("Grad-CAM (class explained and its probability under each cell)",
-                        plots.image_grid_png(out_dir / "gradcam.png", grid, titles, row_titles, heat, captions)))
-    return figures
-
-
 def write_report(runs, out_dir, num_resamples=1000, seed=0, ci_level=0.95, specificity=0.9,
                  no_finding_score=None, require_same_test_set=True, gradcam_images=4,
                  title="tfcxr evaluation report"):
@@ -655,11 +347,11 @@ def write_report(runs, out_dir, num_resamples=1000, seed=0, ci_level=0.95, speci
     result = evaluate_runs(runs, num_resamples, seed, ci_level, specificity, no_finding_score,
                            require_same_test_set)
     notes = []
-    figures = _figures(runs, result, out_dir, gradcam_images, notes)
+    figures = report_figures(runs, result, out_dir, gradcam_images, notes)
     result["figures"] = {caption: path.name for caption, path in figures}
     result["notes"] = notes
     with open(out_dir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(_json_ready(result), f, indent=2, allow_nan=False)
-    (out_dir / "report.md").write_text(_markdown(result, figures, notes, title), encoding="utf-8")
+    (out_dir / "report.md").write_text(markdown(result, figures, notes, title), encoding="utf-8")
     logger.info("Wrote %s", out_dir / "report.md")
     return result
