@@ -21,6 +21,7 @@ and checkpoints/ keep the last good epoch), 2 for bad arguments or inputs.
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import pathlib
@@ -87,6 +88,118 @@ def resolve_data(config) -> tuple[str, str | None]:
     return data, masks
 
 
+@dataclasses.dataclass
+class _Data:
+    """The records of a run and its three `tf.data` datasets."""
+
+    parts: dict  # {split: records DataFrame}
+    train: object
+    validation: object
+    test: object
+    not_cxr: dict  # {split: images the mask QC flagged not_cxr}
+    prepared: bool
+
+
+def _open_run(config) -> tuple[RunDir, bool]:
+    """Create (or reopen, after the resume check) the run directory of `config` and save its config."""
+    out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
+    config.out = str(out)
+    run = RunDir(out)
+    resumed = run.check_resume(config)
+    out.mkdir(parents=True, exist_ok=True)
+    run.save_config(config)
+    logger.info("run directory: %s%s", out, " (resuming)" if resumed else "")
+    return run, resumed
+
+
+def _load_data(config) -> _Data:
+    """Curated records, the patient-level splits and their datasets, as `tfcxr.data.pipeline` builds them."""
+    from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
+
+    data, masks = resolve_data(config)
+    pipeline = PipelineConfig(
+        data=data, masks=masks, mask_spec=config.mask_spec, batch_size=config.batch_size, augment=config.augment,
+        cache=config.cache, seed=config.seed, curation=config.curation(), tfds_data_dir=config.tfds_data_dir,
+        exclude_not_cxr=config.exclude_not_cxr,
+    )
+    records = load_records(pipeline)
+    parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
+    prepared = bool(records.attrs.get("prepared"))
+    logger.info("data %s: %s images (train/validation/test), %s, masks=%s", data,
+                "/".join(str(len(p)) for p in parts.values()), config.mask_spec,
+                "stored with the images" if prepared else masks)
+    return _Data(parts, *(make_dataset(pipeline, split, records) for split in ("train", "validation", "test")),
+                 not_cxr=records.attrs.get("not_cxr", {}), prepared=prepared)
+
+
+def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks) -> tuple[str, EpochTimer, MacroAUROC]:
+    """Fit `model` with the run's callbacks; returns ("ok" | "nan_loss", the epoch timer, the AUROC callback)."""
+    import keras
+
+    from tfcxr.data.pipeline import label_matrix
+
+    timer = EpochTimer()
+    auroc = MacroAUROC(data.validation, label_matrix(data.parts["validation"]))
+    checkpoint = keras.callbacks.ModelCheckpoint(str(run.model_path), monitor=MONITOR, mode="max",
+                                                 save_best_only=True, verbose=0)
+    best_value = run.best().value if resumed else None
+    if best_value is not None:
+        checkpoint.best = best_value
+    all_callbacks = [
+        timer, auroc, checkpoint,
+        keras.callbacks.CSVLogger(str(run.history_path), append=resumed),
+        *tensorboard_callbacks(run.tensorboard_path),
+        keras.callbacks.BackupAndRestore(str(run.checkpoints_path), delete_checkpoint=False),
+        NaNGuard(), *callbacks,
+    ]
+    try:
+        model.fit(data.train, epochs=config.epochs, callbacks=all_callbacks, verbose=1 if sys.stdout.isatty() else 2,
+                  shuffle=False)
+    except NaNLossError as error:
+        logger.error("Training stopped: %s. Kept best.keras and checkpoints/ from the last good epoch in %s. "
+                     "Try a lower --learning-rate or --precision float32.", error, run.path)
+        return "nan_loss", timer, auroc
+    return "ok", timer, auroc
+
+
+def _efficiency(config, run: RunDir, data: _Data, timer, auroc, device, precision, status) -> dict:
+    """The `efficiency.json` payload: seconds per epoch, images/s, epochs, device, image and not-CXR counts."""
+    train_seconds = float(np.mean(timer.train_seconds)) if timer.train_seconds else float("nan")
+    val_seconds = float(np.mean(auroc.seconds)) if auroc.seconds else 0.0
+    return {
+        "seconds_per_epoch": train_seconds + val_seconds,
+        "train_images_per_second": len(data.parts["train"]) / train_seconds if timer.train_seconds else float("nan"),
+        "epochs_run": run.epochs_run(),
+        "best_epoch": run.best().epoch,
+        "device": device,
+        "precision": precision,
+        "train_seconds_per_epoch": train_seconds,
+        "validation_seconds_per_epoch": val_seconds,
+        "epochs_timed": len(timer.train_seconds),
+        "images": {split: len(part) for split, part in data.parts.items()},
+        "not_cxr_flagged": data.not_cxr,
+        "not_cxr_excluded": bool(config.exclude_not_cxr),
+        "status": status,
+    }
+
+
+def _evaluate_test(run: RunDir, model, data: _Data) -> dict:
+    """Predict the test split with best.keras (the final model when no best was saved); write the predictions."""
+    import keras
+
+    from tfcxr.data.pipeline import label_matrix
+
+    if not run.model_path.is_file():
+        logger.warning("validation macro AUROC was never defined; saving the final model as %s", run.model_path)
+        model.save(run.model_path)
+    probs = keras.models.load_model(run.model_path).predict(data.test, verbose=0)
+    run.write_predictions(data.parts["test"], probs)
+    test_macro, per_class, reasons = macro_auroc(label_matrix(data.parts["test"]), probs, TARGETS)
+    for name, reason in reasons.items():
+        logger.warning("test AUROC of %s is undefined (%s)", name, reason)
+    return {"test_macro_auroc": test_macro, "test_auroc": dict(zip(TARGETS, per_class))}
+
+
 def train(config, callbacks=()):
     """Run one training job and write the run directory.
 
@@ -100,119 +213,26 @@ def train(config, callbacks=()):
     """
     import keras
 
-    from tfcxr.data.pipeline import PipelineConfig, label_matrix, load_records, make_dataset, split_records
+    from tfcxr.data.pipeline import label_matrix
     from tfcxr.models import build_classifier, compile_classifier
 
     keras.utils.set_random_seed(config.seed)
-    data, masks = resolve_data(config)
-    out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
-    config.out = str(out)
-    run = RunDir(out)
-    resumed = run.check_resume(config)
-    out.mkdir(parents=True, exist_ok=True)
-    run.save_config(config)
-    logger.info("run directory: %s%s", out, " (resuming)" if resumed else "")
-
-    pipeline = PipelineConfig(
-        data=data,
-        masks=masks,
-        mask_spec=config.mask_spec,
-        batch_size=config.batch_size,
-        augment=config.augment,
-        cache=config.cache,
-        seed=config.seed,
-        curation=config.curation(),
-        tfds_data_dir=config.tfds_data_dir,
-        exclude_not_cxr=config.exclude_not_cxr,
-    )
-    records = load_records(pipeline)
-    not_cxr = records.attrs.get("not_cxr", {})
-    parts = {split: split_records(records, split) for split in ("train", "validation", "test")}
-    logger.info(
-        "data %s: %s images (train/validation/test), %s, masks=%s",
-        data,
-        "/".join(str(len(p)) for p in parts.values()),
-        config.mask_spec,
-        "stored with the images" if records.attrs.get("prepared") else masks,
-    )
-    train_ds = make_dataset(pipeline, "train", records)
-    val_ds = make_dataset(pipeline, "validation", records)
-    test_ds = make_dataset(pipeline, "test", records)
-    val_labels = label_matrix(parts["validation"])
-
+    run, resumed = _open_run(config)
+    data = _load_data(config)
     strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
     with strategy.scope():
         model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout)
-        compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(parts["train"]))
+        compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
-    timer = EpochTimer()
-    auroc = MacroAUROC(val_ds, val_labels)
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(run.model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
-    )
-    best_value = run.best().value if resumed else None
-    if best_value is not None:
-        checkpoint.best = best_value
-    all_callbacks = [
-        timer,
-        auroc,
-        checkpoint,
-        keras.callbacks.CSVLogger(str(run.history_path), append=resumed),
-        *tensorboard_callbacks(run.tensorboard_path),
-        keras.callbacks.BackupAndRestore(str(run.checkpoints_path), delete_checkpoint=False),
-        NaNGuard(),
-        *callbacks,
-    ]
-    verbose = 1 if sys.stdout.isatty() else 2
-    status = "ok"
-    try:
-        model.fit(train_ds, epochs=config.epochs, callbacks=all_callbacks, verbose=verbose, shuffle=False)
-    except NaNLossError as error:
-        status = "nan_loss"
-        logger.error(
-            "Training stopped: %s. Kept best.keras and checkpoints/ from the last good epoch in %s. "
-            "Try a lower --learning-rate or --precision float32.",
-            error,
-            out,
-        )
+    status, timer, auroc = _fit(config, run, resumed, model, data, callbacks)
     best = run.best()
-    best_value, best_epoch = best.value, best.epoch
-    epochs_run = run.epochs_run()
-    train_seconds = float(np.mean(timer.train_seconds)) if timer.train_seconds else float("nan")
-    val_seconds = float(np.mean(auroc.seconds)) if auroc.seconds else 0.0
-    efficiency = {
-        "seconds_per_epoch": train_seconds + val_seconds,
-        "train_images_per_second": len(parts["train"]) / train_seconds if timer.train_seconds else float("nan"),
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "device": device,
-        "precision": precision,
-        "train_seconds_per_epoch": train_seconds,
-        "validation_seconds_per_epoch": val_seconds,
-        "epochs_timed": len(timer.train_seconds),
-        "images": {split: len(part) for split, part in parts.items()},
-        "not_cxr_flagged": not_cxr,
-        "not_cxr_excluded": bool(config.exclude_not_cxr),
-        "status": status,
-    }
-    result = {"out": str(out), "status": status, "best_val_macro_auroc": best_value, "best_epoch": best_epoch,
-              "not_cxr_flagged": not_cxr}
+    result = {"out": str(run.path), "status": status, "best_val_macro_auroc": best.value, "best_epoch": best.epoch,
+              "not_cxr_flagged": data.not_cxr}
     if status == "ok":
-        best_path = run.model_path
-        if not best_path.is_file():
-            logger.warning("validation macro AUROC was never defined; saving the final model as %s", best_path)
-            model.save(best_path)
-        best_model = keras.models.load_model(best_path)
-        probs = best_model.predict(test_ds, verbose=0)
-        run.write_predictions(parts["test"], probs)
-        test_macro, per_class, reasons = macro_auroc(label_matrix(parts["test"]), probs, TARGETS)
-        for name, reason in reasons.items():
-            logger.warning("test AUROC of %s is undefined (%s)", name, reason)
-        result["test_macro_auroc"] = test_macro
-        result["test_auroc"] = dict(zip(TARGETS, per_class))
-    run.write_efficiency(efficiency)
+        result.update(_evaluate_test(run, model, data))
+    run.write_efficiency(_efficiency(config, run, data, timer, auroc, device, precision, status))
     return result
 
 
