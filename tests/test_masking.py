@@ -239,3 +239,16 @@ def test_apply_at_training_each_mode_eager_batched_and_in_tf_data():
     assert not hole.any()  # tight at training resolution keeps the stored mask as is (cleaned upstream)
     tight = MaskSpec("tight", image_size=64).apply_at_training(images[0], _lungs()).numpy()[..., 0]
     assert np.all(tight[28:34, 14:20] == 0)
+
+
+def test_mask_spec_resolve_takes_a_spec_its_dict_or_a_default_and_the_shorthands():
+    from tfcxr.masking import MaskSpec
+
+    base = MaskSpec("tight", 0.1, "zero", 64)
+    assert MaskSpec.resolve(base) is base
+    assert MaskSpec.resolve(base.to_dict(), mode="loose") == base.replace(mode="loose")
+    assert MaskSpec.resolve(None, MaskSpec("original", image_size=32), fill="mean") == MaskSpec(
+        "original", image_size=32, fill="mean")
+    assert MaskSpec.resolve(None) == MaskSpec()
+    with pytest.raises(ValueError):
+        MaskSpec.resolve({"mode": "lose"})

@@ -107,12 +107,7 @@ class TrainConfig:
     image_size: dataclasses.InitVar[int] = None
 
     def __post_init__(self, mask, margin, fill, image_size):
-        spec = self.mask_spec
-        if spec is None:
-            spec = MaskSpec()
-        elif not isinstance(spec, MaskSpec):
-            spec = MaskSpec.from_dict(spec)  # the nested YAML form
-        self.mask_spec = spec.replace(mode=mask, margin=margin, fill=fill, image_size=image_size)
+        self.mask_spec = MaskSpec.resolve(self.mask_spec, mode=mask, margin=margin, fill=fill, image_size=image_size)
         get_preset(self.backbone)
         if self.loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={self.loss!r}")

@@ -179,6 +179,16 @@ class MaskSpec:
         changes = {key: value for key, value in changes.items() if value is not None}
         return dataclasses.replace(self, **changes) if changes else self
 
+    @classmethod
+    def resolve(cls, spec=None, default=None, *, mode=None, margin=None, fill=None, image_size=None) -> "MaskSpec":
+        """The spec a config holds: `spec` (a MaskSpec, its dict form, or None for `default`, else `MaskSpec()`)
+        with the non-None flat shorthands (`mask=`, `margin=`, `fill=`, `image_size=` of the configs) applied."""
+        if spec is None:
+            spec = default if default is not None else cls()
+        elif not isinstance(spec, cls):
+            spec = cls.from_dict(spec)  # the nested YAML form
+        return spec.replace(mode=mode, margin=margin, fill=fill, image_size=image_size)
+
     def to_dict(self) -> dict:
         """`{"mode", "margin", "fill", "image_size"}`, YAML/JSON-safe."""
         return dataclasses.asdict(self)

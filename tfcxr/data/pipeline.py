@@ -110,9 +110,7 @@ class PipelineConfig:
     image_size: dataclasses.InitVar[int] = None
 
     def __post_init__(self, mask, margin, fill, image_size):
-        self.mask_spec = (self.mask_spec or MaskSpec()).replace(
-            mode=mask, margin=margin, fill=fill, image_size=image_size
-        )
+        self.mask_spec = MaskSpec.resolve(self.mask_spec, mode=mask, margin=margin, fill=fill, image_size=image_size)
         if int(self.batch_size) < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={self.batch_size!r}")
         if self.mask_spec.needs_mask and not self.masks and not is_tfds(self.data):

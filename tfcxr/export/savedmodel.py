@@ -82,8 +82,9 @@ class RunInfo:
     def __post_init__(self, image_size, mask, margin, fill):
         if self.mask_spec is None and image_size is None:
             raise ValueError("RunInfo needs `mask_spec` or `image_size`. Received neither")
-        spec = self.mask_spec or MaskSpec(mode="original", image_size=image_size)
-        self.mask_spec = spec.replace(mode=mask, margin=margin, fill=fill, image_size=image_size)
+        default = MaskSpec(mode="original", image_size=image_size) if self.mask_spec is None else None
+        self.mask_spec = MaskSpec.resolve(self.mask_spec, default, mode=mask, margin=margin, fill=fill,
+                                          image_size=image_size)
 
     @property
     def needs_mask(self) -> bool:
