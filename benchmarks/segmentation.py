@@ -79,7 +79,8 @@ def sweep_inference(model_spec: str, data: list[str], cache_dir=None, thresholds
     from tfcxr.data.pairs import load_pairs
     from tfcxr.segment.embedding_cache import cached_embeddings
     from tfcxr.segment.metrics import segmentation_metrics
-    from tfcxr.segment.prompts import clean_lung_mask, decode_with_refine, input_boxes
+    from tfcxr.segment.mask_components import clean_lung_mask
+    from tfcxr.segment.tf_masks import decode_with_refine, input_boxes
 
     model = load_segmenter(model_spec)
     priors = model.priors
@@ -124,7 +125,7 @@ def measure_speed(model_name: str, batch_sizes=(1, 8), repeats: int = 3) -> dict
     import tensorflow as tf
 
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.prompts import input_boxes
+    from tfcxr.segment.tf_masks import input_boxes
 
     is_hub = "/" in model_name and not pathlib.Path(model_name).exists()
     if is_hub and not tf.config.list_physical_devices("GPU"):

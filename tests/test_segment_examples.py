@@ -9,7 +9,7 @@ from tfcxr.segment import examples
 
 def test_prepare_examples_boxes_labels_and_priors(tmp_path):
     from tfcxr.segment import load_segmenter
-    from tfcxr.segment.prompts import input_boxes
+    from tfcxr.segment.tf_masks import input_boxes
 
     model = load_segmenter("tiny")
     pairs = load_pairs(str(write_pairs(tmp_path / "pairs", count=2)))

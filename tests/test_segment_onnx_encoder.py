@@ -11,7 +11,7 @@ def test_onnx_backend_matches_tf_and_reuses_its_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TFCXR_CACHE", str(tmp_path / "cache"))
     from tfcxr.segment import load_segmenter
     from tfcxr.segment.onnx_encoder import onnx_path
-    from tfcxr.segment.prompts import segment_lungs
+    from tfcxr.segment.eager_masks import segment_lungs
 
     model = load_segmenter("tiny")
     rng = np.random.default_rng(0)

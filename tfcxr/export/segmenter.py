@@ -2,7 +2,7 @@
 
 SAM models are tf_keras and classifiers Keras 3: they never share a Keras graph. Both are tracked as
 attributes of the exported ``tf.Module`` and meet at tensors inside its ``tf.function``: this wrapper exposes the
-segment helper's pure-TF :func:`tfcxr.segment.prompts.lung_masks_tf` as
+segment helper's pure-TF :func:`tfcxr.segment.tf_masks.lung_masks_tf` as
 ``serving_fn(images (batch, H, W, 1) in [0, 1]) -> float32 (batch, H, W, 1) lung mask in {0, 1}``.
 
 In-graph masks follow the segmenter's own priors and inference settings (prompt, refine rounds, margin, threshold), as
@@ -50,7 +50,7 @@ def _serving_segmenter_class():
             Not converted by autograph: the SAM code has no tensor-dependent Python control flow, tracing is
             faster, and tracing does not re-read the segment sources (which breaks if they change on disk).
             """
-            from tfcxr.segment.prompts import lung_masks_tf
+            from tfcxr.segment.tf_masks import lung_masks_tf
 
             return lung_masks_tf(self._model, images, settings=self.settings, priors=self.priors)
 
@@ -58,7 +58,7 @@ def _serving_segmenter_class():
         def masks_and_scores(self, images):
             """images float32 (batch, H, W, 1) in [0, 1] -> (lung masks (batch, H, W, 1) in {0, 1},
             CXR gate scores float32 (batch,) in [0, 1]); needs a gate."""
-            from tfcxr.segment.prompts import lung_masks_tf
+            from tfcxr.segment.tf_masks import lung_masks_tf
 
             masks, embeddings = lung_masks_tf(self._model, images, settings=self.settings, priors=self.priors,
                                               return_embeddings=True)

@@ -29,8 +29,9 @@ from tfcxr import cli
 from tfcxr.atomic import write_text_atomic
 
 from . import qc
+from .eager_masks import segment_lungs
 from .presets import DEFAULT_PRESET
-from .prompts import PROMPTS, segment_lungs
+from .prompts import PROMPTS
 
 logger = logging.getLogger(__name__)
 METRICS = ("dice", "iou", "hd95")
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     from tfcxr.data.pairs import load_pairs
 
-    from .model import load_segmenter
+    from .loading import load_segmenter
 
     model = load_segmenter(args.model)
     settings = model.inference.replace(refine_rounds=args.refine_rounds, margin=args.margin,

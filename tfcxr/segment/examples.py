@@ -8,7 +8,9 @@ import numpy as np
 
 from tfcxr.data.pairs import Pair
 
-from .prompts import DEFAULT_PRIORS, input_boxes, lung_components, mask_box, normalize_boxes
+from .mask_components import lung_components, mask_box
+from .prompts import DEFAULT_PRIORS, normalize_boxes
+from .tf_masks import input_boxes
 
 
 def _label_frame(model, sizes, label_size: int):

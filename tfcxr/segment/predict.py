@@ -34,8 +34,8 @@ import numpy as np
 from tfcxr import cli
 
 from . import qc
+from .eager_masks import embed_images, segment_lungs
 from .presets import DEFAULT_PRESET
-from .prompts import embed_images, segment_lungs
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from .model import load_segmenter
+    from .loading import load_segmenter
 
     model = load_segmenter(args.model)
     if args.backend != "tf":

@@ -62,7 +62,7 @@ def mask_stats(mask, image=None, cxr_score=None, cxr_threshold=None, stability=N
         image: optional float32 (height, width[, 1]) image in [0, 1], to flag blank images.
         cxr_score: optional gate score in [0, 1] of the image (probability of a frontal CXR).
         cxr_threshold: the gate's threshold; a `cxr_score` below it flags ``not_cxr``.
-        stability: optional ``tfcxr.segment.prompts.mask_stability`` of the mask; below ``MIN_STABILITY`` flags
+        stability: optional ``tfcxr.segment.mask_components.mask_stability`` of the mask; below ``MIN_STABILITY`` flags
             ``unstable``.
 
     Returns:
