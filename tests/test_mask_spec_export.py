@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcxr.export.savedmodel import RunInfo, prepare_image, read_run
-from tfcxr.masking import MASK_MODES, MaskSpec, apply_mask
+from tfcxr.export.savedmodel import RunInfo, read_run
+from tfcxr.export.serving_module import prepare_image
+from tfcxr.mask_options import MASK_MODES
+from tfcxr.mask_spec import MaskSpec
+from tfcxr.masking import apply_mask
 
 
 def _run_dir(tmp_path, text):

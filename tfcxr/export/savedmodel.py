@@ -1,36 +1,9 @@
-"""Export a training run as a SavedModel for TF Serving.
+"""Export a training run as a SavedModel for TF Serving, and load and call an exported version.
 
-The exported ``tf.Module`` has two signatures:
-
-``serving_default`` (bytes in, used by TF Serving clients)
-    inputs:  ``image_bytes``  tf.string (batch,)   PNG (8/16-bit) or JPEG files, any size, gray or RGB.
-             ``mask_bytes``   tf.string (batch,)   only for masked runs (``tight``/``loose``/``box``/``inverse``)
-                                                   exported WITHOUT the embedded segmenter: PNG lung masks (0/255),
-                                                   same size as the image.
-    outputs: ``probabilities`` float32 (batch, 5)  sigmoid probabilities in ``tfcxr.labels.TARGETS`` order.
-             ``no_finding``    float32 (batch,)    ``tfcxr.scoring.no_finding_score`` of the run's method.
-             ``labels``        string  (batch, 5)  the TARGETS names, repeated per row. (batch, 5) rather than (5,)
-                                                   so that every output shares the batch axis, which TF Serving's
-                                                   REST row format (``"instances"``) requires.
-             ``in_distribution`` float32 (batch,)  only with an embedded segmenter that has a CXR gate: the gate's
-                                                   probability that the image is a frontal chest X-ray.
-             ``is_cxr``        bool (batch,)       ``in_distribution >= `` the gate's threshold. Exported with
-                                                   ``--reject-non-cxr``, a request holding an image below the
-                                                   threshold fails with an error naming it instead.
-    Each image is decoded, masked with the run's mask mode (the mask comes from ``mask_bytes`` or from the embedded
-    segmenter), then resized to the run's ``image_size``: the order of the training pipeline
-    (decode -> mask -> resize).
-
-``predict_images`` (float in)
-    inputs:  ``images`` float32 (batch, image_size, image_size, 1) in [0, 1], already masked.
-    outputs: as above.
-
-Every input and output declares its dtype and static shape (``None`` = the batch axis; S = ``image_size``):
-``images`` (None, S, S, 1), ``image_bytes``/``mask_bytes`` (None,), ``probabilities`` and ``labels`` (None, 5),
-``no_finding`` (None,), so TF Serving's model metadata shows what to send.
-
-Bad requests fail with ``tf.errors.InvalidArgumentError`` naming the problem (empty batch, wrong rank or size,
-bytes that are not PNG/JPEG, a mask of another size); the loaded model keeps serving the next request.
+:func:`export_savedmodel` reads the run (:class:`RunInfo`, :func:`read_run`), loads its classifier as float32,
+saves the ``tf.Module`` of :mod:`tfcxr.export.serving_module` (signatures ``serving_default``, bytes in, and
+``predict_images``, floats in; documented there) into the TF Serving layout of :mod:`tfcxr.export.serving_layout`,
+and writes the run's metadata beside it (``assets.extra/tfcxr_export.json``).
 """
 
 from __future__ import annotations
@@ -42,16 +15,13 @@ import pathlib
 import shutil
 
 from tfcxr.export import serving_layout
+from tfcxr.export.serving_module import BYTES_SIGNATURE, IMAGES_SIGNATURE, build_serving_module
 from tfcxr.labels import TARGETS
-from tfcxr.masking import MaskSpec, mask_spec_properties
+from tfcxr.mask_spec import MaskSpec, mask_spec_properties
 
 logger = logging.getLogger(__name__)
 
-BYTES_SIGNATURE = "serving_default"
-IMAGES_SIGNATURE = "predict_images"
 EXPORT_INFO = "assets.extra/tfcxr_export.json"
-OUTPUT_SHAPES = {"probabilities": (None, len(TARGETS)), "no_finding": (None,), "labels": (None, len(TARGETS)),
-                 "in_distribution": (None,), "is_cxr": (None,)}
 
 
 @mask_spec_properties
@@ -61,7 +31,7 @@ class RunInfo:
 
     Attributes:
         rundir, model_path: the run directory and its model file.
-        mask_spec: the run's `tfcxr.masking.MaskSpec` (mode, margin, fill, image size), as trained.
+        mask_spec: the run's `tfcxr.mask_spec.MaskSpec` (mode, margin, fill, image size), as trained.
         backbone: copied into the export metadata.
         no_finding_method: the run's config `no_finding_score` (`tfcxr.scoring`), served as ``no_finding`` and
             copied into the export metadata.
@@ -173,181 +143,19 @@ def load_classifier(info: RunInfo):
     return to_float32(model)
 
 
-def images_spec(image_size: int):
-    """The ``predict_images`` input: float32 (None, image_size, image_size, 1), named ``images``."""
-    import tensorflow as tf
-
-    return tf.TensorSpec([None, int(image_size), int(image_size), 1], tf.float32, name="images")
-
-
-def bytes_specs(info: RunInfo, segmenter=None) -> list:
-    """The ``serving_default`` inputs: ``image_bytes`` string (None,), plus ``mask_bytes`` string (None,) when the
-    run masks and no segmenter is embedded."""
-    import tensorflow as tf
-
-    specs = [tf.TensorSpec([None], tf.string, name="image_bytes")]
-    if info.needs_mask and segmenter is None:
-        specs.append(tf.TensorSpec([None], tf.string, name="mask_bytes"))
-    return specs
-
-
-def _serving_module_class():
-    import tensorflow as tf
-
-    from tfcxr.scoring import no_finding_score
-
-    class ServingModule(tf.Module):
-        """The exported graph. Attributes are tracked, so their variables are saved with it.
-
-        Args:
-            classifier: Keras 3 model, float32 (batch, S, S, 1) in [0, 1] -> (batch, 5) probabilities.
-            info: the run's `RunInfo` (image size, mask mode, margin, fill, No Finding method).
-            segmenter: optional object whose ``serving_fn(images (batch, H, W, 1) in [0, 1])`` returns
-                float32 lung masks (batch, H, W, 1) in {0, 1}; makes ``mask_bytes`` unnecessary.
-        """
-
-        def __init__(self, classifier, info: RunInfo, segmenter=None):
-            super().__init__(name="tfcxr_classifier")
-            self.classifier = classifier
-            self.segmenter = segmenter
-            self._info = info
-            size = info.image_size
-            self.predict_images = tf.function(self._predict_images, input_signature=[images_spec(size)])
-            self.serve_bytes = tf.function(self._serve_bytes, input_signature=bytes_specs(info, segmenter))
-            self._image_spec = tf.TensorSpec([size, size, 1], tf.float32)
-            self._gated = info.needs_mask and segmenter is not None and getattr(segmenter, "gate", None) is not None
-
-        def _outputs(self, images):
-            probabilities = tf.cast(self.classifier(images, training=False), tf.float32)  # (batch, 5)
-            probabilities = tf.ensure_shape(probabilities, OUTPUT_SHAPES["probabilities"])
-            batch = tf.shape(probabilities)[0]
-            labels = tf.tile(tf.constant(TARGETS)[tf.newaxis], [batch, 1])  # (batch, 5)
-            no_finding = no_finding_score(probabilities, method=self._info.no_finding_method)  # (batch,)
-            return {
-                "probabilities": probabilities,
-                "no_finding": tf.ensure_shape(no_finding, OUTPUT_SHAPES["no_finding"]),
-                "labels": tf.ensure_shape(labels, OUTPUT_SHAPES["labels"]),
-            }
-
-        def _predict_images(self, images):
-            size = self._info.image_size
-            expected = f"(batch, {size}, {size}, 1) float32 in [0, 1]"
-            # The declared (None, S, S, 1) is metadata: a loaded signature and TF Serving still feed any shape,
-            # so the request is checked here and refused with a message.
-            shape = tf.shape(images)
-            padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[:4]  # safe for any rank
-            well_formed = tf.logical_and(
-                tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded[1:], [size, size, 1]))
-            )
-            checks = [tf.debugging.Assert(well_formed, [f"`images` must be {expected}; received shape", shape], summarize=8)]
-            with tf.control_dependencies(checks):
-                checks.append(tf.debugging.assert_positive(padded[0], message="empty batch: `images` holds no image"))
-            with tf.control_dependencies(checks):
-                images = tf.ensure_shape(tf.identity(images), [None, size, size, 1])
-            return self._outputs(images)
-
-        def _prepare(self, image_bytes, mask_bytes=None):
-            info = self._info
-            return prepare_image(
-                image_bytes, info, mask_bytes=mask_bytes, segmenter=self.segmenter if info.needs_mask else None,
-                with_cxr_score=self._gated,
-            )
-
-        def _gate_outputs(self, outputs, scores):
-            """Add the gate's ``in_distribution`` and ``is_cxr`` outputs; refuse non-CXR images if asked to."""
-            is_cxr = scores >= float(self.segmenter.gate.threshold)
-            if self.segmenter.reject_non_cxr:
-                check = tf.debugging.Assert(tf.reduce_all(is_cxr), [
-                    "not a frontal chest X-ray (CXR gate score below", float(self.segmenter.gate.threshold),
-                    "): images at batch positions", tf.where(tf.logical_not(is_cxr))[:, 0], "scores", scores],
-                    summarize=16)
-                with tf.control_dependencies([check]):
-                    scores = tf.identity(scores)
-            outputs["in_distribution"] = tf.ensure_shape(scores, OUTPUT_SHAPES["in_distribution"])
-            outputs["is_cxr"] = tf.ensure_shape(is_cxr, OUTPUT_SHAPES["is_cxr"])
-            return outputs
-
-        def _serve_bytes(self, image_bytes, mask_bytes=None):
-            check = tf.debugging.assert_positive(tf.size(image_bytes), message="empty batch: `image_bytes` is empty")
-            with tf.control_dependencies([check]):
-                if self._gated:
-                    images, scores = tf.map_fn(self._prepare, image_bytes, fn_output_signature=(
-                        self._image_spec, tf.TensorSpec([], tf.float32)))
-                    return self._gate_outputs(self._outputs(images), scores)
-                if mask_bytes is None:
-                    images = tf.map_fn(self._prepare, image_bytes, fn_output_signature=self._image_spec)
-                else:
-                    same = tf.debugging.assert_equal(
-                        tf.size(mask_bytes), tf.size(image_bytes),
-                        message="`mask_bytes` must hold one mask per image in `image_bytes`",
-                    )
-                    with tf.control_dependencies([same]):
-                        images = tf.map_fn(
-                            lambda pair: self._prepare(*pair),
-                            (image_bytes, mask_bytes),
-                            fn_output_signature=self._image_spec,
-                        )  # (batch, S, S, 1)
-            return self._outputs(images)
-
-        def signatures(self):
-            return {
-                BYTES_SIGNATURE: self.serve_bytes.get_concrete_function(),
-                IMAGES_SIGNATURE: self.predict_images.get_concrete_function(),
-            }
-
-    return ServingModule
-
-
-def prepare_image(image_bytes, info: RunInfo, mask_bytes=None, segmenter=None, with_cxr_score: bool = False):
-    """One encoded image -> the classifier input, as `tfcxr.data.pipeline` makes it: decode -> mask -> resize.
-
-    Args:
-        image_bytes: tf.string scalar, a PNG (8/16-bit) or JPEG file.
-        info: the run's `RunInfo` (its `MaskSpec`: image size, mask mode, margin, fill).
-        mask_bytes: tf.string scalar PNG lung mask (0/255, same size as the image); needed when the run masks
-            and `segmenter` is None.
-        segmenter: optional object with ``serving_fn(images (1, H, W, 1)) -> masks (1, H, W, 1) in {0, 1}``.
-        with_cxr_score: also return the segmenter's CXR gate score (its ``masks_and_scores``).
-
-    Returns:
-        float32 (image_size, image_size, 1) in [0, 1] (and the float32 scalar gate score in [0, 1]).
-    """
-    import tensorflow as tf
-
-    from tfcxr.data.io import decode_image_tf
-    from tfcxr.data.pipeline import resize_to_training
-
-    image = decode_image_tf(image_bytes)  # (H, W, 1)
-    score = None
-    if info.needs_mask:
-        if segmenter is not None and with_cxr_score:
-            masks, scores = segmenter.masks_and_scores(image[tf.newaxis])
-            lung, score = masks[0] > 0.5, scores[0]  # (H, W, 1), ()
-        elif segmenter is not None:
-            lung = segmenter.serving_fn(image[tf.newaxis])[0] > 0.5  # (H, W, 1)
-        elif mask_bytes is None:
-            raise ValueError(f"{info.rundir}: the run uses mask={info.mask!r}; a lung mask is required")
-        else:
-            lung = decode_image_tf(mask_bytes)  # (H, W, 1)
-            same_size = tf.debugging.Assert(
-                tf.reduce_all(tf.equal(tf.shape(lung)[:2], tf.shape(image)[:2])),
-                ["`mask_bytes` must have the size of its image; image", tf.shape(image), "mask", tf.shape(lung)],
-            )
-            with tf.control_dependencies([same_size]):
-                lung = lung > 0.5  # the pipeline's `uint8 > 127`
-        image = info.mask_spec.apply_at_source(image, lung)  # the run's MaskSpec, at source resolution
-    # The training pipeline's resize (aspect-preserving, antialiased, padded), reused as is.
-    resized = resize_to_training(image, info.mask_spec.image_size)  # (S, S, 1)
-    return (resized, score) if with_cxr_score else resized
-
-
-def build_serving_module(classifier, info: RunInfo, segmenter=None):
-    """The `tf.Module` that is saved (see module docstring for its signatures)."""
-    if info.needs_mask is False and segmenter is not None:
-        raise ValueError(
-            f"{info.rundir}: the run uses mask='original', so there is nothing to segment; drop --embed-segmenter"
-        )
-    return _serving_module_class()(classifier, info, segmenter=segmenter)
+def _export_metadata(info: RunInfo, segmenter=None, version: int | None = None, gated: bool = False) -> dict:
+    """The JSON written beside an export (:data:`EXPORT_INFO`): the run's :meth:`RunInfo.metadata`, whether a
+    segmenter is embedded, the version, the CXR gate (when `gated`) and each signature's input names."""
+    metadata = dict(info.metadata(), embed_segmenter=segmenter is not None, version=version)
+    if gated:
+        metadata["cxr_gate"] = {"threshold": float(segmenter.gate.threshold),
+                                "reject_non_cxr": segmenter.reject_non_cxr,
+                                "outputs": ["in_distribution", "is_cxr"]}
+    metadata["signatures"] = {
+        BYTES_SIGNATURE: ["image_bytes"] + (["mask_bytes"] if info.needs_mask and segmenter is None else []),
+        IMAGES_SIGNATURE: ["images"],
+    }
+    return metadata
 
 
 def export_savedmodel(
@@ -364,7 +172,8 @@ def export_savedmodel(
         out_dir: the TF Serving model base folder (mounted as ``/models`` by ``export/docker-compose.yml``).
         model_name: TF Serving model name.
         version: positive int; default 1 + the highest existing version.
-        segmenter: optional lung segmenter with a ``serving_fn`` to embed (see `ServingModule`).
+        segmenter: optional lung segmenter with a ``serving_fn`` to embed (see
+            :func:`tfcxr.export.serving_module.build_serving_module`).
 
     Returns:
         the version folder.
@@ -377,15 +186,7 @@ def export_savedmodel(
     staging = serving_layout.staging_dir(out_dir, model_name, version)
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
-        metadata = dict(info.metadata(), embed_segmenter=segmenter is not None, version=version)
-        if module._gated:
-            metadata["cxr_gate"] = {"threshold": float(segmenter.gate.threshold),
-                                    "reject_non_cxr": segmenter.reject_non_cxr,
-                                    "outputs": ["in_distribution", "is_cxr"]}
-        metadata["signatures"] = {
-            BYTES_SIGNATURE: ["image_bytes"] + (["mask_bytes"] if info.needs_mask and segmenter is None else []),
-            IMAGES_SIGNATURE: ["images"],
-        }
+        metadata = _export_metadata(info, segmenter, version, gated=module.gated)
         (staging / EXPORT_INFO).parent.mkdir(parents=True, exist_ok=True)
         (staging / EXPORT_INFO).write_text(json.dumps(metadata, indent=2) + "\n")
         target = serving_layout.publish_version(staging, out_dir, model_name, version)

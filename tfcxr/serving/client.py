@@ -1,6 +1,6 @@
 """Clients for a tfcxr model served by TF Serving: REST (JSON, port 8501) and gRPC (port 8500).
 
-Both send the ``serving_default`` signature of :mod:`tfcxr.export.savedmodel`: ``image_bytes`` (PNG/JPEG files)
+Both send the ``serving_default`` signature of :mod:`tfcxr.export.serving_module`: ``image_bytes`` (PNG/JPEG files)
 and, for masked runs exported without the embedded segmenter, ``mask_bytes`` (PNG lung masks). Both return
 ``{"probabilities": float32 (batch, 5), "no_finding": float32 (batch,), "labels": tuple of the 5 names}``.
 

@@ -6,7 +6,7 @@
     result["probabilities"]  # float32 (batch, 5) in TARGETS order; result["no_finding"] (batch,)
 
 The network runs on onnxruntime. Decoding, masking and resizing reuse the TF ops of the serving graph
-(:func:`tfcxr.export.savedmodel.prepare_image`, the training pipeline's own steps), run eagerly, so the
+(:func:`tfcxr.export.serving_module.prepare_image`, the training pipeline's own steps), run eagerly, so the
 inputs match the SavedModel and training bit for bit. The run's mask mode, margin, fill and image size come from
 the ``tfcxr`` metadata stored in the ``.onnx`` file.
 """
@@ -65,7 +65,7 @@ class OnnxPredictor:
         import tensorflow as tf
 
         from tfcxr.data.io import ImageReadError
-        from tfcxr.export.savedmodel import prepare_image
+        from tfcxr.export.serving_module import prepare_image
 
         if self.info.needs_mask and mask_path is None and self.segmenter is None:
             raise ValueError(
