@@ -91,7 +91,8 @@ def time_passes(dataset, passes, min_seconds):
 
 
 def run(args, work):
-    from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
+    from tfcxr.data.pipeline import PipelineConfig, make_dataset
+    from tfcxr.data.records import load_records, split_records
     from tfcxr.data.synthetic import SyntheticConfig, generate
 
     start = time.perf_counter()

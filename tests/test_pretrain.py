@@ -52,7 +52,8 @@ def test_pretrain_then_train_loads_the_backbone(tmp_path, demo, monkeypatch):
     import keras
 
     from tfcxr.config import TrainConfig, resolve_config
-    from tfcxr.data.pipeline import PipelineConfig, load_records
+    from tfcxr.data.pipeline import PipelineConfig
+    from tfcxr.data.records import load_records
     from tfcxr.models import build_backbone
     from tfcxr.train import train
 

@@ -255,14 +255,15 @@ def read_exclude_list(path):
 def split_patients(config_path, splits=("test",)):
     """Patients in `splits` of the patient-level split of a `tfcxr.train` or `tfcxr.experiment` YAML.
 
-    The split is the one `tfcxr.train` builds (`tfcxr.data.pipeline.load_records`), for every
+    The split is the one `tfcxr.train` builds (`tfcxr.data.records.load_records`), for every
     distinct data source and curation among an experiment's cells.
 
     Returns:
         set of normalised patient ids.
     """
     from tfcxr.config import resolve_config
-    from tfcxr.data.pipeline import PipelineConfig, load_records
+    from tfcxr.data.pipeline import PipelineConfig
+    from tfcxr.data.records import load_records
     from tfcxr.train import resolve_data
 
     values = read_yaml_mapping(config_path)

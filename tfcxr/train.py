@@ -114,7 +114,8 @@ def _open_run(config) -> tuple[RunDir, bool]:
 
 def _load_data(config) -> _Data:
     """Curated records, the patient-level splits and their datasets, as `tfcxr.data.pipeline` builds them."""
-    from tfcxr.data.pipeline import PipelineConfig, load_records, make_dataset, split_records
+    from tfcxr.data.pipeline import PipelineConfig, make_dataset
+    from tfcxr.data.records import load_records, split_records
 
     data, masks = resolve_data(config)
     pipeline = PipelineConfig(
@@ -136,7 +137,7 @@ def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks) -> t
     """Fit `model` with the run's callbacks; returns ("ok" | "nan_loss", the epoch timer, the AUROC callback)."""
     import keras
 
-    from tfcxr.data.pipeline import label_matrix
+    from tfcxr.data.records import label_matrix
 
     timer = EpochTimer()
     auroc = MacroAUROC(data.validation, label_matrix(data.parts["validation"]))
@@ -187,7 +188,7 @@ def _evaluate_test(run: RunDir, model, data: _Data) -> dict:
     """Predict the test split with best.keras (the final model when no best was saved); write the predictions."""
     import keras
 
-    from tfcxr.data.pipeline import label_matrix
+    from tfcxr.data.records import label_matrix
 
     if not run.model_path.is_file():
         logger.warning("validation macro AUROC was never defined; saving the final model as %s", run.model_path)
@@ -213,7 +214,7 @@ def train(config, callbacks=()):
     """
     import keras
 
-    from tfcxr.data.pipeline import label_matrix
+    from tfcxr.data.records import label_matrix
     from tfcxr.models import build_classifier, compile_classifier
 
     keras.utils.set_random_seed(config.seed)

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfcxr.data import io as cxr_io
-from tfcxr.data import nih
+from tfcxr.data import nih, nih_metadata, nih_splits
 from tfcxr.labels import NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
@@ -211,11 +211,11 @@ Images listed in the CSV but absent from the folders are skipped with a warning.
         except AssertionError as err:  # TFDS' own message for a missing or empty dir
             raise FileNotFoundError(f"{err}\nExpected layout:\n{EXPECTED_TREE}") from err
         metadata = next((root / name for name in METADATA_NAMES if (root / name).is_file()), None)
-        images = nih.find_images(root)
+        images = nih_metadata.find_images(root)
         if metadata is None or not images:
             problem = "no metadata CSV" if metadata is None else "no image files"
             raise FileNotFoundError(f"{root}: {problem} found. Expected layout:\n{EXPECTED_TREE}")
-        meta = nih.load_metadata(metadata)
+        meta = nih_metadata.load_metadata(metadata)
         present = meta["image_id"].isin(images)
         if not present.all():
             logger.warning(
@@ -230,7 +230,7 @@ Images listed in the CSV but absent from the folders are skipped with a warning.
             curated, masks = self._find_masks(root, curated)
         return {
             split: self._generate_examples(curated[curated["split"] == split], images, masks)
-            for split in nih.SPLITS
+            for split in nih_splits.SPLITS
         }
 
     def _mask_options(self):

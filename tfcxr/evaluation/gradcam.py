@@ -130,7 +130,7 @@ def grad_cam(model, images, class_index, layer_name=None):
 def prepare_inputs(image_paths, mask_paths, config, image_size):
     """Re-create a run's classifier inputs from the files of test_predictions.csv.
 
-    Goes through the training pipeline's own `tfcxr.data.pipeline.load_and_mask`
+    Goes through the training pipeline's own `tfcxr.data.image_ops.load_and_mask`
     (decode -> mask at source resolution -> resize with pad), so Grad-CAM sees
     exactly what the classifier saw at test time (without augmentation).
 
@@ -146,7 +146,8 @@ def prepare_inputs(image_paths, mask_paths, config, image_size):
     """
     import tensorflow as tf
 
-    from tfcxr.data.pipeline import PipelineConfig, load_and_mask, mask_and_resize
+    from tfcxr.data.image_ops import load_and_mask, mask_and_resize
+    from tfcxr.data.pipeline import PipelineConfig
     from tfcxr.masking import DEFAULT_MARGIN
 
     mode = str(config.get("mask", "original"))  # `config`: a run's flat settings (RunDir.settings)

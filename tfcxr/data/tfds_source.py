@@ -1,0 +1,138 @@
+"""TFDS sources of the input pipeline: `tfds:<name>[/<config>]` -> records and unbatched examples.
+
+A source's examples hold `image` (uint8 (H, W, 1)), `image_id` (file name), `patient_id`,
+`labels` (5 ints in TARGETS order), `no_finding` and, when prepared (e.g.
+`tfds:nih_cxr14/masked_512`), `mask` (uint8 (H, W, 1), 0/255); splits `train`, `validation`,
+`test`. Without a `mask` feature the lung masks come from a mask folder (`MASKDIR/<stem>.png`).
+tfcxr's own builders (`tfcxr.datasets.BUILDERS`) are registered before loading.
+"""
+
+import pandas as pd
+import tensorflow as tf
+
+from tfcxr.data.image_ops import mask_and_resize, resize_prepared
+from tfcxr.data.nih_splits import SPLITS
+from tfcxr.labels import NO_FINDING, TARGETS
+
+TFDS_PREFIX = "tfds:"
+
+
+def is_tfds(data):
+    """True for a `tfds:<name>` source."""
+    return str(data).startswith(TFDS_PREFIX)
+
+
+def tfds_name(data):
+    """`tfds:nih_cxr14/masked_512` -> `nih_cxr14/masked_512`."""
+    return str(data)[len(TFDS_PREFIX) :]
+
+
+def _tfds_builder(config):
+    import tensorflow_datasets as tfds
+
+    import tfcxr.datasets
+
+    name = tfds_name(config.data)
+    base = name.split("/")[0].split(":")[0]
+    if base in tfcxr.datasets.BUILDERS:
+        tfcxr.datasets.register(base)
+    return tfds.builder(name, data_dir=config.tfds_data_dir)
+
+
+def is_prepared(config):
+    """True when a `tfds:` source's examples carry their own lung `mask` (e.g. `nih_cxr14/masked_512`)."""
+    return is_tfds(config.data) and "mask" in _tfds_builder(config).info.features
+
+
+def _tfds_load(config, split, **kwargs):
+    import tensorflow_datasets as tfds
+
+    _tfds_builder(config)  # registers tfcxr's builders
+    return tfds.load(tfds_name(config.data), split=split, data_dir=config.tfds_data_dir, shuffle_files=False,
+                     **kwargs)
+
+
+def _needs_masks(config):
+    return ValueError(
+        f"mask={config.mask_spec.mode!r} needs a mask folder (`masks`) for {config.data}, whose examples have no "
+        f"`mask`; or use a prepared config such as tfds:nih_cxr14/masked_512. Received: masks={config.masks!r}"
+    )
+
+
+def tfds_records(config):
+    """Records (no pixels decoded) of the train/validation/test splits of a TFDS source.
+
+    Args:
+        config: `tfcxr.data.pipeline.PipelineConfig` with a `tfds:` `data`.
+
+    Returns:
+        DataFrame, rows in split order: image_id, patient_id, split, `image_path`
+        (`tfds:<name>/<split>/<image_id>`), "No Finding" and one 0/1 int column per target;
+        ``attrs["source"]`` (the `data` string) and ``attrs["prepared"]`` (bool).
+
+    Raises:
+        ValueError: the mask mode needs masks, the examples have none and no mask folder is given.
+    """
+    import tensorflow_datasets as tfds
+
+    name = tfds_name(config.data)
+    prepared = is_prepared(config)
+    if config.mask_spec.needs_mask and not config.masks and not prepared:
+        raise _needs_masks(config)
+    skip = {"image": tfds.decode.SkipDecoding(), **({"mask": tfds.decode.SkipDecoding()} if prepared else {})}
+    rows = []
+    for split in SPLITS:
+        dataset = _tfds_load(config, split, decoders=skip)
+        dataset = dataset.map(lambda e: {k: v for k, v in e.items() if k not in ("image", "mask")})
+        for example in dataset.as_numpy_iterator():
+            image_id = example["image_id"].decode()
+            row = {
+                "image_id": image_id,
+                "patient_id": example["patient_id"].decode(),
+                "split": split,
+                "image_path": f"{TFDS_PREFIX}{name}/{split}/{image_id}",
+                NO_FINDING: int(example["no_finding"]),
+            }
+            row.update({target: int(value) for target, value in zip(TARGETS, example["labels"])})
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs["source"] = str(config.data)
+    frame.attrs["prepared"] = prepared
+    return frame
+
+
+def tfds_examples(config, split):
+    """Unbatched examples of a `tfds:<name>` source, in split order, and whether it is prepared.
+
+    Args:
+        config: `tfcxr.data.pipeline.PipelineConfig` with a `tfds:` `data`.
+        split: `"train"`, `"validation"` or `"test"`.
+
+    Returns:
+        (dataset, prepared): prepared sources give (image float32 (S, S, 1) in [0, 1], lung uint8
+        (S, S, 1) in {0, 1}, labels float32 (5,)), to be masked after batching; the others give
+        (image float32 (S, S, 1) in [0, 1] masked at source resolution, labels float32 (5,)).
+
+    Raises:
+        ValueError: the mask mode needs masks, the examples have none and no mask folder is given.
+    """
+    dataset = _tfds_load(config, split)
+    size = config.mask_spec.image_size
+    if is_prepared(config):
+        def convert(example):
+            image, lung = resize_prepared(example["image"], example["mask"], size)  # (S, S, 1) each
+            return image, lung, tf.cast(example["labels"], tf.float32)
+
+        return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), True
+    if config.mask_spec.needs_mask and not config.masks:
+        raise _needs_masks(config)
+    masks_dir = str(config.masks or "")
+
+    def convert(example):
+        image = tf.image.convert_image_dtype(example["image"], tf.float32)  # (H, W, 1)
+        stem = tf.strings.regex_replace(example["image_id"], r"\.[^.]*$", "")
+        mask_path = tf.strings.join([masks_dir, "/", stem, ".png"])
+        labels = tf.cast(example["labels"], tf.float32)  # (5,)
+        return mask_and_resize(image, mask_path, config), labels
+
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), False
