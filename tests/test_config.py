@@ -45,7 +45,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_mask_spec_is_one_object_read_flat_or_nested(tmp_path):
-    from tfcxr.masking import MaskSpec
+    from tfcxr.mask_spec import MaskSpec
 
     flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
     flat.write_text("mask: inverse\nmargin: 0.1\nfill: mean\nimage_size: 64\n")

@@ -11,7 +11,7 @@ import pytest
 
 from tfcxr.data import synthetic
 from tfcxr.labels import TARGETS
-from tfcxr.masking import MaskSpec
+from tfcxr.mask_spec import MaskSpec
 
 SIZE = 64
 

@@ -126,7 +126,7 @@ def test_unknown_config_key_and_empty_split(synthetic, tmp_path, caplog):
 def test_cli_mask_flags_build_one_mask_spec(tmp_path):
     """`--mask inverse --margin 0.05 --fill zero` (and `11px`) become the run's MaskSpec; an old flat run-dir
     config.yaml still resumes with the same spec."""
-    from tfcxr.masking import MaskSpec
+    from tfcxr.mask_spec import MaskSpec
 
     args = build_parser().parse_args(["--mask", "inverse", "--margin", "0.05", "--fill", "zero", "--image-size", "64"])
     assert resolve_config(None, _overrides(args)).mask_spec == MaskSpec("inverse", 0.05, "zero", 64)

@@ -5,7 +5,7 @@ An unknown YAML key is an error naming the key and the file. The resolved
 config is written to `RUNDIR/config.yaml` (big_vision style), and every field
 is a documented, named parameter. The defaults are the CPU demo.
 
-The masking settings (`mask`, `margin`, `fill`, `image_size`) are one `tfcxr.masking.MaskSpec`,
+The masking settings (`mask`, `margin`, `fill`, `image_size`) are one `tfcxr.mask_spec.MaskSpec`,
 `TrainConfig.mask_spec`, handed as is to the pipeline and the saved model. In YAML and on the
 command line they stay flat keys (`mask: loose`, `margin: 0.05`, `--mask loose --margin 0.05`);
 a nested `mask_spec: {mode: loose, margin: 0.05, fill: zero, image_size: 224}` is read too.
@@ -18,7 +18,7 @@ import pathlib
 import yaml
 
 from tfcxr.data.nih import CurationConfig
-from tfcxr.masking import FLAT_KEYS, SPEC_KEY, MaskSpec, mask_spec_properties
+from tfcxr.mask_spec import FLAT_KEYS, SPEC_KEY, MaskSpec, mask_spec_properties
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import get_preset
 from tfcxr.scoring import NO_FINDING_METHODS
@@ -38,7 +38,7 @@ class TrainConfig:
         masks: lung mask folder (MASKDIR/<stem>.png); default for `demo`: the
             synthetic ground-truth masks, otherwise `<data>/masks` when it exists.
             Not needed for mask=original.
-        mask_spec: the run's `tfcxr.masking.MaskSpec`; set it with the flat keys below (or a
+        mask_spec: the run's `tfcxr.mask_spec.MaskSpec`; set it with the flat keys below (or a
             mapping in YAML). Its fields read back as `mask`, `margin`, `fill`, `image_size`.
         mask: `original`, `tight`, `loose`, `box` or `inverse` (tfcxr.masking).
         margin: loose/box/inverse margin: fraction of image width in [0, 1), or "11px" (pixels

@@ -1,10 +1,6 @@
-"""Lung masking of chest X-rays in pure TensorFlow ops.
+"""Lung masking of chest X-rays in pure TensorFlow ops: the mask modes, dilation, hole filling, lung boxes.
 
-One `MaskSpec` (mode, margin, fill, image size) describes the masking of a run. Training
-(`tfcxr.config.TrainConfig`), the input pipeline (`tfcxr.data.pipeline.PipelineConfig`), the
-saved model's metadata and export (`tfcxr.export.savedmodel.RunInfo`) all hold that one object.
-
-Modes (`lung` is the union of both lungs):
+Modes (`lung` is the union of both lungs; the names and their validation: `tfcxr.mask_options`):
     `original`  the image unchanged.
     `tight`     `image * lung`.
     `loose`     `image * dilate(lung, r)`, `r` = the margin.
@@ -15,21 +11,9 @@ Modes (`lung` is the union of both lungs):
                 `tight`; with the default margin (0.05) the complement of `loose`, so the lung
                 edges are removed too. The fill goes where the lungs were.
 
-Margin `r`:
-    - a float in [0, 1) is a fraction of the image width (default 0.05): resolution-independent,
-      about 11 px at 224 px, 51 px on a 1024-px source, whichever resolution the mask is applied at.
-    - `"Npx"` (or an int N) is N pixels AT THE TRAINING RESOLUTION (`MaskSpec.image_size`, the
-      classifier input S). Where the mask is applied at source resolution (PNG sources in
-      `tfcxr.data.pipeline`, export's `prepare_image`), N is scaled by the source's longest
-      side / S, so "11px" covers the same anatomy on every path. (`apply_mask` itself, a
-      low-level op, counts pixels of the image it is given.)
-
-Two places to apply a mask:
-    - at source resolution (`MaskSpec.apply_at_source`, `apply_mask`): the mask is hole-filled
-      here (`fill_holes`), then the image is resized. Used for image folders with a mask folder.
-    - at training resolution (`MaskSpec.apply_at_training`): image and cleaned mask (holes
-      filled when the dataset was prepared, `nih_cxr14/masked_*`) are resized to S first, then
-      masked with cheap batched ops: no hole filling, the same dilation at S.
+The ops here count a pixel margin in pixels of the image they are given (`apply_mask`,
+`region_mask`); a run's `tfcxr.mask_spec.MaskSpec` counts it at the training resolution and
+calls `mask_image` with the radius it works out.
 
 Dilation uses an octagon structuring element of inradius `r`: the Minkowski sum of horizontal,
 vertical and two diagonal line segments, each computed with log2(r) shift-and-max steps. The
@@ -45,84 +29,16 @@ ops: it runs eagerly, inside `tf.data.Dataset.map`, and in a `tf.function`/Saved
 `(H, W, 1)` or batched `(N, H, W, 1)` inputs.
 """
 
-import dataclasses
-import re
-
 import tensorflow as tf
 
-MASK_MODES = ("original", "tight", "loose", "box", "inverse")
-FILL_MODES = ("zero", "mean")
-DEFAULT_MARGIN = 0.05
-DEFAULT_IMAGE_SIZE = 128
-# Flat config keys of a `MaskSpec` (run dirs' config.yaml, export metadata): key -> MaskSpec field.
-FLAT_KEYS = {"mask": "mode", "margin": "margin", "fill": "fill", "image_size": "image_size"}
-SPEC_KEY = "mask_spec"
-
-_PX_PATTERN = re.compile(r"^\s*(\d+)\s*px\s*$")
-
-
-def validate_mask_mode(mode):
-    """Return `mode` or raise a `ValueError` echoing the bad value."""
-    if mode not in MASK_MODES:
-        raise ValueError(f"`mask` must be one of {MASK_MODES}. Received: mask={mode!r}")
-    return mode
-
-
-def validate_fill(fill):
-    """Return `fill` or raise a `ValueError` echoing the bad value."""
-    if fill not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}. Received: fill={fill!r}")
-    return fill
-
-
-def parse_margin(margin):
-    """Normalise a margin to `("fraction", float)` or `("px", int)`.
-
-    Args:
-        margin: float in [0, 1) (fraction of image width), non-negative `int`
-            (pixels), or a string: `"0.05"` (fraction) or `"11px"` (pixels).
-
-    Returns:
-        `(unit, value)` with unit `"fraction"` or `"px"`.
-    """
-    bad = ValueError(
-        "`margin` must be a fraction of the image width in [0, 1) such as 0.05, "
-        f"or a pixel count such as 11 or '11px'. Received: margin={margin!r}"
-    )
-    if isinstance(margin, bool):
-        raise bad
-    if isinstance(margin, str):
-        match = _PX_PATTERN.match(margin)
-        if match:
-            return "px", int(match.group(1))
-        try:
-            margin = float(margin)
-        except ValueError:
-            raise bad from None
-        if margin >= 1 and margin.is_integer():
-            return "px", int(margin)
-    if isinstance(margin, int):
-        if margin < 0:
-            raise bad
-        return "px", margin
-    if isinstance(margin, float):
-        if not 0.0 <= margin < 1.0:
-            raise bad
-        return "fraction", margin
-    raise bad
-
-
-def canonical_margin(margin):
-    """`0.05` -> 0.05, `"11px"`, `11`, `"11"` -> "11px": the form written to configs."""
-    unit, value = parse_margin(margin)
-    return float(value) if unit == "fraction" else f"{value}px"
+from tfcxr.mask_options import DEFAULT_MARGIN, parse_margin, validate_fill, validate_mask_mode
 
 
 def margin_to_pixels(margin, width, pixel_scale=1.0):
     """Margin in pixels for an image `width` pixels wide.
 
     Args:
-        margin: see `parse_margin`.
+        margin: see `tfcxr.mask_options.parse_margin`.
         width: int or scalar tensor, width in pixels of the image the mask is applied to.
         pixel_scale: pixels of that image per margin pixel (a pixel margin is multiplied by it).
 
@@ -136,168 +52,6 @@ def margin_to_pixels(margin, width, pixel_scale=1.0):
         return tf.cast(tf.round(value * tf.cast(pixel_scale, tf.float32)), tf.int32)
     width = tf.cast(width, tf.float32)
     return tf.cast(tf.round(value * width), tf.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSpec:
-    """How a run masks its images; the one owner of these settings.
-
-    Attributes:
-        mode: one of `MASK_MODES`.
-        margin: `loose`/`box`/`inverse` margin: a fraction of the image width in [0, 1), or
-            `"Npx"`, pixels at the training resolution `image_size` (see the module docstring).
-            Stored canonically: a float or an `"Npx"` string.
-        fill: background fill, one of `FILL_MODES`.
-        image_size: training resolution S; images reach the classifier as (S, S, 1).
-    """
-
-    mode: str = "loose"
-    margin: object = DEFAULT_MARGIN
-    fill: str = "zero"
-    image_size: int = DEFAULT_IMAGE_SIZE
-
-    def __post_init__(self):
-        validate_mask_mode(self.mode)
-        validate_fill(self.fill)
-        object.__setattr__(self, "margin", canonical_margin(self.margin))
-        size = self.image_size
-        try:
-            valid = not isinstance(size, bool) and int(size) == float(size) and int(size) >= 8
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise ValueError(f"`image_size` must be an integer >= 8. Received: image_size={size!r}")
-        object.__setattr__(self, "image_size", int(size))
-
-    @property
-    def needs_mask(self) -> bool:
-        """False for `original`: no lung mask is read."""
-        return self.mode != "original"
-
-    def replace(self, **changes) -> "MaskSpec":
-        """A copy with some fields changed (validated); None values are ignored, and no change returns `self`."""
-        changes = {key: value for key, value in changes.items() if value is not None}
-        return dataclasses.replace(self, **changes) if changes else self
-
-    @classmethod
-    def resolve(cls, spec=None, default=None, *, mode=None, margin=None, fill=None, image_size=None) -> "MaskSpec":
-        """The spec a config holds: `spec` (a MaskSpec, its dict form, or None for `default`, else `MaskSpec()`)
-        with the non-None flat shorthands (`mask=`, `margin=`, `fill=`, `image_size=` of the configs) applied."""
-        if spec is None:
-            spec = default if default is not None else cls()
-        elif not isinstance(spec, cls):
-            spec = cls.from_dict(spec)  # the nested YAML form
-        return spec.replace(mode=mode, margin=margin, fill=fill, image_size=image_size)
-
-    def to_dict(self) -> dict:
-        """`{"mode", "margin", "fill", "image_size"}`, YAML/JSON-safe."""
-        return dataclasses.asdict(self)
-
-    def to_flat(self) -> dict:
-        """The flat config keys `{"mask", "margin", "fill", "image_size"}` (run dirs' config.yaml)."""
-        values = self.to_dict()
-        return {key: values[field] for key, field in FLAT_KEYS.items()}
-
-    @classmethod
-    def from_dict(cls, values) -> "MaskSpec":
-        """Inverse of `to_dict`; also accepts the flat key `mask` for `mode`.
-
-        Raises:
-            ValueError: not a mapping, an unknown key, or a bad value (echoed).
-        """
-        if not isinstance(values, dict):
-            raise ValueError(f"`{SPEC_KEY}` must be a mapping of {tuple(FLAT_KEYS.values())}. Received: {values!r}")
-        fields = {FLAT_KEYS.get(key, key): value for key, value in values.items()}
-        if "mask" in values and "mode" in values:
-            raise ValueError(f"`{SPEC_KEY}`: give `mode` or `mask`, not both. Received: {values!r}")
-        unknown = sorted(set(fields) - set(FLAT_KEYS.values()))
-        if unknown:
-            raise ValueError(f"`{SPEC_KEY}`: unknown key(s) {unknown}; known: {tuple(FLAT_KEYS.values())}")
-        return cls(**{k: v for k, v in fields.items() if v is not None})
-
-    @classmethod
-    def from_config(cls, config, default=None) -> "MaskSpec":
-        """Read a spec from a config mapping in either form.
-
-        Forms (also one level down, inside a section such as `model:`):
-            nested: `mask_spec: {mode: loose, margin: 0.05, fill: zero, image_size: 224}`
-            flat:   `mask: loose`, `margin: 0.05`, `fill: zero`, `image_size: 224`
-        A nested section wins; missing flat keys take `default`'s values (`MaskSpec()` if None).
-        """
-        default = default or cls()
-        sections = [config] + [value for value in config.values() if isinstance(value, dict)]
-        for section in sections:
-            if isinstance(section.get(SPEC_KEY), dict):
-                return default.replace(**cls.from_dict(section[SPEC_KEY]).to_dict())
-        changes = {}
-        for key, field in FLAT_KEYS.items():
-            for section in sections:
-                if key in section and not isinstance(section[key], dict):
-                    changes[field] = section[key]
-                    break
-        return default.replace(**changes)
-
-    def margin_pixels(self, width, pixel_scale=1.0):
-        """int32 scalar tensor: the margin in pixels of an image `width` pixels wide.
-
-        Args:
-            width: int or scalar tensor, width of the (unpadded) image the mask is applied to.
-            pixel_scale: pixels of that image per training pixel, e.g. longest side / S at source.
-        """
-        return margin_to_pixels(self.margin, width, pixel_scale)
-
-    def apply_at_source(self, image, lung_mask):
-        """Mask an image at its own (source) resolution, filling the mask's holes first.
-
-        Args:
-            image: float32 (H, W, 1) or (batch, H, W, 1) in [0, 1].
-            lung_mask: bool/uint8/float, same size, with or without the channel axis; > 0.5 = lung.
-
-        Returns:
-            float32, same shape as `image`, in [0, 1]; resize it to `image_size` afterwards.
-        """
-        image = tf.convert_to_tensor(image, tf.float32)
-        if not self.needs_mask:
-            return image
-        shape = tf.shape(image)
-        height, width = shape[-3], shape[-2]
-        scale = tf.cast(tf.maximum(height, width), tf.float32) / float(self.image_size)
-        radius = self.margin_pixels(width, scale)
-        return _mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=True)
-
-    def apply_at_training(self, image, lung_mask, content_width=None):
-        """Mask an image already resized to the training resolution, with a cleaned mask.
-
-        No hole filling (the prepared dataset stores cleaned masks); dilation and boxes at S.
-
-        Args:
-            image: float32 (S, S, 1) or (batch, S, S, 1) in [0, 1].
-            lung_mask: same size, > 0.5 = lung (e.g. the stored mask resized alongside the image).
-            content_width: width in pixels of the image inside its padding (a fraction margin is a
-                fraction of it); default the full width.
-
-        Returns:
-            float32, same shape as `image`, in [0, 1].
-        """
-        image = tf.convert_to_tensor(image, tf.float32)
-        if not self.needs_mask:
-            return image
-        width = tf.shape(image)[-2] if content_width is None else content_width
-        radius = self.margin_pixels(width)
-        return _mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=False)
-
-
-def mask_spec_properties(cls):
-    """Class decorator for configs holding a `mask_spec: MaskSpec` field (put it above `@dataclass`).
-
-    Adds read-only `mask`, `margin`, `fill` and `image_size` properties that read `mask_spec`, so
-    the flat names stay readable while the spec is the only place the values live. Pair it with
-    `dataclasses.InitVar` fields of those names to accept them as init shorthands.
-    """
-    for key, field in FLAT_KEYS.items():
-        setattr(cls, key, property(lambda self, field=field: getattr(self.mask_spec, field),
-                                   doc=f"`mask_spec.{field}`"))
-    return cls
 
 
 def _as_batch(x):
@@ -499,8 +253,22 @@ def _binary(lung_mask, rank):
     return tf.cast(tf.cast(lung_mask, tf.float32) > 0.5, tf.float32)
 
 
-def _mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes):
-    """`image` float32 (H, W, 1) or (N, H, W, 1) masked by `mode` with a margin of `radius` px."""
+def mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes):
+    """Mask `image` by `mode` with a margin of `radius` pixels; the arguments are not validated.
+
+    The step shared by `apply_mask` and `tfcxr.mask_spec.MaskSpec` (which work out `radius`).
+
+    Args:
+        image: float32 (H, W, 1) or (N, H, W, 1) in [0, 1].
+        lung_mask: bool/uint8/float, same size, with or without the channel axis; > 0.5 = lung.
+        mode: one of `tfcxr.mask_options.MASK_MODES`.
+        radius: int32 scalar tensor >= 0, pixels of `image`.
+        fill: `"zero"` or `"mean"`.
+        fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`, `inverse`).
+
+    Returns:
+        float32, same shape as `image`, in [0, 1].
+    """
     lung = _binary(lung_mask, image.shape.rank)
     if lung.shape.rank != image.shape.rank:
         raise ValueError(
@@ -522,8 +290,8 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     Args:
         lung_mask: bool or numeric (height, width[, 1]) or (batch, height, width, 1);
             nonzero (> 0.5 for floats) = lung.
-        mode: one of `MASK_MODES`.
-        margin: see `parse_margin`, pixels of this mask; used by `loose`, `box` and `inverse`.
+        mode: one of `tfcxr.mask_options.MASK_MODES`.
+        margin: see `tfcxr.mask_options.parse_margin`, pixels of this mask; used by `loose`, `box` and `inverse`.
         fill_lung_holes: fill holes in the lung mask first (`tight`, `loose`, `inverse`).
 
     Returns:
@@ -547,7 +315,7 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
         image: float32 (height, width, 1) or (batch, height, width, 1) in [0, 1].
         lung_mask: bool, uint8 or float, same height and width as `image`, with or
             without the channel axis; > 0.5 (True, 1 or 255 for uint8) = lung. Ignored for `original`.
-        mode: one of `MASK_MODES`.
+        mode: one of `tfcxr.mask_options.MASK_MODES`.
         margin: `loose` dilation radius / `box` margin / `inverse` dilation: fraction of the image
             width in [0, 1) or pixels OF THIS IMAGE (`int` or `"11px"`).
         fill: `"zero"` or `"mean"` (each image's own mean intensity) outside the region.
@@ -563,4 +331,4 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
     if mode == "original":
         return image
     radius = margin_to_pixels(margin, tf.shape(image)[-2])
-    return _mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes)
+    return mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes)

@@ -120,7 +120,7 @@ class RunDir:
             ValueError: invalid YAML or not a mapping (naming the file).
         """
         from tfcxr.config import read_yaml_mapping
-        from tfcxr.masking import FLAT_KEYS, SPEC_KEY
+        from tfcxr.mask_spec import FLAT_KEYS, SPEC_KEY
 
         values = read_yaml_mapping(self.config_path)
         sections = [values] + [v for k, v in values.items() if isinstance(v, dict) and k != SPEC_KEY]
@@ -156,8 +156,8 @@ class RunDir:
         return self.settings.get(key, default)
 
     def mask_spec(self, default=None):
-        """The run's `tfcxr.masking.MaskSpec` (flat or nested keys); missing keys take `default`'s values."""
-        from tfcxr.masking import MaskSpec
+        """The run's `tfcxr.mask_spec.MaskSpec` (flat or nested keys); missing keys take `default`'s values."""
+        from tfcxr.mask_spec import MaskSpec
 
         try:
             return MaskSpec.from_config(self.settings, default=default)

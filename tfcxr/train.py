@@ -35,7 +35,7 @@ from tfcxr.callbacks import EpochTimer, MacroAUROC, NaNGuard, NaNLossError, tens
 from tfcxr.config import DEMO, PRECISIONS, resolve_config
 from tfcxr.evaluation.metrics import macro_auroc
 from tfcxr.labels import TARGETS
-from tfcxr.masking import FILL_MODES, MASK_MODES
+from tfcxr.mask_options import FILL_MODES, MASK_MODES
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import BACKBONES
 from tfcxr.rundir import MONITOR, RunDir

@@ -148,7 +148,7 @@ def prepare_inputs(image_paths, mask_paths, config, image_size):
 
     from tfcxr.data.image_ops import load_and_mask, mask_and_resize
     from tfcxr.data.pipeline import PipelineConfig
-    from tfcxr.masking import DEFAULT_MARGIN
+    from tfcxr.mask_options import DEFAULT_MARGIN
 
     mode = str(config.get("mask", "original"))  # `config`: a run's flat settings (RunDir.settings)
     masked_paths = [m for m in mask_paths if m]
