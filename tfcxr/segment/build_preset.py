@@ -43,10 +43,9 @@ import numpy as np
 from tfcxr import cli
 from tfcxr.atomic import write_text_atomic
 
+from .preset_evaluation import evaluate_preset, images_per_second
+
 logger = logging.getLogger(__name__)
-
-PROMPTS = ("gt", "prior", "refine")
-
 
 @dataclasses.dataclass
 class PresetConfig:
@@ -152,7 +151,7 @@ def _mean_dice(model, pairs, settings, cache, batch_size, prompt=None) -> tuple[
 def choose_checkpoint(runs, pairs, cache, batch_size) -> tuple[object, dict]:
     """Score every kept checkpoint of every run on `pairs`; returns (best model, {checkpoint: mean Dice})."""
     from . import average
-    from .model import load_segmenter
+    from .loading import load_segmenter
 
     scores, best = {}, (-1.0, None)
     for run in runs:
@@ -182,58 +181,64 @@ def choose_settings(model, grid: dict, pairs, cache, batch_size) -> tuple[object
     return best[1], scores
 
 
-def bootstrap_summary(values, resamples: int, seed: int) -> dict:
-    """Mean, minimum and a seeded percentile-bootstrap 95% CI of the mean of finite `values`."""
-    from tfcxr.evaluation.bootstrap import percentile_ci
+def select_model(runs, val_pairs, config: PresetConfig, cache) -> tuple[object, dict, dict]:
+    """Steps 3-4: the best checkpoint with the best inference settings and the preset's mask definition.
 
-    values = np.asarray(values, np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"n": int(values.size), "mean": None, "min": None, "max": None, "ci95": [None, None]}
-    draws = np.random.default_rng(seed).integers(0, finite.size, (resamples, finite.size))
-    ci = percentile_ci(finite[draws].mean(axis=1))
-    return {"n": int(values.size), "finite": int(finite.size), "mean": float(finite.mean()),
-            "min": float(finite.min()), "max": float(finite.max()), "ci95": [ci["low"], ci["high"]]}
-
-
-def evaluate_tests(model, tests: dict, config: PresetConfig, cache, with_flags: bool) -> dict:
-    """Per test set and prompt: Dice and HD95 summaries (with CIs), per-image rows, and QC flag recall."""
-    from . import qc
-    from .evaluate import evaluate
-    from tfcxr.data.pairs import load_pairs
-
-    report = {}
-    for name, spec in tests.items():
-        pairs = load_pairs(spec)
-        results = evaluate(model, pairs, PROMPTS, model.inference, config.batch_size, cache, keep_masks=with_flags)
-        report[name] = {}
-        for prompt, result in results.items():
-            rows = result["per_image"]
-            entry = {"dice": bootstrap_summary([r["dice"] for r in rows], config.bootstrap_resamples, config.seed),
-                     "hd95": bootstrap_summary([r["hd95"] for r in rows], config.bootstrap_resamples, config.seed),
-                     "per_image": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                                    for k, v in r.items()} for r in rows]}
-            if with_flags and prompt != "gt":
-                for row, pair, mask, stability in zip(entry["per_image"], pairs, result["masks"], result["stability"]):
-                    stats = qc.mask_stats(mask, pair.image, stability=stability)
-                    row.update(flags=stats["flags"], stability=stats["stability"])
-                failures = [r for r in entry["per_image"] if r["dice"] < config.flag_dice]
-                entry["below_flag_dice"] = len(failures)
-                entry["below_flag_dice_flagged"] = sum(bool(r["flags"]) for r in failures)
-                entry["flagged"] = sum(bool(r["flags"]) for r in entry["per_image"])
-            report[name][prompt] = entry
-    return report
+    Returns:
+        (model, {checkpoint: validation mean Dice}, {setting: validation mean Dice}).
+    """
+    model, checkpoint_scores = choose_checkpoint(runs, val_pairs, cache, config.batch_size)
+    model.inference, setting_scores = choose_settings(model, config.settings_grid, val_pairs, cache,
+                                                      config.batch_size)
+    model.mask_definition = dict(config.mask_definition)
+    return model, checkpoint_scores, setting_scores
 
 
-def images_per_second(model, pairs, batch_size: int) -> float:
-    """Images/s of the full mask path (embedding included, no cache) on up to 16 images."""
-    from .prompts import segment_lungs
+def package(model, config: PresetConfig, preset_dir: pathlib.Path, val_pairs, cache, provenance: dict):
+    """Step 5: save `model` to `preset_dir` in ``weights_dtype``, reload it, and check that the stored weights move
+    validation mean Dice by at most ``float16_tolerance``.
 
-    images = [p.image for p in pairs[:16]]
-    segment_lungs(model, images[:batch_size], batch_size=batch_size)  # trace
-    start = time.time()
-    segment_lungs(model, images, batch_size=batch_size)
-    return len(images) / (time.time() - start)
+    Returns:
+        (the reloaded model, the dtype check: float32 and stored mean Dice, their difference, the largest per-image
+        difference).
+    """
+    from .loading import load_segmenter
+    from .segmenter_format import save_segmenter
+
+    float32_dice, per_image32 = _mean_dice(model, val_pairs, model.inference, cache, config.batch_size)
+    save_segmenter(model, preset_dir, weights_dtype=config.weights_dtype, extra=provenance)
+    packaged = load_segmenter(str(preset_dir))
+    packaged_dice, per_image_packaged = _mean_dice(packaged, val_pairs, packaged.inference, cache, config.batch_size)
+    dtype_check = {"float32_mean_dice": float32_dice, f"{config.weights_dtype}_mean_dice": packaged_dice,
+                   "mean_abs_difference": abs(packaged_dice - float32_dice),
+                   "max_image_difference": float(np.max(np.abs(np.subtract(per_image_packaged, per_image32))))}
+    if dtype_check["mean_abs_difference"] > config.float16_tolerance:
+        raise ValueError(f"{preset_dir}: {config.weights_dtype} weights move validation Dice by "
+                         f"{dtype_check['mean_abs_difference']:.4f} > {config.float16_tolerance}")
+    return packaged, dtype_check
+
+
+def fit_gate(packaged, config: PresetConfig, sets: dict, cache, preset_dir: pathlib.Path, provenance: dict) -> dict:
+    """Step 7: fit the CXR gate on the packaged model's embeddings and save it with the preset; returns its report."""
+    from .gate_fit import GateConfig, fit_and_measure
+    from .segmenter_format import save_segmenter
+
+    specs = {"train": [sets["train"]], "validation": sets["validation"], "test": list(sets["tests"].values())}
+    packaged.gate, gate_report = fit_and_measure(packaged, GateConfig(**config.gate), specs, cache,
+                                                 root=config.data_root or None)
+    save_segmenter(packaged, preset_dir, weights_dtype=config.weights_dtype, extra=provenance)  # + the gate
+    return gate_report
+
+
+def install_preset(preset_dir: pathlib.Path, name: str) -> pathlib.Path:
+    """Copy a built preset folder into the package's presets (``tfcxr/segment/presets/<name>/``), replacing it."""
+    from .presets import PACKAGED_DIR
+
+    target = PACKAGED_DIR / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(preset_dir, target)
+    logger.info("Installed %s into %s", name, target)
+    return target
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +246,6 @@ def images_per_second(model, pairs, batch_size: int) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Path:
     """Run every step; returns the preset folder ``OUT/<name>``."""
-    from .model import load_segmenter
     from .model_card import write_model_card
 
     out = pathlib.Path(out)
@@ -256,40 +260,20 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
 
     step = time.time()
     val_pairs = validation_pairs(sets, runs[0])
-    model, checkpoint_scores = choose_checkpoint(runs, val_pairs, cache, config.batch_size)
-    model.inference, setting_scores = choose_settings(model, config.settings_grid, val_pairs, cache,
-                                                      config.batch_size)
-    model.mask_definition = dict(config.mask_definition)
+    model, checkpoint_scores, setting_scores = select_model(runs, val_pairs, config, cache)
     cost["selection_s"] = round(time.time() - step, 1)
 
     preset_dir = out / config.name
-    float32_dice, per_image32 = _mean_dice(model, val_pairs, model.inference, cache, config.batch_size)
     provenance = {"provenance": {"config": dataclasses.asdict(config), "checkpoint_scores": checkpoint_scores}}
-    model.save(preset_dir, weights_dtype=config.weights_dtype, extra=provenance)
-    packaged = load_segmenter(str(preset_dir))
-    packaged_dice, per_image_packaged = _mean_dice(packaged, val_pairs, packaged.inference, cache, config.batch_size)
-    dtype_check = {"float32_mean_dice": float32_dice, f"{config.weights_dtype}_mean_dice": packaged_dice,
-                   "mean_abs_difference": abs(packaged_dice - float32_dice),
-                   "max_image_difference": float(np.max(np.abs(np.subtract(per_image_packaged, per_image32))))}
-    if dtype_check["mean_abs_difference"] > config.float16_tolerance:
-        raise ValueError(f"{preset_dir}: {config.weights_dtype} weights move validation Dice by "
-                         f"{dtype_check['mean_abs_difference']:.4f} > {config.float16_tolerance}")
-
+    packaged, dtype_check = package(model, config, preset_dir, val_pairs, cache, provenance)
     gate_report = None
     if config.gate is not None:
-        from .gate_fit import GateConfig, fit_and_measure
-
         step = time.time()
-        specs = {"train": [sets["train"]], "validation": sets["validation"], "test": list(sets["tests"].values())}
-        packaged.gate, gate_report = fit_and_measure(packaged, GateConfig(**config.gate), specs, cache,
-                                                     root=config.data_root or None)
-        packaged.save(preset_dir, weights_dtype=config.weights_dtype, extra=provenance)  # the same weights + gate
+        gate_report = fit_gate(packaged, config, sets, cache, preset_dir, provenance)
         cost["gate_s"] = round(time.time() - step, 1)
 
     step = time.time()
-    tests = {"preset": evaluate_tests(packaged, sets["tests"], config, cache, with_flags=True)}
-    baseline = load_segmenter(config.baseline)
-    tests["baseline"] = evaluate_tests(baseline, sets["tests"], config, cache, with_flags=False)
+    tests = evaluate_preset(packaged, config, sets["tests"], cache)
     cost["evaluation_s"] = round(time.time() - step, 1)
     cost["images_per_second"] = round(images_per_second(packaged, val_pairs, config.batch_size), 3)
     cost["total_s"] = round(time.time() - start, 1)
@@ -304,12 +288,7 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
     write_text_atomic(preset_dir / "evaluation.json", json.dumps(evaluation, indent=1))
     write_model_card(preset_dir / "MODEL_CARD.md", evaluation)
     if install:
-        from .presets import PACKAGED_DIR
-
-        target = PACKAGED_DIR / config.name
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(preset_dir, target)
-        logger.info("Installed %s into %s", config.name, target)
+        install_preset(preset_dir, config.name)
     logger.info("Preset %s written to %s (%s)", config.name, preset_dir, cost)
     return preset_dir
 

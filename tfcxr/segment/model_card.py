@@ -59,27 +59,20 @@ def _gate_lines(gate) -> list[str]:
     ]
 
 
-def render(evaluation: dict) -> str:
-    """Markdown text of the card for one ``evaluation.json`` payload."""
-    validation, cost = evaluation["validation"], evaluation["cost"]
+def _count_table(counts) -> list[str]:
+    """The pairs per split and data set (``pairs.counts``), framed by blank lines; nothing without counts."""
+    if not counts:
+        return []
+    datasets = sorted({d for c in counts.values() for d in c})
+    return ["", "| split | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)] + [
+        f"| {split} | " + " | ".join(str(c.get(d, 0)) for d in datasets) + " |" for split, c in counts.items()] + [""]
+
+
+def _intro_lines(evaluation: dict) -> list[str]:
+    """Title, what the model is, its mask definition and how it is prompted."""
     definition = evaluation["mask_definition"]
-    settings = ", ".join(f"{k}={v}" for k, v in validation["chosen_settings"].items())
-    dtype = validation["weights_dtype_check"]
-    checkpoints = ", ".join(f"{k} {v:.4f}" for k, v in validation["checkpoints"].items())
-    grid = ", ".join(f"{k}: {v:.4f}" for k, v in sorted(validation["settings"].items(), key=lambda kv: -kv[1]))
-    flags = []
-    for name, prompts in evaluation["tests"]["preset"].items():
-        for prompt, entry in prompts.items():
-            if "below_flag_dice" in entry:
-                flags.append(f"| {name} | {prompt} | {entry['dice']['n']} | {entry['below_flag_dice']} | "
-                             f"{entry['below_flag_dice_flagged']} | {entry['flagged']} |")
-    counts = evaluation["pairs"].get("counts")
-    count_lines = [] if not counts else [
-        "", "| split | " + " | ".join(sorted({d for c in counts.values() for d in c})) + " |",
-        "|---|" + "---|" * len({d for c in counts.values() for d in c})] + [
-        f"| {split} | " + " | ".join(str(c.get(d, 0)) for d in sorted({d for c in counts.values() for d in c})) + " |"
-        for split, c in counts.items()] + [""]
-    lines = [
+    settings = ", ".join(f"{k}={v}" for k, v in evaluation["validation"]["chosen_settings"].items())
+    return [
         f"# Model card: `{evaluation['preset']}`",
         "",
         "A LiteMedSAM lung segmenter (TinyViT image encoder, SAM prompt encoder and mask decoder, 256 px input) "
@@ -94,23 +87,44 @@ def render(evaluation: dict) -> str:
         f"{[[round(v, 3) for v in box] for box in evaluation['priors']]}.",
         "- Input: any grey-level image, scaled to [0, 1]; resized so the longest side is 256, min-max normalised.",
         "",
+    ]
+
+
+def _dtype_line(dtype: dict) -> str:
+    """How the stored weights' dtype changes validation Dice (``validation.weights_dtype_check``)."""
+    stored = [v for k, v in dtype.items() if k.endswith("_mean_dice") and not k.startswith("float32")][0]
+    return (f"- Weights stored as {'float16' if 'float16_mean_dice' in dtype else 'float32'}: validation mean Dice "
+            f"{dtype['float32_mean_dice']:.4f} in float32 vs {stored:.4f} "
+            f"(|difference| {dtype['mean_abs_difference']:.5f}; largest per-image change "
+            f"{dtype['max_image_difference']:.4f}).")
+
+
+def _data_lines(evaluation: dict) -> list[str]:
+    """The pairs, the validation choices (checkpoints, settings grid) and the weights' dtype check."""
+    pairs, validation = evaluation["pairs"], evaluation["validation"]
+    checkpoints = ", ".join(f"{k} {v:.4f}" for k, v in validation["checkpoints"].items())
+    grid = ", ".join(f"{k}: {v:.4f}" for k, v in sorted(validation["settings"].items(), key=lambda kv: -kv[1]))
+    return [
         "## Data",
         "The shipped weights are those of the evaluated model: trained on the training pairs only, not retrained on "
         "the validation or test pairs.",
-        *count_lines,
-        f"- Training pairs: `{evaluation['pairs']['train']}`; test sets: "
-        + ", ".join(f"`{k}` = `{v}`" for k, v in evaluation["pairs"]["tests"].items()) + ".",
+        *_count_table(pairs.get("counts")),
+        f"- Training pairs: `{pairs['train']}`; test sets: "
+        + ", ".join(f"`{k}` = `{v}`" for k, v in pairs["tests"].items()) + ".",
         f"- Validation: {validation['n']} pairs (the first stage's own validation split plus "
-        + (", ".join(f"`{v}`" for v in evaluation["pairs"]["validation"]) or "nothing else")
+        + (", ".join(f"`{v}`" for v in pairs["validation"]) or "nothing else")
         + "). Checkpoint, settings and every other choice were made on them; the test sets were scored once, "
         "after all choices.",
         f"- Checkpoints (validation mean Dice): {checkpoints}.",
         f"- Settings grid (validation mean Dice): {grid}.",
-        f"- Weights stored as {'float16' if 'float16_mean_dice' in dtype else 'float32'}: validation mean Dice "
-        f"{dtype['float32_mean_dice']:.4f} in float32 vs "
-        f"{[v for k, v in dtype.items() if k.endswith('_mean_dice') and not k.startswith('float32')][0]:.4f} "
-        f"(|difference| {dtype['mean_abs_difference']:.5f}; largest per-image change {dtype['max_image_difference']:.4f}).",
+        _dtype_line(validation["weights_dtype_check"]),
         "",
+    ]
+
+
+def _results_lines(evaluation: dict) -> list[str]:
+    """The held-out Dice and HD95 table of the preset and the baseline."""
+    return [
         "## Held-out results",
         "Dice and HD95 at each mask's source resolution; 95% CIs by seeded bootstrap over images. `gt` prompts each "
         "lung with the box of its ground-truth component (an upper bound, not available in use); `prior` and "
@@ -119,6 +133,18 @@ def render(evaluation: dict) -> str:
         "",
         *_table(evaluation["tests"], "model"),
         "",
+    ]
+
+
+def _qc_lines(evaluation: dict) -> list[str]:
+    """How many of the preset's images below ``flag_dice`` carry a QC flag, per test set and prompt."""
+    flags = []
+    for name, prompts in evaluation["tests"]["preset"].items():
+        for prompt, entry in prompts.items():
+            if "below_flag_dice" in entry:
+                flags.append(f"| {name} | {prompt} | {entry['dice']['n']} | {entry['below_flag_dice']} | "
+                             f"{entry['below_flag_dice_flagged']} | {entry['flagged']} |")
+    return [
         "## QC",
         f"Images below Dice {evaluation['flag_dice']} and how many of them carry a QC flag "
         "(`tfcxr.segment.qc.mask_stats`):",
@@ -127,7 +153,12 @@ def render(evaluation: dict) -> str:
         "|---|---|---|---|---|---|",
         *flags,
         "",
-        *_gate_lines(evaluation.get("gate")),
+    ]
+
+
+def _cost_lines(cost: dict) -> list[str]:
+    """Build time per step, training time per stage and inference speed."""
+    return [
         "## Cost",
         f"- Build: {cost['total_s'] / 60:.1f} min on the machine that built it (this run: fine-tuning "
         f"{cost['fine_tuning_s'] / 60:.1f} min, selection {cost['selection_s'] / 60:.1f} min, gate "
@@ -136,13 +167,30 @@ def render(evaluation: dict) -> str:
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cost.get("stage_epoch_seconds", {}).items()) + ".",
         f"- Inference: {cost['images_per_second']:.2f} images/s (embedding included, batch 8).",
         "",
+    ]
+
+
+REBUILD_LINES = [
+    "## Rebuild",
+    "`python -m tfcxr.segment.build_preset --config configs/preset_litemedsam_lungs.yaml --data-root DATA "
+    "--out runs/preset`: the same seeds give the same run up to float rounding on CPU (see docs/segmentation.md).",
+    "",
+]
+
+
+def render(evaluation: dict) -> str:
+    """Markdown text of the card for one ``evaluation.json`` payload."""
+    lines = [
+        *_intro_lines(evaluation),
+        *_data_lines(evaluation),
+        *_results_lines(evaluation),
+        *_qc_lines(evaluation),
+        *_gate_lines(evaluation.get("gate")),
+        *_cost_lines(evaluation["cost"]),
         "## Licences",
         LICENCES,
         "",
-        "## Rebuild",
-        "`python -m tfcxr.segment.build_preset --config configs/preset_litemedsam_lungs.yaml --data-root DATA "
-        "--out runs/preset`: the same seeds give the same run up to float rounding on CPU (see docs/segmentation.md).",
-        "",
+        *REBUILD_LINES,
     ]
     return "\n".join(lines)
 

@@ -218,6 +218,55 @@ class OverlayTiles:
         qc.write_overlay_grid(path, [t for _, t, _ in tiles], [c for _, _, c in tiles])
 
 
+def source_entries(source: str, shard: tuple[int, int] | None = None):
+    """The images of `source` in this shard: ``(entries, total)``.
+
+    ``entries`` yields ``(stem, path or TFDS id, image)``: image None for a folder (read when needed), a float32
+    (H, W, 1) array in [0, 1] for a TFDS dataset. ``total`` is the count for a folder, None for TFDS.
+    """
+    if pathlib.Path(source).is_dir():
+        items = list_images(source)
+        if shard is not None:
+            items = items[shard[0] :: shard[1]]
+        return ((stem, path, None) for stem, path in items), len(items)
+    return _tfds_items(source, shard or (0, 1)), None
+
+
+def _to_segment(entry, masks: MaskWriter, writer, known: set, counts: dict):
+    """``(stem, path, image)`` when the entry still needs a mask, else None.
+
+    None when its valid mask exists (skipped; its QC row is rewritten when the run died before writing it) or when
+    the image cannot be read (a ``read_error`` QC row is written).
+    """
+    stem, path, image = entry
+    counts["total"] += 1
+    if is_valid_mask(masks.mask_path(stem)):
+        counts["skipped"] += 1
+        if stem not in known:  # mask written but the run died before its QC row
+            writer.write([masks.existing_row(stem, path)])
+        return None
+    if image is None:
+        image, error_row = masks.load(stem, path)
+        if error_row is not None:
+            counts["read_error"] += 1
+            writer.write([error_row])
+            return None
+    return stem, path, image
+
+
+def _finish_batch(batch, masks: MaskWriter, writer, tiles: OverlayTiles, counts: dict) -> None:
+    """Segment the readable images of a batch (and score them with the gate), write masks and QC rows."""
+    done = masks.write_batch(batch)
+    rows = [row for row, _, _ in done]
+    for row, image, mask in done:
+        if mask is not None:
+            tiles.add(image, mask, row)
+    writer.write(rows)
+    counts["written"] += len(rows)
+    counts["flagged"] += sum(bool(r["flags"]) for r in rows)
+    counts["not_cxr"] += sum("not_cxr" in r["flags"] for r in rows)
+
+
 def generate_masks(model, source: str, out_dir, settings=None, batch_size: int = 8,
                    shard: tuple[int, int] | None = None) -> dict:
     """Write lung masks, QC rows and an overlay grid for every image of `source` in this shard.
@@ -235,15 +284,7 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
     """
     masks = MaskWriter(model, out_dir, settings, batch_size)
     out_dir = masks.out_dir
-    if pathlib.Path(source).is_dir():
-        items = list_images(source)
-        if shard is not None:
-            items = items[shard[0] :: shard[1]]
-        entries = ((stem, path, None) for stem, path in items)
-        total = len(items)
-    else:
-        entries = _tfds_items(source, shard or (0, 1))
-        total = None
+    entries, total = source_entries(source, shard)
     qc_path = out_dir / qc.qc_filename(shard)
     known = set(qc.read_qc(out_dir)["stem"]) if qc_path.is_file() else set()
     counts = {"total": 0, "skipped": 0, "written": 0, "flagged": 0, "read_error": 0, "not_cxr": 0}
@@ -251,42 +292,20 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
         logger.warning("%s has no CXR gate: the not_cxr QC flag is not computed", model.name)
     tiles = OverlayTiles()
     start_time = time.time()
-
-    def finish(batch, writer):
-        """Segment the readable images of a batch (and score them with the gate), write masks and QC rows."""
-        done = masks.write_batch(batch)
-        rows = [row for row, _, _ in done]
-        for row, image, mask in done:
-            if mask is not None:
-                tiles.add(image, mask, row)
-        writer.write(rows)
-        counts["written"] += len(rows)
-        counts["flagged"] += sum(bool(r["flags"]) for r in rows)
-        counts["not_cxr"] += sum("not_cxr" in r["flags"] for r in rows)
-
     with qc.QCWriter(qc_path) as writer:
         batch = []
-        for stem, path, image in entries:
-            counts["total"] += 1
-            if is_valid_mask(masks.mask_path(stem)):
-                counts["skipped"] += 1
-                if stem not in known:  # mask written but the run died before its QC row
-                    writer.write([masks.existing_row(stem, path)])
+        for entry in entries:
+            item = _to_segment(entry, masks, writer, known, counts)
+            if item is None:
                 continue
-            if image is None:
-                image, error_row = masks.load(stem, path)
-                if error_row is not None:
-                    counts["read_error"] += 1
-                    writer.write([error_row])
-                    continue
-            batch.append((stem, path, image))
+            batch.append(item)
             if len(batch) == batch_size:
-                finish(batch, writer)
+                _finish_batch(batch, masks, writer, tiles, counts)
                 batch = []
                 logger.info("%d/%s images done (%.2f img/s)", counts["total"], total or "?",
                             counts["written"] / max(time.time() - start_time, 1e-9))
         if batch:
-            finish(batch, writer)
+            _finish_batch(batch, masks, writer, tiles, counts)
     name = "overlay_grid.png" if shard is None else f"overlay_grid-{shard[0]:05d}-of-{shard[1]:05d}.png"
     tiles.write(out_dir / name)
     logger.info("Masks: %s in %.1fs -> %s", counts, time.time() - start_time, out_dir)
