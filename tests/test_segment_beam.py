@@ -52,9 +52,10 @@ def test_pipeline_writes_masks_one_qc_csv_and_reruns_skip_everything(tmp_path):
 
 def test_beam_masks_equal_generate_masks(tmp_path):
     from tfcxr.segment import load_segmenter
+    from tfcxr.segment.segmenter_format import save_segmenter
 
     write_images(tmp_path / "images")
-    saved = load_segmenter("tiny").save(tmp_path / "tiny")  # random weights: every worker loads the same ones
+    saved = save_segmenter(load_segmenter("tiny"), tmp_path / "tiny")  # random weights: every worker loads the same
     beam_masks.run_mask_pipeline(config(tmp_path, model=str(saved)), IN_PROCESS)
     model = load_segmenter(str(saved))
     predict.generate_masks(model, str(tmp_path / "images"), tmp_path / "plain", model.inference.replace(

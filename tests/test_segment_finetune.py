@@ -51,6 +51,7 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     from tfcxr.segment.litemedsam import ARCHITECTURES
     from tfcxr.segment.model import build_litemedsam_model
     from tfcxr.segment.prompts import fit_priors
+    from tfcxr.segment.segmenter_format import save_segmenter
 
     data = write_pairs(tmp_path / "pairs")
     out = tmp_path / "run"
@@ -71,7 +72,7 @@ def test_finetune_resumes_saves_and_rejects_wrong_checkpoint(tmp_path):
     assert loaded.mask_definition["name"] == "trained"
 
     other = dataclasses.replace(ARCHITECTURES["litemedsam-tiny"], decoder_mlp_dim=48)
-    build_litemedsam_model(other, name="other").save(tmp_path / "other")
+    save_segmenter(build_litemedsam_model(other, name="other"), tmp_path / "other")
     with pytest.raises(ValueError, match="checkpoint does not match"):
         finetune.finetune(finetune.FinetuneConfig(data=str(data), model=str(tmp_path / "other"), out=str(out),
                                                   epochs=3))

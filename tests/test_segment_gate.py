@@ -102,13 +102,14 @@ def test_fit_and_measure_on_tiny_pairs(tmp_path):
 
 def test_gate_is_saved_with_the_segmenter_and_flags_not_cxr(tmp_path):
     from tfcxr.segment import load_segmenter, predict, qc
+    from tfcxr.segment.segmenter_format import save_segmenter
     from tfcxr.segment.weights import WeightsError
 
     model = load_segmenter("tiny")
     real, other = separable_features(features=32 * gate.GRID * gate.GRID)
     model.gate = gate.fit_gate(real, other, components=8)
     model.gate.threshold = np.float32(1.01)  # every image below it: all flagged not_cxr
-    model.save(tmp_path / "seg")
+    save_segmenter(model, tmp_path / "seg")
     meta = json.loads((tmp_path / "seg" / "segmenter.json").read_text())
     assert meta["gate"]["file"] == "gate.npz" and len(meta["gate"]["sha256"]) == 64
     loaded = load_segmenter(str(tmp_path / "seg"))

@@ -86,7 +86,7 @@ def test_corrupted_preset_files_give_clear_errors(tmp_path):
 def test_the_preset_is_the_default_everywhere():
     from tfcxr.export.__main__ import build_parser as export_parser
     from tfcxr.segment import evaluate, predict
-    from tfcxr.segment.model import load_segmenter
+    from tfcxr.segment.loading import load_segmenter
 
     assert load_segmenter.__defaults__[0] == PRESET
     assert predict.build_parser().parse_args(["--images", "a", "--out", "b"]).model == PRESET

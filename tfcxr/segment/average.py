@@ -97,7 +97,8 @@ def average_run(run_dir, out, epochs=None, last: int = 0) -> dict:
     ``out`` gets ``segmenter.json`` (with the run's priors and inference settings) + weights, and ``averaged.json``
     (the source run and the averaged checkpoints).
     """
-    from .model import load_segmenter
+    from .loading import load_segmenter
+    from .segmenter_format import save_segmenter
 
     run_dir, out = pathlib.Path(run_dir), pathlib.Path(out)
     paths = checkpoint_paths(run_dir, epochs, last)
@@ -105,7 +106,7 @@ def average_run(run_dir, out, epochs=None, last: int = 0) -> dict:
         raise ValueError(f"{out}: write the average to a new folder, not over the run it is taken from")
     model = load_segmenter(str(run_dir))
     average_checkpoints(model, paths)
-    model.save(out)
+    save_segmenter(model, out)
     summary = {"run": str(run_dir), "checkpoints": [pathlib.Path(p).name for p in paths],
                "epochs": [int(pathlib.Path(p).name.split("-")[1]) for p in paths]}
     (out / "averaged.json").write_text(json.dumps(summary, indent=2))

@@ -137,7 +137,7 @@ class SegmentDoFn(beam.DoFn):
         self.masks = None
 
     def setup(self):
-        from .model import load_segmenter
+        from .loading import load_segmenter
         from .predict import MaskWriter
 
         start = time.time()

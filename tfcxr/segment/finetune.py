@@ -10,8 +10,8 @@
 - AdamW (lr 1e-4, weight decay 0.01);
 - validation Dice / IoU per epoch (ground-truth boxes, no jitter; Dice with the prior boxes too), a
   ``tf.train.CheckpointManager`` checkpoint per epoch in ``OUT/checkpoints`` (a rerun resumes from the last
-  finished epoch), the best model by validation Dice saved with ``model.save(OUT)``, the fitted prior boxes in its
-  ``segmenter.json``, so ``load_segmenter(OUT)`` loads it ready to predict.
+  finished epoch), the best model by validation Dice saved with ``save_segmenter(model, OUT)``, the fitted prior
+  boxes in its ``segmenter.json``, so ``load_segmenter(OUT)`` loads it ready to predict.
 
 The pairs come from ``tfcxr.data.pairs``, the examples from ``tfcxr.segment.examples``, the loss from
 ``tfcxr.segment.losses`` and the frozen-encoder embeddings from ``tfcxr.segment.embedding_cache``.
@@ -164,7 +164,7 @@ def finetune(config: FinetuneConfig) -> dict:
     import tensorflow as tf
     import yaml
 
-    from .model import load_segmenter
+    from .loading import load_segmenter
 
     if not config.out:
         raise ValueError("`out` must be set to the output directory. Received: out=''")
@@ -306,7 +306,7 @@ def _end_epoch(row: dict, model, data: _FinetuneData, state: _TrainingState, con
     The selection score is the validation Dice with ground-truth boxes; with prompt augmentation the mean of that
     and the Dice with the prior boxes; without validation pairs the negated training loss.
     """
-    from .model import SAVE_FILENAME
+    from .segmenter_format import SAVE_FILENAME, save_segmenter
 
     val = data.val
     if val is not None:
@@ -321,7 +321,7 @@ def _end_epoch(row: dict, model, data: _FinetuneData, state: _TrainingState, con
         score = (row["val_dice"] + row["val_dice_prior"]) / 2
     if score > float(state.best) or not (out / SAVE_FILENAME).is_file():
         state.best.assign(score)
-        model.save(out)
+        save_segmenter(model, out)
         row["saved"] = 1
     logger.info("epoch %d: %s", row["epoch"], row)
     state.epoch.assign(row["epoch"])

