@@ -123,3 +123,38 @@ def test_gate_is_saved_with_the_segmenter_and_flags_not_cxr(tmp_path):
     gate_path.write_bytes(gate_path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsError, match="gate.npz: sha256 mismatch"):
         load_segmenter(str(tmp_path / "seg"))
+
+
+def test_holdout_split_components_choice_and_extra_transforms(tmp_path):
+    from tfcxr.segment import load_segmenter
+
+    specs = {"train": [str(write_pairs(tmp_path / "train", count=12, size=(64, 64)))],
+             "validation": [str(write_pairs(tmp_path / "val", count=6, size=(64, 64), stems=[f"v{i}" for i in
+                                                                                              range(6)]))],
+             "test": [str(write_pairs(tmp_path / "test", count=4, size=(64, 64), stems=["t0", "t1", "t2", "t3"]))]}
+    # the holdout folder shares two images with the pair sets (p0, v1): only its three unused images count
+    write_pairs(tmp_path / "pool", count=5, size=(64, 64), stems=["p0", "v1", "h0", "h1", "h2"])
+    base = dict(synthetic_per_kind={"train": 2, "validation": 1, "test": 1, "holdout": 1}, photo_crops=1,
+                faces=2, max_false_rejection=0.2)
+    config = gate_fit.GateConfig(components=[4, 8], holdout_folders=[str(tmp_path / "pool" / "images")],
+                                 extra_transforms={"train": {"flip_lr": 2}}, **base)
+    samples = gate_fit.gate_samples(config, specs)
+    holdout_real = [s.key for s in samples[gate_fit.HOLDOUT] if s.kind == gate_fit.REAL]
+    assert holdout_real == ["holdout/h0", "holdout/h1", "holdout/h2"]
+    extra = [s.key for s in samples["train"] if s.key.endswith("/extra")]
+    train_real = [s.key for s in samples["train"] if s.kind == gate_fit.REAL]
+    assert len(train_real) == 12 and extra == [f"{key}/flip_lr/extra" for key in train_real[1::2]]
+    # the extra transforms and the holdout draw their own seeds: every other sample keeps its key and seed
+    plain = gate_fit.gate_samples(gate_fit.GateConfig(components=8, **base), specs)
+    for split in gate_fit.SPLITS:
+        kept = [s for s in samples[split] if not s.key.endswith("/extra")]
+        assert [s.key for s in kept] == [s.key for s in plain[split]]
+        for a, b in zip(kept, plain[split]):
+            np.testing.assert_array_equal(a.load(), b.load())
+    fitted, report = gate_fit.fit_and_measure(load_segmenter("tiny"), config, specs, tmp_path / "cache")
+    assert [row["components"] for row in report["components_sweep"]] == [4, 8]
+    best = max(report["components_sweep"], key=lambda row: row["validation_non_cxr_flagged"])
+    assert report["components"] == fitted.components.shape[1] == best["components"]
+    assert report["counts"]["holdout"]["real"] == 3 and "auroc" in report["holdout"]
+    with pytest.raises(ValueError, match="unknown transform 'mirror'"):
+        gate_fit.gate_samples(gate_fit.GateConfig(extra_transforms={"train": {"mirror": 2}}, **base), specs)

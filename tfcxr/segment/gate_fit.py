@@ -12,9 +12,14 @@ Samples per split (train / validation / test):
 - photos: the bundled scikit-image photos, each in one split only (by name), as ``photo_crops`` random crops;
   and face crops.
 
-The gate is fitted on train, its threshold set on validation real CXRs (at most ``max_false_rejection`` flagged),
-and test gives the AUROC, the false-rejection rate and the share of non-CXR inputs flagged, per kind.
-Pooled features are cached per encoder in ``cache_dir``, so a rerun computes nothing twice.
+A fourth, optional split, ``holdout``, holds real CXRs that nothing else uses (``holdout_folders`` minus every image
+of the pair sets), their transforms and freshly seeded synthetic images: a test set scored once, after every choice.
+
+The gate is fitted on train for each number of principal components in ``components``; validation chooses one (the
+most validation non-CXR inputs flagged at a threshold that flags at most ``max_false_rejection`` of the validation
+real CXRs; ties go to fewer components). Test and holdout give the AUROC, the false-rejection rate and the share of
+non-CXR inputs flagged, per kind. Pooled features are cached per encoder in ``cache_dir``, so a rerun computes
+nothing twice.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .gate import fit_gate, threshold_for
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
+HOLDOUT = "holdout"
 REAL = "real_cxr"
 
 
@@ -41,9 +47,13 @@ class GateConfig:
     real_folders: list = dataclasses.field(default_factory=list)  # extra CXR image folders (relative to data_root)
     folder_limit: dict = dataclasses.field(default_factory=dict)  # {split: max images} from the folders (seeded)
     max_false_rejection: float = 0.005  # on validation real CXRs
-    components: int = 64
+    components: object = 64  # an int, or a list to choose from on validation
+    holdout_folders: list = dataclasses.field(default_factory=list)  # real CXR folders for the holdout split
     c: float = 1.0
     transform_every: int = 2
+    # more transforms of chosen kinds, per split: {split: {kind: every}} makes kind of every `every`-th real image
+    # (from the second on), with their own random stream, so the other samples keep their seeds and cache entries
+    extra_transforms: dict = dataclasses.field(default_factory=dict)
     synthetic_per_kind: dict = dataclasses.field(default_factory=lambda: {"train": 20, "validation": 10,
                                                                           "test": 20})
     photo_crops: int = 4
@@ -92,23 +102,54 @@ def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> di
     return real
 
 
+def _transforms_and_synthetic(split: str, real: list, config: GateConfig, rng) -> list:
+    """Transforms of every ``transform_every``-th real sample, then the synthetic images of `split`."""
+    out = []
+    for i, sample in enumerate(real[:: config.transform_every]):
+        kind = gate_data.TRANSFORMS[i % len(gate_data.TRANSFORMS)]
+        seed = int(rng.integers(2**31))
+        out.append(Sample(f"{sample.key}/{kind}", kind, sample.source, lambda s=sample, k=kind, r=seed:
+                          gate_data.transformed(s.load(), k, np.random.default_rng(r))))
+    extra = np.random.default_rng([config.seed, int(hashlib.sha1(split.encode()).hexdigest()[:8], 16)])
+    for kind, every in sorted(config.extra_transforms.get(split, {}).items()):
+        if kind not in gate_data.TRANSFORMS:
+            raise ValueError(f"extra_transforms: unknown transform {kind!r}; choose from {gate_data.TRANSFORMS}")
+        for sample in real[1 :: int(every)]:
+            seed = int(extra.integers(2**31))
+            out.append(Sample(f"{sample.key}/{kind}/extra", kind, sample.source, lambda s=sample, k=kind, r=seed:
+                              gate_data.transformed(s.load(), k, np.random.default_rng(r))))
+    for kind in gate_data.SYNTHETIC:
+        for j in range(config.synthetic_per_kind.get(split, 0)):
+            seed = int(rng.integers(2**31))
+            out.append(Sample(f"{split}/{kind}/{j}", kind, "generated", lambda k=kind, r=seed:
+                              gate_data.synthetic(k, np.random.default_rng(r))))
+    return out
+
+
+def _holdout_samples(config: GateConfig, pair_specs: dict, root) -> list:
+    """Real CXRs of ``holdout_folders`` that are in no pair set, their transforms and fresh synthetic images."""
+    from tfcxr.data.io import read_image
+
+    from tfcxr.data.pairs import load_pairs
+    from .predict import list_images
+
+    used = {pair.name for specs in pair_specs.values() for spec in specs for pair in load_pairs(spec)}
+    real = []
+    for folder in config.holdout_folders:
+        path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
+        real += [Sample(f"holdout/{stem}", REAL, path.name, lambda f=file: read_image(f))
+                 for stem, file in list_images(str(path)) if stem not in used]
+    rng = np.random.default_rng([config.seed, len(SPLITS)])  # its own stream: the other splits keep their seeds
+    return real + _transforms_and_synthetic(HOLDOUT, real, config, rng)
+
+
 def gate_samples(config: GateConfig, pair_specs: dict, root=None) -> dict:
     """``{split: [Sample, ...]}``: real CXRs and every family of non-CXR input (see the module docstring)."""
     rng = np.random.default_rng(config.seed)
     samples = _real_samples(pair_specs, config.real_folders, root, config.folder_limit, config.seed)
     photo_names = sorted(gate_data.photos())
     for index, split in enumerate(SPLITS):
-        real = list(samples[split])
-        for i, sample in enumerate(real[:: config.transform_every]):
-            kind = gate_data.TRANSFORMS[i % len(gate_data.TRANSFORMS)]
-            seed = int(rng.integers(2**31))
-            samples[split].append(Sample(f"{sample.key}/{kind}", kind, sample.source, lambda s=sample, k=kind,
-                                         r=seed: gate_data.transformed(s.load(), k, np.random.default_rng(r))))
-        for kind in gate_data.SYNTHETIC:
-            for j in range(config.synthetic_per_kind.get(split, 0)):
-                seed = int(rng.integers(2**31))
-                samples[split].append(Sample(f"{split}/{kind}/{j}", kind, "generated", lambda k=kind, r=seed:
-                                             gate_data.synthetic(k, np.random.default_rng(r))))
+        samples[split] += _transforms_and_synthetic(split, list(samples[split]), config, rng)
         for name in photo_names[index :: len(SPLITS)]:
             for j in range(config.photo_crops):
                 seed = int(rng.integers(2**31))
@@ -118,6 +159,8 @@ def gate_samples(config: GateConfig, pair_specs: dict, root=None) -> dict:
         for j in range(config.faces):
             samples[split].append(Sample(f"{split}/face/{j}", "face", "skimage", lambda r=face_seed, j=j:
                                          gate_data.faces(j + 1, np.random.default_rng(r))[j]))
+    if config.holdout_folders:
+        samples[HOLDOUT] = _holdout_samples(config, pair_specs, root)
     return samples
 
 
@@ -143,35 +186,61 @@ def pooled_features_of(model, samples, cache_dir, batch_size: int = 8) -> np.nda
     return np.stack([load_npz(cache / name[s.key])["features"] for s in samples])
 
 
-def fit_and_measure(model, config: GateConfig, pair_specs: dict, cache_dir, root=None):
-    """Fit the gate of `model` and measure it; returns (CxrGate, report dict)."""
+def _flagged_share(gate, features, is_real, max_false_rejection) -> tuple[float, float]:
+    """(threshold, share of non-CXR flagged) when the threshold flags at most `max_false_rejection` of the reals."""
+    scores = gate.score_features(features)
+    threshold = threshold_for(scores[is_real], max_false_rejection)
+    return threshold, float((scores[~is_real] < threshold).mean())
+
+
+def _choose_components(features: dict, is_real: dict, config: GateConfig):
+    """Fit one gate per component count on train and keep the best on validation; returns (gate, sweep rows)."""
+    choices = config.components if isinstance(config.components, (list, tuple)) else [config.components]
+    best, sweep = None, []
+    for k in sorted(int(c) for c in choices):
+        gate = fit_gate(features["train"][is_real["train"]], features["train"][~is_real["train"]], k, config.c,
+                        config.seed)
+        threshold, flagged = _flagged_share(gate, features["validation"], is_real["validation"],
+                                            config.max_false_rejection)
+        sweep.append({"components": k, "validation_non_cxr_flagged": flagged})
+        if best is None or flagged > best[1]:
+            gate.threshold = np.float32(threshold)
+            best = (gate, flagged)
+    return best[0], sweep
+
+
+def _measure(gate, samples: list, features, is_real) -> dict:
+    """AUROC, false rejections and non-CXR flags of one split, overall, per kind and per real source."""
     from sklearn.metrics import roc_auc_score
 
+    scores = gate.score_features(features)
+    flagged = scores < gate.threshold
+    kinds = np.asarray([s.kind for s in samples])
+    sources = np.asarray([s.source for s in samples])
+    return {
+        "auroc": float(roc_auc_score(is_real, scores)),
+        "false_rejection": float(flagged[is_real].mean()),
+        "non_cxr_flagged": float(flagged[~is_real].mean()),
+        "flagged_by_kind": {k: {"n": int((kinds == k).sum()), "flagged": float(flagged[kinds == k].mean())}
+                            for k in sorted(set(kinds))},
+        "real_flagged_by_source": {src: float(flagged[is_real & (sources == src)].mean())
+                                   for src in sorted(set(sources[is_real]))},
+    }
+
+
+def fit_and_measure(model, config: GateConfig, pair_specs: dict, cache_dir, root=None):
+    """Fit the gate of `model` and measure it; returns (CxrGate, report dict)."""
     samples = gate_samples(config, pair_specs, root)
-    features = {split: pooled_features_of(model, samples[split], cache_dir) for split in SPLITS}
-    is_real = {split: np.asarray([s.kind == REAL for s in samples[split]]) for split in SPLITS}
-    gate = fit_gate(features["train"][is_real["train"]], features["train"][~is_real["train"]],
-                    config.components, config.c, config.seed)
-    scores = {split: gate.score_features(features[split]) for split in SPLITS}
-    gate.threshold = np.float32(threshold_for(scores["validation"][is_real["validation"]],
-                                              config.max_false_rejection))
+    features = {split: pooled_features_of(model, items, cache_dir) for split, items in samples.items()}
+    is_real = {split: np.asarray([s.kind == REAL for s in items]) for split, items in samples.items()}
+    gate, sweep = _choose_components(features, is_real, config)
     report = {"threshold": float(gate.threshold), "max_false_rejection": config.max_false_rejection,
+              "components": int(gate.components.shape[1]), "components_sweep": sweep,
               "counts": {split: {"real": int(is_real[split].sum()), "other": int((~is_real[split]).sum())}
-                         for split in SPLITS}}
-    for split in ("validation", "test"):
-        flagged = scores[split] < gate.threshold
-        kinds = sorted({s.kind for s in samples[split]})
-        report[split] = {
-            "auroc": float(roc_auc_score(is_real[split], scores[split])),
-            "false_rejection": float(flagged[is_real[split]].mean()),
-            "non_cxr_flagged": float(flagged[~is_real[split]].mean()),
-            "flagged_by_kind": {k: {"n": int(sum(s.kind == k for s in samples[split])),
-                                    "flagged": float(np.mean([f for f, s in zip(flagged, samples[split])
-                                                              if s.kind == k]))} for k in kinds},
-            "real_flagged_by_source": {src: float(np.mean([f for f, s in zip(flagged, samples[split])
-                                                           if s.kind == REAL and s.source == src]))
-                                       for src in sorted({s.source for s in samples[split] if s.kind == REAL})},
-        }
-    logger.info("Gate: threshold %.4f, test %s", gate.threshold,
+                         for split in samples}}
+    for split in samples:
+        if split != "train":
+            report[split] = _measure(gate, samples[split], features[split], is_real[split])
+    logger.info("Gate: %d components, threshold %.4f, test %s", report["components"], gate.threshold,
                 {k: report["test"][k] for k in ("auroc", "false_rejection", "non_cxr_flagged")})
     return gate, report
