@@ -44,6 +44,9 @@ def test_preset_ships_in_the_package_with_checksums_and_card():
     card = (directory / "MODEL_CARD.md").read_text()
     assert f"# Model card: `{PRESET}`" in card and "Licences" in card
     assert PRESET in presets.available_presets() and "litemedsam" in presets.available_presets()
+    import tfcxr.segment
+
+    assert tfcxr.segment.available_presets() == presets.available_presets()  # the lazy package attribute
 
 
 def test_default_preset_loads_offline_with_its_own_settings(preset):

@@ -9,7 +9,7 @@ Heavy imports (tensorflow, tf_keras, transformers) happen on first use of an att
 _LAZY = {
     "SamLungModel": "model",
     "load_segmenter": "loading",
-    "available_presets": "model",
+    "available_presets": "presets",
 }
 
 __all__ = list(_LAZY)
