@@ -206,6 +206,25 @@ def _dice(a, b) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
+def _time_torch_reference(reference, tf_model, batch) -> float:
+    """Seconds PyTorch LiteMedSAM takes to embed `batch` (float32 (H, W, 1) images) and decode the 2 prior boxes."""
+    import torch
+
+    pixel_values = np.concatenate([np.asarray(tf_model.preprocess(im[None])[0]) for im in batch])
+    boxes = torch.tensor(np.asarray(tf_model.priors) * tf_model.image_size, dtype=torch.float32)[:, None, :]
+    begin = time.perf_counter()
+    with torch.no_grad():
+        x = torch.from_numpy(np.transpose(pixel_values, (0, 3, 1, 2)).copy())
+        embeddings = reference.image_encoder(x)
+        for i in range(len(batch)):  # the wheel's decoder takes one image's boxes at a time
+            sparse, dense = reference.prompt_encoder(points=None, boxes=boxes, masks=None)
+            reference.mask_decoder(image_embeddings=embeddings[i : i + 1],
+                                   image_pe=reference.prompt_encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=False)
+    return time.perf_counter() - begin
+
+
 def measure_backends(model_name: str, images_dir: str, count: int = 32, batch_sizes=(1, 8)) -> dict:
     """Images/s of the whole mask step (``tfcxr.segment.predict.segment_batch``: embed, decode, refine, clean) with
     the TF and ONNX embed backends, and of PyTorch LiteMedSAM (embed + decode of the 2 prior boxes), on `count`
@@ -236,21 +255,7 @@ def measure_backends(model_name: str, images_dir: str, count: int = 32, batch_si
                 masks[name].extend(mask for mask, _, _ in segment_batch(model, batch, None, batch_size))
                 seconds[name] += time.perf_counter() - begin
             if reference is not None:
-                import torch
-
-                pixel_values = np.concatenate([np.asarray(tf_model.preprocess(im[None])[0]) for im in batch])
-                boxes = torch.tensor(np.asarray(tf_model.priors) * tf_model.image_size, dtype=torch.float32)[:, None, :]
-                begin = time.perf_counter()
-                with torch.no_grad():
-                    x = torch.from_numpy(np.transpose(pixel_values, (0, 3, 1, 2)).copy())
-                    embeddings = reference.image_encoder(x)
-                    for i in range(len(batch)):  # the wheel's decoder takes one image's boxes at a time
-                        sparse, dense = reference.prompt_encoder(points=None, boxes=boxes, masks=None)
-                        reference.mask_decoder(image_embeddings=embeddings[i : i + 1],
-                                               image_pe=reference.prompt_encoder.get_dense_pe(),
-                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                               multimask_output=False)
-                seconds["torch"] += time.perf_counter() - begin
+                seconds["torch"] += _time_torch_reference(reference, tf_model, batch)
             logger.info("batch %d: %d/%d images", batch_size, start + len(batch), len(images))
         dice = [_dice(a, b) for a, b in zip(masks["onnx"], masks["tf"])]
         row = {"batch_size": batch_size, "n": len(images),
