@@ -1,7 +1,6 @@
-"""Tests for tfcxr.segment.predict (mask generation) and tfcxr.segment.evaluate with the tiny model."""
+"""Tests for tfcxr.segment.predict (mask generation) with the tiny model."""
 
 import argparse
-import json
 
 import cv2
 import numpy as np
@@ -66,29 +65,3 @@ def test_sharded_cli_writes_and_merges_per_shard_qc(tmp_path):
     assert sorted(p.name for p in out.glob("qc*.csv")) == ["qc-00000-of-00002.csv", "qc-00001-of-00002.csv"]
     assert sorted(qc.read_qc(out)["stem"]) == ["a", "b", "blank", "corrupt", "deep"]
     assert (out / "overlay_grid-00001-of-00002.png").is_file()
-
-
-def test_evaluate_cli_json(tmp_path):
-    from tfcxr.segment import evaluate
-
-    root = tmp_path / "pairs"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    mask = np.zeros((64, 64), np.uint8)
-    mask[10:50, 8:28] = 255
-    mask[10:50, 36:56] = 255
-    cv2.imwrite(str(root / "images" / "x.png"), (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
-    cv2.imwrite(str(root / "masks" / "x.png"), mask)
-    out = tmp_path / "results.json"
-    assert evaluate.main(["--data", str(root), "--model", "tiny", "--prompt", "gt", "refine", "--out", str(out),
-                          "--worst", "2"]) == 0
-    result = json.loads(out.read_text())
-    for prompt in ("gt", "refine"):
-        grid = cv2.imread(str(tmp_path / f"results_worst_{prompt}.png"))
-        red = (grid[..., 2] == 255) & (grid[..., 1] == 0) & (grid[..., 0] == 0)
-        assert grid.shape[:2] == (192, 192) and red.sum() > 50  # one image; the ground truth outlined in red
-    assert "worst_tiles" not in result["prompts"]["gt"]
-    assert result["n"] == 1 and set(result["prompts"]) == {"gt", "refine"}
-    summary = result["prompts"]["gt"]["summary"]
-    assert 0.0 <= summary["mean_dice"] <= 1.0 and set(result["prompts"]["gt"]["per_image"][0]) == {
-        "name", "dice", "iou", "hd95"}
