@@ -1,8 +1,9 @@
-"""Fake run directories for the evaluation tests (no dependency on tfcxr.train).
+"""Fake run directories and toy scores for the evaluation tests (no dependency on tfcxr.train).
 
-A fake run holds config.yaml, test_predictions.csv (labels correlated with the
-probabilities), history.csv, efficiency.json and a tiny Keras 3 best.keras with
-input (batch, S, S, 1) float32 and output (batch, 5) sigmoid, plus real PNG
+`toy_scores` gives 0/1 labels with correlated scores for the metric, bootstrap and
+DeLong tests. A fake run holds config.yaml, test_predictions.csv (labels correlated
+with the probabilities), history.csv, efficiency.json and a tiny Keras 3 best.keras
+with input (batch, S, S, 1) float32 and output (batch, 5) sigmoid, plus real PNG
 images and lung masks for Grad-CAM and the mask grid.
 """
 
@@ -17,6 +18,16 @@ import yaml
 from tfcxr.labels import NO_FINDING, TARGETS
 
 SIZE = 32
+
+
+def toy_scores(n=60, seed=0, ties=False):
+    """(labels (n,) 0/1, scores (n,) float) with scores correlated to the labels; `ties` rounds to 0.1."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    s = y * 0.8 + rng.normal(0, 0.7, n)
+    if ties:
+        s = np.round(s, 1)
+    return y, s
 
 
 def write_images(root, num_images=24, size=40, seed=0):
