@@ -1,4 +1,5 @@
-"""Tests for tfcxr.segment.beam_masks: the Beam mask pipeline on the DirectRunner with the tiny model."""
+"""Tests for tfcxr.segment.beam_masks: the Beam mask pipeline on the DirectRunner with the tiny model, its options
+and QC merge (two tests go through `python -m tfcxr.segment.predict --runner`, the CLI front of the pipeline)."""
 
 import cv2
 import numpy as np
@@ -90,3 +91,35 @@ def test_pipeline_options_error_names_the_option():
         beam_masks.pipeline_options(["--direct_num_wrokers", "2"])
     options = beam_masks.pipeline_options(["--runner", "DirectRunner", "--direct_num_workers", "2"])
     assert options.get_all_options()["direct_running_mode"] == "multi_processing"
+
+
+def test_config_checks_batch_size_and_images_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ValueError, match="`batch_size` must be >= 1. Received: batch_size=0"):
+        beam_masks.BeamMaskConfig(images=str(tmp_path / "images"), out=str(tmp_path / "m"), batch_size=0)
+    with pytest.raises(FileNotFoundError, match="missing: not a folder of images"):
+        beam_masks.BeamMaskConfig(images=str(tmp_path / "missing"), out=str(tmp_path / "m"))
+
+
+def test_pipeline_options_reject_a_stray_value():
+    with pytest.raises(beam_masks.PipelineOptionsError, match="unexpected pipeline argument 'DirectRunner'"):
+        beam_masks.pipeline_options(["DirectRunner"])
+    with pytest.raises(beam_masks.PipelineOptionsError, match="unexpected pipeline argument '2'"):
+        beam_masks.pipeline_options(["--runner=DirectRunner", "2"])
+    explicit = beam_masks.pipeline_options(["--runner", "DirectRunner", "--direct_running_mode", "in_memory"])
+    assert explicit.get_all_options()["direct_running_mode"] == "in_memory"  # an explicit mode is kept
+
+
+def test_merge_qc_keeps_older_rows_and_this_runs_row_wins(tmp_path):
+    out = tmp_path / "masks"
+    with qc.QCWriter(out / "qc.csv") as writer:
+        writer.write([{"stem": "b", "flags": "no_lungs"}, {"stem": "a", "flags": "old"}])
+    records = [{"status": "written", "row": {"stem": "a", "flags": "", "height": 5}},
+               {"status": "skipped", "row": None},  # recorded by an earlier run
+               {"status": "read_error", "row": {"stem": "c", "flags": "read_error", "error": "bad"}}]
+    path = beam_masks.merge_qc(out, records)
+    assert path == out / "qc.csv" and path.read_text().splitlines()[0] == ",".join(qc.QC_COLUMNS)
+    table = qc.read_qc(out).set_index("stem")
+    assert list(table.index) == ["a", "b", "c"]
+    assert (table.loc["a", "flags"], table.loc["b", "flags"], table.loc["c", "error"]) == ("", "no_lungs", "bad")
+    assert int(table.loc["a", "height"]) == 5 and sorted(p.name for p in out.iterdir()) == ["qc.csv"]
