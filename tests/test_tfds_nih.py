@@ -26,13 +26,6 @@ def test_committed_dummy_data_matches_generator(tmp_path):
         assert (fresh / name).read_text() == (committed / name).read_text(), name
 
 
-def test_registered_by_tfcxr_datasets(tmp_path, caplog):
-    assert "nih_cxr14" in tfds.list_builders(with_community_datasets=False)
-    assert tfcxr.datasets.register("nih_cxr14") is tfds.builder_cls("nih_cxr14")
-    assert tfcxr.datasets.register_all(tmp_path) == {}  # no builders there: skipped with a warning
-    assert "not found" in caplog.text
-
-
 @pytest.mark.slow  # a TF-importing subprocess: ~10-25 s on 2 cores
 def test_tfds_build_cli_then_load_by_name(tmp_path):
     manual = make_dummy_data(tmp_path / "manual", official_lists=False)  # seeded grouped split
