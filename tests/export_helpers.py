@@ -92,7 +92,6 @@ def write_images(folder, count, size=(40, 48), with_masks=False):
     return images, masks
 
 
-
 def export_tiny(folder, mask="original", segmenter=None, model_name="tfcxr"):
     """Write a tiny run under folder/run and export it to folder/models; return (run dir, version dir)."""
     from tfcxr.export.savedmodel import export_savedmodel
@@ -100,3 +99,18 @@ def export_tiny(folder, mask="original", segmenter=None, model_name="tfcxr"):
     folder = pathlib.Path(folder)
     run = write_run(folder / "run", mask=mask)
     return run, export_savedmodel(run, folder / "models", model_name=model_name, segmenter=segmenter)
+
+
+def export_tiny_onnx(folder, mask="loose"):
+    """`export_tiny`, then the run as folder/onnx/cxr.onnx and 3 images (with masks) under folder/data.
+
+    Returns:
+        (run dir, SavedModel version dir, .onnx path, image paths, mask paths).
+    """
+    from tfcxr.export.onnx import export_onnx
+
+    folder = pathlib.Path(folder)
+    run, version_dir = export_tiny(folder, mask=mask)
+    onnx_path = export_onnx(run, folder / "onnx", model_name="cxr")
+    images, masks = write_images(folder / "data", 3, with_masks=True)
+    return run, version_dir, onnx_path, images, masks

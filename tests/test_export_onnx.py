@@ -1,4 +1,6 @@
-"""ONNX export (tf2onnx, opset >= 17): parity with the SavedModel and the onnxruntime predictor."""
+"""ONNX export (tfcxr.export.onnx; tf2onnx, opset >= 17): graph, metadata and parity with the SavedModel.
+
+The onnxruntime predictor is tested in test_serving_onnx_predictor.py."""
 
 import numpy as np
 import pytest
@@ -13,11 +15,7 @@ from tfcxr.labels import TARGETS
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx")
-    run, version_dir = H.export_tiny(folder, mask="loose")
-    onnx_path = export_onnx_module.export_onnx(run, folder / "onnx", model_name="cxr")
-    images, masks = H.write_images(folder / "data", 3, with_masks=True)
-    return run, version_dir, onnx_path, images, masks
+    return H.export_tiny_onnx(tmp_path_factory.mktemp("onnx"), mask="loose")
 
 
 def test_onnx_graph_and_metadata(exported):
@@ -39,33 +37,6 @@ def test_onnx_parity_with_savedmodel_float_signature(exported):
         export_onnx_module.run_onnx(onnx_path, images), run_savedmodel(version_dir, images=images)
     )
     assert diff["probabilities"] < 1e-4 and diff["no_finding"] < 1e-4, diff
-
-
-def test_onnx_predictor_matches_savedmodel_bytes_signature(exported):
-    from tfcxr.serving.onnx_predictor import OnnxPredictor
-
-    _, version_dir, onnx_path, images, masks = exported
-    predictor = OnnxPredictor(onnx_path, batch_size=2)
-    result = predictor.predict(images, mask_paths=masks)
-    reference = run_savedmodel(
-        version_dir, image_bytes=[p.read_bytes() for p in images], mask_bytes=[p.read_bytes() for p in masks]
-    )
-    assert result["labels"] == TARGETS and result["probabilities"].shape == (3, 5)
-    np.testing.assert_allclose(result["probabilities"], reference["probabilities"], atol=1e-4)
-    np.testing.assert_allclose(result["no_finding"], reference["no_finding"], atol=1e-4)
-    with pytest.raises(ValueError, match="mask='loose'"):
-        predictor.predict(images)
-
-
-def test_onnx_predictor_names_a_bad_file(exported, tmp_path):
-    from tfcxr.data.io import ImageReadError
-    from tfcxr.serving.onnx_predictor import OnnxPredictor
-
-    _, _, onnx_path, images, masks = exported
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not a png")
-    with pytest.raises(ImageReadError, match="broken.png"):
-        OnnxPredictor(onnx_path).predict([bad], mask_paths=masks[:1])
 
 
 def test_opset_below_17_is_refused(exported):
