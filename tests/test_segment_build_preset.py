@@ -1,4 +1,4 @@
-"""Tests for tfcxr.segment.build_preset and tfcxr.segment.model_card: a whole preset build on tiny pairs."""
+"""Tests for tfcxr.segment.build_preset: a whole preset build on tiny pairs."""
 
 import json
 
@@ -101,11 +101,3 @@ def test_shipped_config_parses():
     assert config.name == presets.DEFAULT_PRESET and [s["name"] for s in config.stages] == ["decoder", "whole"]
     assert config.stages[1]["model"] == "previous" and config.weights_dtype == "float16"
     assert config.data_root == "/data/lungs"
-
-
-def test_shipped_model_card_renders_from_its_evaluation():
-    from tfcxr.segment.model_card import render
-
-    folder = presets.PACKAGED_DIR / presets.DEFAULT_PRESET
-    evaluation = json.loads((folder / "evaluation.json").read_text())
-    assert render(evaluation) == (folder / "MODEL_CARD.md").read_text()

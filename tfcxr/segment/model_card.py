@@ -92,7 +92,9 @@ def _intro_lines(evaluation: dict) -> list[str]:
 
 def _dtype_line(dtype: dict) -> str:
     """How the stored weights' dtype changes validation Dice (``validation.weights_dtype_check``)."""
-    stored = [v for k, v in dtype.items() if k.endswith("_mean_dice") and not k.startswith("float32")][0]
+    # float32 weights: build_preset's check holds only float32_mean_dice (the stored copy is the float32 one)
+    stored = next((v for k, v in dtype.items() if k.endswith("_mean_dice") and not k.startswith("float32")),
+                  dtype["float32_mean_dice"])
     return (f"- Weights stored as {'float16' if 'float16_mean_dice' in dtype else 'float32'}: validation mean Dice "
             f"{dtype['float32_mean_dice']:.4f} in float32 vs {stored:.4f} "
             f"(|difference| {dtype['mean_abs_difference']:.5f}; largest per-image change "
