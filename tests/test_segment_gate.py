@@ -82,3 +82,18 @@ def test_gate_is_saved_with_the_segmenter_and_flags_not_cxr(tmp_path):
     gate_path.write_bytes(gate_path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsError, match="gate.npz: sha256 mismatch"):
         load_segmenter(str(tmp_path / "seg"))
+
+
+def test_float16_components_are_stored_at_half_size_without_changing_scores(tmp_path):
+    real, other = separable_features(features=32 * gate.GRID * gate.GRID)
+    plain = gate.fit_gate(real, other, components=8)
+    half = gate.fit_gate(real, other, components=8, components_dtype="float16")
+    plain.save(tmp_path / "plain.npz")
+    half.save(tmp_path / "half.npz")
+    assert np.load(tmp_path / "plain.npz")["components"].dtype == np.float32
+    assert np.load(tmp_path / "half.npz")["components"].dtype == np.float16
+    assert (tmp_path / "half.npz").stat().st_size < 0.75 * (tmp_path / "plain.npz").stat().st_size
+    loaded = gate.CxrGate.load(tmp_path / "half.npz")
+    assert loaded.components.dtype == np.float32
+    np.testing.assert_array_equal(loaded.score_features(real), half.score_features(real))  # lossless round trip
+    np.testing.assert_allclose(half.score_features(other), plain.score_features(other), atol=1e-3)

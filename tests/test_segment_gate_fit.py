@@ -88,3 +88,26 @@ def test_folder_images_are_split_by_patient_and_capped_per_split(tmp_path):
     assert [s.key for s in capped["test"] if s.kind == gate_fit.REAL] == reals["test"]  # other splits uncapped
     np.testing.assert_array_equal(capped["train"][0].load(), samples["train"][
         reals["train"].index(train[0])].load())  # the sample still loads its own file
+
+
+def test_cross_fitting_keeps_a_source_image_and_its_transforms_in_one_fold(tmp_path):
+    from tfcxr.segment import load_segmenter
+
+    assert gate_fit._group("pair/p3/flip_lr/extra") == gate_fit._group("pair/p3") == "pair/p3"
+    assert gate_fit._group("photo/astronaut/2") == "photo/astronaut"
+    assert gate_fit._group("train/uniform_noise/4") == "train/uniform_noise/4"  # synthetic images stand alone
+    specs = {"train": [str(write_pairs(tmp_path / "train", count=12, size=(64, 64)))],
+             "validation": [str(write_pairs(tmp_path / "val", count=6, size=(64, 64), stems=[f"v{i}" for i in
+                                                                                              range(6)]))],
+             "test": [str(write_pairs(tmp_path / "test", count=4, size=(64, 64), stems=["t0", "t1", "t2", "t3"]))]}
+    config = gate_fit.GateConfig(components=[4, 8], folds=3, max_false_rejection=0.1, photo_crops=1, faces=2,
+                                 synthetic_per_kind={"train": 2, "validation": 1, "test": 1})
+    fitted, report = gate_fit.fit_and_measure(load_segmenter("tiny"), config, specs, tmp_path / "cache")
+    oof = report["cross_validation"]
+    assert "validation" not in report and oof["folds"] == 3  # validation is in the pool, never scored in-sample
+    assert [row["components"] for row in report["components_sweep"]] == [4, 8]
+    best = max(report["components_sweep"], key=lambda row: row["out_of_fold_non_cxr_flagged"])
+    assert fitted.components.shape[1] == best["components"] and oof["non_cxr_flagged"] == best[
+        "out_of_fold_non_cxr_flagged"]
+    assert oof["flagged_by_kind"]["real_cxr"]["n"] == 18 and oof["false_rejection"] <= 0.1
+    assert float(fitted.threshold) == pytest.approx(report["threshold"])

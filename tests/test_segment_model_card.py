@@ -35,7 +35,7 @@ def test_card_figures_come_from_the_evaluation(evaluation):
 
 def test_gate_section_only_with_a_gate(evaluation):
     card = render(evaluation)
-    assert "## CXR gate (`not_cxr`)" in card and f"Threshold {evaluation['gate']['threshold']:.4f}" in card
+    assert "## CXR gate (`not_cxr`)" in card and f"({evaluation['gate']['threshold']:.4f})" in card
     test = evaluation["gate"]["test"]
     assert f"AUROC {test['auroc']:.4f}" in card
     for kind, value in test["flagged_by_kind"].items():
@@ -77,3 +77,27 @@ def test_write_model_card_writes_the_rendered_card(evaluation, tmp_path):
     path = write_model_card(tmp_path / "preset" / "MODEL_CARD.md", evaluation)
     assert path == tmp_path / "preset" / "MODEL_CARD.md" and path.read_text() == render(evaluation)
     assert sorted(p.name for p in path.parent.iterdir()) == ["MODEL_CARD.md"]  # written atomically, no leftovers
+
+
+def test_gate_section_of_a_cross_fitted_gate_with_a_holdout(evaluation):
+    gate = evaluation["gate"]  # the shipped gate is cross-fitted and has a holdout
+    cv = gate["cross_validation"]
+    card = render(evaluation)
+    real = gate["counts"]["train"]["real"] + gate["counts"]["validation"]["real"]
+    assert f"{cv['folds']}-fold cross-fitting over train + validation" in card
+    assert f"of the {real} out-of-fold real CXRs" in card and "validation: " not in card
+    assert f"out of fold: {cv['false_rejection']:.1%} of CXRs and {cv['non_cxr_flagged']:.1%} of" in card
+    holdout = next(line for line in card.splitlines() if line.startswith("- Holdout"))
+    counts = gate["counts"]["holdout"]
+    assert f"({counts['real']} real CXRs, {counts['other']} other inputs)" in holdout
+    assert f"real CXRs flagged {gate['holdout']['false_rejection']:.1%}" in holdout
+
+
+def test_gate_section_of_a_gate_thresholded_on_validation(evaluation):
+    gate = evaluation["gate"]
+    del gate["cross_validation"], gate["holdout"], gate["counts"]["holdout"]
+    gate["validation"] = dict(gate["test"], false_rejection=0.0068, non_cxr_flagged=0.9318)
+    card = render(evaluation)
+    assert f"Threshold {gate['threshold']:.4f}, set on {gate['counts']['validation']['real']} validation CXRs" in card
+    assert "(validation: 0.7% of CXRs and 93.2% of other inputs flagged)" in card
+    assert "Holdout" not in card and "cross-fitting" not in card

@@ -90,10 +90,15 @@ class CxrGate:
 
     # ------------------------------------------------------------------------------------------------------------
     def save(self, path) -> pathlib.Path:
-        """Write the arrays to an ``.npz`` (no pickle), atomically."""
+        """Write the arrays to an ``.npz`` (no pickle), atomically; principal axes that are float16 values (see
+        :func:`fit_gate`) are stored as float16, losslessly. ``load`` reads every array back as float32."""
         from .weights import save_npz_atomic
 
-        save_npz_atomic(path, {name: getattr(self, name) for name in _FIELDS})
+        arrays = {name: getattr(self, name) for name in _FIELDS}
+        half = arrays["components"].astype(np.float16)
+        if np.array_equal(half.astype(np.float32), arrays["components"]):
+            arrays["components"] = half
+        save_npz_atomic(path, arrays)
         return pathlib.Path(path)
 
     @classmethod
@@ -121,9 +126,12 @@ def pooled_features(embeddings):
     return tf.reshape(pooled, [tf.shape(x)[0], -1])
 
 
-def fit_gate(real, other, components: int = 64, c: float = 1.0, seed: int = 0) -> CxrGate:
+def fit_gate(real, other, components: int = 64, c: float = 1.0, seed: int = 0,
+             components_dtype: str = "float32") -> CxrGate:
     """Fit a gate on pooled features of real frontal CXRs (N_real, F) and of other images (N_other, F).
 
+    ``components_dtype="float16"`` rounds the principal axes (F, K), the bulk of the file, to float16 values before
+    the regression is fitted, so the gate is stored at half the size with no difference from the gate it measured.
     The threshold starts at 0.5; set it from validation scores with :func:`threshold_for`.
     """
     from sklearn.decomposition import PCA
@@ -135,7 +143,7 @@ def fit_gate(real, other, components: int = 64, c: float = 1.0, seed: int = 0) -
     z_real = (real - mean) / scale
     k = int(min(components, len(real) - 1, real.shape[1]))
     pca = PCA(n_components=k, random_state=seed).fit(z_real)
-    axes = pca.components_.T  # (F, K)
+    axes = pca.components_.T.astype(components_dtype).astype(np.float64)  # (F, K)
     component_scale = np.sqrt(pca.explained_variance_) + 1e-6
     residual_mean = np.mean((z_real - z_real @ axes @ axes.T) ** 2) + 1e-12
     gate = CxrGate(mean, scale, axes, component_scale, residual_mean, np.zeros(k + 2), 0.0, 0.5)

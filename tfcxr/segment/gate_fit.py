@@ -47,7 +47,12 @@ class GateConfig:
     real_folders: list = dataclasses.field(default_factory=list)  # extra CXR image folders (relative to data_root)
     folder_limit: dict = dataclasses.field(default_factory=dict)  # {split: max images} from the folders (seeded)
     max_false_rejection: float = 0.005  # on validation real CXRs
-    components: object = 64  # an int, or a list to choose from on validation
+    components: object = 64  # an int, or a list to choose from (on validation, or by cross-validation)
+    # 0: fit on train, choose and set the threshold on validation. N > 1: N-fold cross-fitting over train and
+    # validation together (folds grouped by source image): out-of-fold scores choose the components and set the
+    # threshold, and the gate is refitted on both splits
+    folds: int = 0
+    components_dtype: str = "float32"  # "float16" halves gate.npz (tfcxr.segment.gate.fit_gate)
     holdout_folders: list = dataclasses.field(default_factory=list)  # real CXR folders for the holdout split
     c: float = 1.0
     transform_every: int = 2
@@ -199,7 +204,7 @@ def _choose_components(features: dict, is_real: dict, config: GateConfig):
     best, sweep = None, []
     for k in sorted(int(c) for c in choices):
         gate = fit_gate(features["train"][is_real["train"]], features["train"][~is_real["train"]], k, config.c,
-                        config.seed)
+                        config.seed, config.components_dtype)
         threshold, flagged = _flagged_share(gate, features["validation"], is_real["validation"],
                                             config.max_false_rejection)
         sweep.append({"components": k, "validation_non_cxr_flagged": flagged})
@@ -209,12 +214,50 @@ def _choose_components(features: dict, is_real: dict, config: GateConfig):
     return best[0], sweep
 
 
+def _group(key: str) -> str:
+    """Fold group of a sample: a real image with its transforms, a photo with its crops, anything else alone."""
+    parts = key.split("/")
+    return "/".join(parts[:2]) if parts[0] in ("pair", "file", "holdout", "photo") else key
+
+
+def _cross_fit(samples: dict, features: dict, is_real: dict, config: GateConfig):
+    """Grouped N-fold cross-fitting over train + validation; returns (gate, sweep rows, out-of-fold report)."""
+    from sklearn.model_selection import GroupKFold
+
+    pool = samples["train"] + samples["validation"]
+    x = np.concatenate([features["train"], features["validation"]])
+    real = np.concatenate([is_real["train"], is_real["validation"]])
+    folds = list(GroupKFold(config.folds).split(x, groups=[_group(s.key) for s in pool]))
+    choices = config.components if isinstance(config.components, (list, tuple)) else [config.components]
+    best, sweep = None, []
+    for k in sorted(int(c) for c in choices):
+        scores = np.zeros(len(x), np.float32)
+        for fit_rows, score_rows in folds:
+            fold_gate = fit_gate(x[fit_rows][real[fit_rows]], x[fit_rows][~real[fit_rows]], k, config.c, config.seed,
+                                 config.components_dtype)
+            scores[score_rows] = fold_gate.score_features(x[score_rows])
+        threshold = threshold_for(scores[real], config.max_false_rejection)
+        flagged = float((scores[~real] < threshold).mean())
+        sweep.append({"components": k, "out_of_fold_non_cxr_flagged": flagged})
+        if best is None or flagged > best[1]:
+            best = (k, flagged, threshold, scores)
+    k, _, threshold, scores = best
+    gate = fit_gate(x[real], x[~real], k, config.c, config.seed, config.components_dtype)
+    gate.threshold = np.float32(threshold)
+    out_of_fold = _summary(pool, scores, threshold, real)
+    return gate, sweep, dict(out_of_fold, folds=config.folds, note="out-of-fold scores of train + validation")
+
+
 def _measure(gate, samples: list, features, is_real) -> dict:
     """AUROC, false rejections and non-CXR flags of one split, overall, per kind and per real source."""
+    return _summary(samples, gate.score_features(features), gate.threshold, is_real)
+
+
+def _summary(samples: list, scores, threshold, is_real) -> dict:
+    """The flag rates of `scores` (N,) at `threshold`: overall, per kind and per real-CXR source, and the AUROC."""
     from sklearn.metrics import roc_auc_score
 
-    scores = gate.score_features(features)
-    flagged = scores < gate.threshold
+    flagged = scores < threshold
     kinds = np.asarray([s.kind for s in samples])
     sources = np.asarray([s.source for s in samples])
     return {
@@ -233,13 +276,18 @@ def fit_and_measure(model, config: GateConfig, pair_specs: dict, cache_dir, root
     samples = gate_samples(config, pair_specs, root)
     features = {split: pooled_features_of(model, items, cache_dir) for split, items in samples.items()}
     is_real = {split: np.asarray([s.kind == REAL for s in items]) for split, items in samples.items()}
-    gate, sweep = _choose_components(features, is_real, config)
+    if config.folds:
+        gate, sweep, out_of_fold = _cross_fit(samples, features, is_real, config)
+    else:
+        (gate, sweep), out_of_fold = _choose_components(features, is_real, config), None
     report = {"threshold": float(gate.threshold), "max_false_rejection": config.max_false_rejection,
               "components": int(gate.components.shape[1]), "components_sweep": sweep,
               "counts": {split: {"real": int(is_real[split].sum()), "other": int((~is_real[split]).sum())}
                          for split in samples}}
+    if out_of_fold is not None:
+        report["cross_validation"] = out_of_fold
     for split in samples:
-        if split != "train":
+        if split == "test" or split == HOLDOUT or (split == "validation" and out_of_fold is None):
             report[split] = _measure(gate, samples[split], features[split], is_real[split])
     logger.info("Gate: %d components, threshold %.4f, test %s", report["components"], gate.threshold,
                 {k: report["test"][k] for k in ("auroc", "false_rejection", "non_cxr_flagged")})

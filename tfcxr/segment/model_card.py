@@ -38,25 +38,42 @@ def _table(tests: dict, label: str) -> list[str]:
     return lines
 
 
+def _gate_fit_line(gate) -> str:
+    """How the gate's threshold was set: on validation, or from out-of-fold scores of train + validation."""
+    counts, share = gate["counts"], f"{gate['max_false_rejection']:.1%}"
+    fitted = (f"A logistic regression on the pooled image embedding ({gate.get('components', '?')} principal "
+              f"components; {counts['train']['real']} real CXRs and {counts['train']['other']} other images to fit")
+    cv = gate.get("cross_validation")
+    if cv:
+        real = counts["train"]["real"] + counts["validation"]["real"]
+        other = counts["train"]["other"] + counts["validation"]["other"]
+        return (f"{fitted}, with the {counts['validation']['real']} validation CXRs and {counts['validation']['other']} "
+                f"other validation images). Components and threshold ({gate['threshold']:.4f}) were chosen by "
+                f"{cv['folds']}-fold cross-fitting over train + validation, folds grouped by source image: the "
+                f"threshold flags at most {share} of the {real} out-of-fold real CXRs (out of fold: "
+                f"{cv['false_rejection']:.1%} of CXRs and {cv['non_cxr_flagged']:.1%} of {other} other inputs flagged).")
+    validation = gate["validation"]
+    return (f"{fitted}). Threshold {gate['threshold']:.4f}, set on {counts['validation']['real']} validation CXRs to "
+            f"flag at most {share} of them (validation: {validation['false_rejection']:.1%} of CXRs and "
+            f"{validation['non_cxr_flagged']:.1%} of other inputs flagged).")
+
+
+def _gate_split_lines(gate, split: str, title: str) -> list[str]:
+    """AUROC, flag rates and the flagged share per kind of one scored split."""
+    result, counts = gate[split], gate["counts"][split]
+    kinds = " | ".join(f"{k} {v['flagged']:.2f} (n={v['n']})" for k, v in result["flagged_by_kind"].items())
+    return [f"- {title} ({counts['real']} real CXRs, {counts['other']} other inputs): AUROC {result['auroc']:.4f}; "
+            f"real CXRs flagged {result['false_rejection']:.1%}; non-CXR inputs flagged "
+            f"{result['non_cxr_flagged']:.1%}.", f"  Flagged share per kind: {kinds}."]
+
+
 def _gate_lines(gate) -> list[str]:
     if not gate:
         return []
-    test, validation = gate["test"], gate["validation"]
-    kinds = " | ".join(f"{k} {v['flagged']:.2f} (n={v['n']})" for k, v in test["flagged_by_kind"].items())
-    return [
-        "## CXR gate (`not_cxr`)",
-        f"A logistic regression on the pooled image embedding ({gate['counts']['train']['real']} real CXRs and "
-        f"{gate['counts']['train']['other']} other images to fit). Threshold {gate['threshold']:.4f}, set on "
-        f"{gate['counts']['validation']['real']} validation CXRs to flag at most "
-        f"{gate['max_false_rejection']:.1%} of them (validation: {validation['false_rejection']:.1%} of CXRs and "
-        f"{validation['non_cxr_flagged']:.1%} of other inputs flagged).",
-        "",
-        f"- Test ({gate['counts']['test']['real']} real CXRs, {gate['counts']['test']['other']} other inputs): "
-        f"AUROC {test['auroc']:.4f}; real CXRs flagged {test['false_rejection']:.1%}; non-CXR inputs flagged "
-        f"{test['non_cxr_flagged']:.1%}.",
-        f"- Flagged share per kind on test: {kinds}.",
-        "",
-    ]
+    lines = ["## CXR gate (`not_cxr`)", _gate_fit_line(gate), ""] + _gate_split_lines(gate, "test", "Test")
+    if "holdout" in gate:
+        lines += _gate_split_lines(gate, "holdout", "Holdout: real CXRs that no pair split uses")
+    return lines + [""]
 
 
 def _count_table(counts) -> list[str]:
@@ -162,9 +179,10 @@ def _cost_lines(cost: dict) -> list[str]:
     """Build time per step, training time per stage and inference speed."""
     return [
         "## Cost",
-        f"- Build: {cost['total_s'] / 60:.1f} min on the machine that built it (this run: fine-tuning "
+        f"- This build run: {cost['total_s'] / 60:.1f} min on the machine that built it (fine-tuning "
         f"{cost['fine_tuning_s'] / 60:.1f} min, selection {cost['selection_s'] / 60:.1f} min, gate "
-        f"{cost.get('gate_s', 0) / 60:.1f} min, evaluation {cost['evaluation_s'] / 60:.1f} min).",
+        f"{cost.get('gate_s', 0) / 60:.1f} min, evaluation {cost['evaluation_s'] / 60:.1f} min); a resumed run "
+        "reuses finished stages and cached embeddings, so a build from nothing takes longer.",
         "- Training time per stage, from the stages' `history.csv` (also when the build resumed finished stages): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cost.get("stage_epoch_seconds", {}).items()) + ".",
         f"- Inference: {cost['images_per_second']:.2f} images/s (embedding included, batch 8).",
