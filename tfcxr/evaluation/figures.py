@@ -96,7 +96,8 @@ def _examples(runs, count):
     image_paths = picked["image_path"].astype(str).tolist()
     mask_paths = [""] * len(rows)
     for run in runs:  # an `original` run may have no mask_path; take the lung masks from any run that has them
-        known = run.predictions.set_index("image_id")["mask_path"].fillna("").astype(str)
+        paths = run.predictions.set_index("image_id")["mask_path"].astype(object)  # all-empty columns read as float
+        known = paths.where(paths.notna(), "").astype(str)
         mask_paths = [m or known.get(iid, "") for m, iid in zip(mask_paths, picked["image_id"])]
     row_titles = [f"{iid}\n{','.join(t for t in TARGETS if picked.loc[i, f'y_{t}'] == 1) or 'no target'}"
                   for i, iid in zip(rows, picked["image_id"])]
