@@ -63,3 +63,11 @@ def test_mask_spec_is_one_object_read_flat_or_nested(tmp_path):
     both.write_text("mask: tight\nmask_spec:\n  mode: loose\n")
     with pytest.raises(ValueError, match=r"both\.yaml.*not both"):
         resolve_config(both)
+
+
+def test_bn_momentum_is_checked():
+    from tfcxr.config import TrainConfig
+
+    assert TrainConfig(bn_momentum=0.9).bn_momentum == 0.9 and TrainConfig().bn_momentum is None
+    with pytest.raises(ValueError, match=r"`bn_momentum` must be in \[0, 1\)"):
+        TrainConfig(bn_momentum=1.5)

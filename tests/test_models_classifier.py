@@ -112,3 +112,24 @@ def test_compile_classifier_sets_loss_optimizer_and_auc():
     assert len(auc) == 1 and auc[0].multi_label and auc[0].num_labels == len(TARGETS)
     with pytest.raises(ValueError, match="needs `train_labels`"):
         models.compile_classifier(models.build_classifier("tiny", 32), loss="weighted_bce")
+
+
+def test_bn_momentum_reaches_every_batchnorm_of_the_backbone():
+    from tfcxr.models.classifier import build_classifier, set_bn_momentum
+
+    def batchnorms(model):
+        found = []
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                found.append(layer)
+            if isinstance(layer, keras.Model):
+                found += batchnorms(layer)
+        return found
+
+    default = build_classifier("tiny", 32)
+    assert batchnorms(default) and {layer.momentum for layer in batchnorms(default)} == {0.9}  # tiny's own
+    tuned = build_classifier("tiny", 32, bn_momentum=0.5)
+    assert {layer.momentum for layer in batchnorms(tuned)} == {0.5}
+    assert set_bn_momentum(tuned, 0.8) == len(batchnorms(tuned))
+    with pytest.raises(ValueError, match="bn_momentum"):
+        set_bn_momentum(tuned, 1.0)

@@ -53,6 +53,8 @@ class TrainConfig:
         learning_rate: Adam learning rate.
         loss: `bce`, `weighted_bce` (positive weights from train prevalence) or `focal`.
         dropout: dropout before the sigmoid head.
+        bn_momentum: momentum of the backbone's BatchNorm moving statistics (None: the backbone's own,
+            0.99 for keras.applications); 0.9 suits short fine-tunes of pretrained backbones.
         augment: augment the training split (small affine, brightness, contrast).
         cache: None, `memory` or a file prefix for tf.data caching.
         seed: global seed (Keras, NumPy, TF, shuffling).
@@ -84,6 +86,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     loss: str = "bce"
     dropout: float = 0.1
+    bn_momentum: float = None
     augment: bool = True
     cache: str = "memory"
     seed: int = 0
@@ -116,6 +119,8 @@ class TrainConfig:
                              f"Received: no_finding_score={self.no_finding_score!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={self.precision!r}")
+        if self.bn_momentum is not None and not 0.0 <= float(self.bn_momentum) < 1.0:
+            raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={self.bn_momentum!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")

@@ -223,7 +223,8 @@ def train(config, callbacks=()):
     strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
     with strategy.scope():
-        model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout)
+        model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout,
+                                 bn_momentum=config.bn_momentum)
         compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
@@ -258,6 +259,8 @@ def build_parser():
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--loss", choices=LOSSES)
+    parser.add_argument("--bn-momentum", type=float,
+                        help="backbone BatchNorm momentum (default: the backbone's own; 0.9 for short fine-tunes)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--exclude-not-cxr", action=argparse.BooleanOptionalAction, default=None,
                         help="leave out of train/validation the images the mask QC flagged not_cxr")

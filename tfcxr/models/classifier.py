@@ -26,7 +26,25 @@ def _normalise_weights(weights):
     return str(weights)
 
 
-def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0.2, num_classes=len(TARGETS)):
+def set_bn_momentum(model, momentum: float) -> int:
+    """Set the moving-statistics momentum of every BatchNormalization layer in `model` (nested models included);
+    returns how many layers were changed. `momentum` must lie in [0, 1)."""
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={momentum!r}")
+    def walk(parent):
+        for layer in parent.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from walk(layer)
+
+    layers = [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
+
+
+def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0.2, num_classes=len(TARGETS),
+                     bn_momentum=None):
     """Build the chest X-ray classifier.
 
     Args:
@@ -39,6 +57,10 @@ def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0
             keras.applications notop weights file (`.h5`) for the backbone.
         dropout: dropout rate before the head.
         num_classes: outputs; `len(TARGETS)` = 5.
+        bn_momentum: momentum of every BatchNormalization layer's moving statistics in the backbone; None keeps
+            the backbone's own (0.99 in keras.applications, 0.9 in `tiny`). A short fine-tune needs a short
+            memory: with 0.99 the inference-mode statistics can lag the training weights far enough that
+            predictions collapse (docs/results.md, SSL-initialised ResNet50).
 
     Returns:
         keras.Model: `image` (batch, S, S, 1) float32 in [0, 1] ->
@@ -62,6 +84,8 @@ def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0
     backbone_model = build_backbone(backbone, image_size, weights)
     if backbone_weights is not None:
         load_backbone_weights(backbone_model, backbone_weights, backbone)
+    if bn_momentum is not None:
+        set_bn_momentum(backbone_model, bn_momentum)
     features = backbone_model(x)  # (batch, features)
     if dropout:
         features = keras.layers.Dropout(dropout, name="dropout")(features)
