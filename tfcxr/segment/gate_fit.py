@@ -82,11 +82,19 @@ def _split_of(stem: str) -> str:
     return "train" if bucket < 6 else "validation" if bucket < 8 else "test"
 
 
-def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> dict:
+def _folder_samples(folder, root, prefix: str) -> list:
+    """A real-CXR ``Sample`` per image file of `folder` (under `root` when given), keyed ``<prefix>/<stem>``."""
     from tfcxr.data.io import read_image
 
-    from tfcxr.data.pairs import load_pairs
     from .predict import list_images
+
+    path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
+    return [Sample(f"{prefix}/{stem}", REAL, path.name, lambda f=file: read_image(f))
+            for stem, file in list_images(str(path))]
+
+
+def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> dict:
+    from tfcxr.data.pairs import load_pairs
 
     real = {split: [] for split in SPLITS}
     for split, specs in pair_specs.items():
@@ -95,10 +103,9 @@ def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> di
                 real[split].append(Sample(f"pair/{pair.name}", REAL, pathlib.Path(spec).stem,
                                           lambda image=pair.image: image))
     for folder in folders:
-        path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
         by_split = {split: [] for split in SPLITS}
-        for stem, file in list_images(str(path)):
-            by_split[_split_of(stem)].append(Sample(f"file/{stem}", REAL, path.name, lambda f=file: read_image(f)))
+        for sample in _folder_samples(folder, root, "file"):
+            by_split[_split_of(sample.key.split("/", 1)[1])].append(sample)
         for split, items in by_split.items():
             if limit.get(split) and len(items) > limit[split]:
                 keep = np.sort(np.random.default_rng(seed).choice(len(items), limit[split], replace=False))
@@ -133,17 +140,11 @@ def _transforms_and_synthetic(split: str, real: list, config: GateConfig, rng) -
 
 def _holdout_samples(config: GateConfig, pair_specs: dict, root) -> list:
     """Real CXRs of ``holdout_folders`` that are in no pair set, their transforms and fresh synthetic images."""
-    from tfcxr.data.io import read_image
-
     from tfcxr.data.pairs import load_pairs
-    from .predict import list_images
 
     used = {pair.name for specs in pair_specs.values() for spec in specs for pair in load_pairs(spec)}
-    real = []
-    for folder in config.holdout_folders:
-        path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
-        real += [Sample(f"holdout/{stem}", REAL, path.name, lambda f=file: read_image(f))
-                 for stem, file in list_images(str(path)) if stem not in used]
+    real = [sample for folder in config.holdout_folders for sample in _folder_samples(folder, root, HOLDOUT)
+            if sample.key.split("/", 1)[1] not in used]
     rng = np.random.default_rng([config.seed, len(SPLITS)])  # its own stream: the other splits keep their seeds
     return real + _transforms_and_synthetic(HOLDOUT, real, config, rng)
 
@@ -191,21 +192,25 @@ def pooled_features_of(model, samples, cache_dir, batch_size: int = 8) -> np.nda
     return np.stack([load_npz(cache / name[s.key])["features"] for s in samples])
 
 
-def _flagged_share(gate, features, is_real, max_false_rejection) -> tuple[float, float]:
+def _flagged_share(scores, is_real, max_false_rejection) -> tuple[float, float]:
     """(threshold, share of non-CXR flagged) when the threshold flags at most `max_false_rejection` of the reals."""
-    scores = gate.score_features(features)
     threshold = threshold_for(scores[is_real], max_false_rejection)
     return threshold, float((scores[~is_real] < threshold).mean())
 
 
+def _component_choices(config: GateConfig) -> list[int]:
+    """The component counts to try, ascending (so ties go to fewer components)."""
+    choices = config.components if isinstance(config.components, (list, tuple)) else [config.components]
+    return sorted(int(c) for c in choices)
+
+
 def _choose_components(features: dict, is_real: dict, config: GateConfig):
     """Fit one gate per component count on train and keep the best on validation; returns (gate, sweep rows)."""
-    choices = config.components if isinstance(config.components, (list, tuple)) else [config.components]
     best, sweep = None, []
-    for k in sorted(int(c) for c in choices):
+    for k in _component_choices(config):
         gate = fit_gate(features["train"][is_real["train"]], features["train"][~is_real["train"]], k, config.c,
                         config.seed, config.components_dtype)
-        threshold, flagged = _flagged_share(gate, features["validation"], is_real["validation"],
+        threshold, flagged = _flagged_share(gate.score_features(features["validation"]), is_real["validation"],
                                             config.max_false_rejection)
         sweep.append({"components": k, "validation_non_cxr_flagged": flagged})
         if best is None or flagged > best[1]:
@@ -228,16 +233,14 @@ def _cross_fit(samples: dict, features: dict, is_real: dict, config: GateConfig)
     x = np.concatenate([features["train"], features["validation"]])
     real = np.concatenate([is_real["train"], is_real["validation"]])
     folds = list(GroupKFold(config.folds).split(x, groups=[_group(s.key) for s in pool]))
-    choices = config.components if isinstance(config.components, (list, tuple)) else [config.components]
     best, sweep = None, []
-    for k in sorted(int(c) for c in choices):
+    for k in _component_choices(config):
         scores = np.zeros(len(x), np.float32)
         for fit_rows, score_rows in folds:
             fold_gate = fit_gate(x[fit_rows][real[fit_rows]], x[fit_rows][~real[fit_rows]], k, config.c, config.seed,
                                  config.components_dtype)
             scores[score_rows] = fold_gate.score_features(x[score_rows])
-        threshold = threshold_for(scores[real], config.max_false_rejection)
-        flagged = float((scores[~real] < threshold).mean())
+        threshold, flagged = _flagged_share(scores, real, config.max_false_rejection)
         sweep.append({"components": k, "out_of_fold_non_cxr_flagged": flagged})
         if best is None or flagged > best[1]:
             best = (k, flagged, threshold, scores)
