@@ -1,0 +1,161 @@
+"""One-off diagnostics behind figures in docs/results.md that no other benchmark prints.
+
+    python benchmarks/diagnostics.py dilation              # loose-mask dilation vs a max-pool square, one batch
+    python benchmarks/diagnostics.py encoder-stages        # time share of each TinyViT stage of the preset
+    python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
+    python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
+
+Each prints its figures and, with --json, writes them. Timings are medians of repeated calls in one process, so
+ratios compare like with like.
+"""
+
+import argparse
+import json
+import logging
+import pathlib
+import time
+
+import numpy as np
+
+logger = logging.getLogger("benchmarks.diagnostics")
+
+
+def _median_seconds(fn, *args, repeats=5):
+    fn(*args)  # warm-up / tracing
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.asarray(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def dilation(batch=32, size=224, radius=11) -> dict:
+    """ms per batch of `tfcxr.masking.dilate` (octagon) vs two separable max-pools (a square) and tight masking."""
+    import tensorflow as tf
+
+    from tfcxr.masking import dilate, mask_image
+
+    mask = tf.cast(tf.random.uniform((batch, size, size, 1), seed=0) > 0.5, tf.float32)
+    image = tf.random.uniform((batch, size, size, 1), seed=1)
+    side = 2 * int(round(radius / (1 + 2**0.5))) + 1
+    square = tf.function(lambda m: tf.nn.max_pool2d(tf.nn.max_pool2d(m, [1, side], 1, "SAME"), [side, 1], 1, "SAME"))
+    rows = {
+        "dilate_octagon": _median_seconds(tf.function(lambda m: dilate(m, tf.constant(radius))), mask, repeats=20),
+        "max_pool_square": _median_seconds(square, mask, repeats=20),
+        "loose_masking": _median_seconds(tf.function(lambda i, m: mask_image(
+            i, m, "loose", tf.constant(radius), "zero", fill_lung_holes=False)), image, mask, repeats=20),
+        "tight_masking": _median_seconds(tf.function(lambda i, m: mask_image(
+            i, m, "tight", tf.constant(radius), "zero", fill_lung_holes=False)), image, mask, repeats=20),
+    }
+    return {"batch": batch, "size": size, "radius": radius, "ms_per_batch": {k: round(1e3 * v, 2) for k, v in rows.items()}}
+
+
+def encoder_stages(model="litemedsam-lungs", batch=8) -> dict:
+    """Seconds per batch of each stage of the LiteMedSAM TinyViT encoder, and their share of the whole encoder."""
+    import tensorflow as tf
+
+    from tfcxr.segment import load_segmenter
+
+    encoder = load_segmenter(model).image_encoder
+    x = tf.random.uniform((batch, 256, 256, 3), seed=0)
+    parts = {"patch_embed": _median_seconds(tf.function(encoder.patch_embed), x, repeats=3)}
+    h = encoder.patch_embed(x)
+    for i, (blocks, down) in enumerate(encoder.stages):
+        def run(v, blocks=blocks):
+            for block in blocks:
+                v = block(v)
+            return v
+        parts[f"stage{i}"] = _median_seconds(tf.function(run), h, repeats=3)
+        h = run(h)
+        if down is not None:
+            parts[f"down{i}"] = _median_seconds(tf.function(down), h, repeats=3)
+            h = down(h)
+    total = _median_seconds(tf.function(encoder), x, repeats=3)
+    return {"model": model, "batch": batch, "encoder_seconds": round(total, 3),
+            "seconds": {k: round(v, 3) for k, v in parts.items()},
+            "share_of_encoder": {k: round(v / total, 3) for k, v in parts.items()}}
+
+
+def openvino(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count=16, batch=8) -> dict:
+    """Images/s of the whole mask step with the encoder on OpenVINO (f32 and bf16) vs TF, and mask Dice vs TF."""
+    import openvino as ov  # optional: not a tfcxr dependency
+
+    from tfcxr.data.io import read_image
+    from tfcxr.segment import load_segmenter, onnx_encoder
+    from tfcxr.segment.predict import list_images, segment_batch
+
+    reference = load_segmenter(model)
+    path = onnx_encoder.onnx_path(reference)
+    if not path.is_file():
+        onnx_encoder.export_encoder(reference, path)
+    pictures = [read_image(p) for _, p in list_images(images)[:count]]
+    result = {"model": model, "images": images, "n": len(pictures), "batch": batch, "rows": []}
+    for hint in ("f32", "bf16"):
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                              "PERFORMANCE_HINT": "THROUGHPUT"})
+        request = compiled.create_infer_request()
+        fast = load_segmenter(model)
+        object.__setattr__(fast, "_embed_fn", lambda v, r=request, c=compiled: r.infer(
+            {0: np.asarray(v, np.float32)})[c.output(0)].copy())
+        seconds, masks = {"tf": 0.0, "openvino": 0.0}, {"tf": [], "openvino": []}
+        for name, segmenter in (("tf", reference), ("openvino", fast)):
+            segment_batch(segmenter, pictures[:batch], None, batch)
+        for start in range(0, len(pictures), batch):  # alternate per batch: a noisy host hits both alike
+            for name, segmenter in (("tf", reference), ("openvino", fast)):
+                begin = time.perf_counter()
+                masks[name] += [m for m, _, _ in segment_batch(segmenter, pictures[start : start + batch], None, batch)]
+                seconds[name] += time.perf_counter() - begin
+        dice = [1.0 if a.sum() + b.sum() == 0 else 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+                for a, b in zip(masks["tf"], masks["openvino"])]
+        result["rows"].append({"precision": hint, "openvino_over_tf": round(seconds["tf"] / seconds["openvino"], 3),
+                               "dice_min": round(float(min(dice)), 4), "dice_mean": round(float(np.mean(dice)), 5),
+                               "masks_identical": int(sum(np.array_equal(a, b) for a, b in
+                                                          zip(masks["tf"], masks["openvino"])))})
+    return result
+
+
+def bn_drift(run_dir, images="data/nih_cxr14_384/images", count=64) -> dict:
+    """Activation std after BatchNorm layers of a trained run's backbone, inference vs training mode."""
+    import cv2
+    import keras
+
+    import tfcxr.models  # noqa: F401  (registers the custom layers for load_model)
+    from tfcxr.data.io import read_image
+    from tfcxr.segment.predict import list_images
+
+    model = keras.models.load_model(pathlib.Path(run_dir) / "best.keras")
+    size = model.input_shape[1]
+    x = np.stack([cv2.resize(read_image(p)[..., 0], (size, size))[..., None]
+                  for _, p in list_images(images)[:count]]).astype("float32")
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    batchnorms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(backbone.inputs, [layer.output for layer in batchnorms])
+    pixels = model.get_layer("preprocessor")(x)
+    inference, training = probe(pixels, training=False), probe(pixels, training=True)
+    return {"run": str(run_dir), "n": len(x), "layers": [
+        {"layer": layer.name, "inference_std": float(np.std(a)), "training_std": float(np.std(b))}
+        for layer, a, b in zip(batchnorms, inference, training)]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["dilation", "encoder-stages", "openvino", "bn-drift"])
+    parser.add_argument("run_dir", nargs="?", help="bn-drift: a tfcxr.train run directory")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.command == "bn-drift" and not args.run_dir:
+        parser.error("bn-drift needs RUN_DIR")
+    result = {"dilation": dilation, "encoder-stages": encoder_stages, "openvino": openvino}.get(
+        args.command, lambda: bn_drift(args.run_dir))()
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
