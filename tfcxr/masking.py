@@ -16,9 +16,11 @@ The ops here count a pixel margin in pixels of the image they are given (`apply_
 calls `mask_image` with the radius it works out.
 
 Dilation uses an octagon structuring element of inradius `r`: the Minkowski sum of horizontal,
-vertical and two diagonal line segments, each computed with log2(r) shift-and-max steps. The
+vertical and two diagonal line segments, each computed with log2(r) shift-and-or steps. The
 octagon is within 8% of a disk of radius `r` and costs O(H * W * log r) instead of
-O(H * W * r^2) for an explicit disk (and measured faster than separable max-pooling on CPU).
+O(H * W * r^2) for an explicit disk. A batch is bit-packed first: bit i of a uint8 word holds
+image 8g + i, so one shift-and-or moves all eight images at once (a batch of 32 moves 4 words
+per pixel instead of 32 bytes; the result is the same, image by image).
 
 `box` splits the mask into a left and a right lung at the emptiest mask column of the central
 half of the image (the mediastinum), then takes the bounding box of each side. It assumes an
@@ -78,16 +80,44 @@ def _shift(x, dy, dx):
     return shifted
 
 
-def _dilate_segment(x, length, dy, dx):
-    """Max over the segment {t * (dy, dx) : t in [-length, length]}.
+_BITS = (1, 2, 4, 8, 16, 32, 64, 128)  # bit i of a packed uint8 word: image 8g + i of the batch
 
-    Shift-and-max doubling: covers 2 * length + 1 points in O(log length) steps.
+
+def pack_bits(mask):
+    """Pack a batch of binary masks eight to a byte.
+
+    Args:
+        mask: float32/uint8/bool (N, H, W, C), > 0 = set.
+
+    Returns:
+        uint8 (ceil(N / 8), H, W, C): bit i of word g is pixel of image 8g + i (missing images: 0).
+    """
+    mask = tf.cast(tf.cast(mask, tf.float32) > 0.5, tf.uint8)
+    count = tf.shape(mask)[0]
+    groups = (count + 7) // 8
+    mask = tf.pad(mask, [[0, groups * 8 - count], [0, 0], [0, 0], [0, 0]])
+    mask = tf.reshape(mask, tf.concat([[groups, 8], tf.shape(mask)[1:]], 0))
+    bits = tf.reshape(tf.constant(_BITS, tf.uint8), [1, 8, 1, 1, 1])
+    return tf.reduce_sum(mask * bits, axis=1)  # distinct bits: the sum is their or
+
+
+def unpack_bits(packed, count):
+    """Inverse of `pack_bits`: uint8 (G, H, W, C) -> float32 (count, H, W, C) in {0, 1}."""
+    bits = tf.reshape(tf.constant(_BITS, tf.uint8), [1, 8, 1, 1, 1])
+    mask = tf.cast(tf.bitwise.bitwise_and(packed[:, tf.newaxis], bits) > 0, tf.float32)  # (G, 8, H, W, C)
+    return tf.reshape(mask, tf.concat([[-1], tf.shape(packed)[1:]], 0))[:count]
+
+
+def _dilate_segment(x, length, dy, dx):
+    """Bitwise or over the segment {t * (dy, dx) : t in [-length, length]} (uint8 `x`).
+
+    Shift-and-or doubling: covers 2 * length + 1 points in O(log length) steps.
     """
     span = 2 * length + 1
 
     def body(result, covered):
         step = tf.minimum(covered, span - covered)
-        return tf.maximum(result, _shift(result, step * dy, step * dx)), covered + step
+        return tf.bitwise.bitwise_or(result, _shift(result, step * dy, step * dx)), covered + step
 
     result, _ = tf.while_loop(
         lambda result, covered: covered < span,
@@ -108,18 +138,25 @@ def dilate(mask, radius):
     Returns:
         float32 (batch, height, width, 1) in {0, 1}.
     """
-    dtype = mask.dtype
-    mask = tf.cast(mask, tf.uint8)  # the shift-and-max steps move 4x fewer bytes than float32 (~2x faster on CPU)
+    count = tf.shape(mask)[0]
+    packed = pack_bits(mask)  # (ceil(batch / 8), height, width, 1) uint8
     radius = tf.cast(radius, tf.float32)
     # Regular octagon of inradius r: axis segments of half-length a and diagonal
     # segments of half-length b = a / sqrt(2), with a + 2b = r.
     axis = tf.cast(tf.round(radius / (1.0 + 2.0**0.5)), tf.int32)
     diagonal = tf.cast(tf.round((radius - tf.cast(axis, tf.float32)) / 2.0), tf.int32)
     one, zero = tf.constant(1, tf.int32), tf.constant(0, tf.int32)
-    mask = _dilate_segment(mask, axis, zero, one)
-    mask = _dilate_segment(mask, axis, one, zero)
-    mask = _dilate_segment(mask, diagonal, one, one)
-    return tf.cast(_dilate_segment(mask, diagonal, one, -one), dtype)
+    # Work on a canvas grown by the octagon's reach, so no partial result is shifted off the image.
+    reach = axis + 2 * diagonal
+    height, width = tf.shape(packed)[1], tf.shape(packed)[2]
+    packed = tf.pad(packed, [[0, 0], [reach, reach], [reach, reach], [0, 0]])
+    packed = _dilate_segment(packed, axis, zero, one)
+    packed = _dilate_segment(packed, axis, one, zero)
+    packed = _dilate_segment(packed, diagonal, one, one)
+    packed = _dilate_segment(packed, diagonal, one, -one)
+    out = unpack_bits(packed[:, reach : reach + height, reach : reach + width], count)
+    out.set_shape(mask.shape)
+    return tf.cast(out, mask.dtype)
 
 
 def _run_ids(background):
