@@ -87,12 +87,12 @@ def pack_bits(mask):
     """Pack a batch of binary masks eight to a byte.
 
     Args:
-        mask: float32/uint8/bool (N, H, W, C), > 0 = set.
+        mask: bool (N, H, W, C).
 
     Returns:
-        uint8 (ceil(N / 8), H, W, C): bit i of word g is pixel of image 8g + i (missing images: 0).
+        uint8 (ceil(N / 8), H, W, C): bit i of word g is the pixel of image 8g + i (missing images: 0).
     """
-    mask = tf.cast(tf.cast(mask, tf.float32) > 0.5, tf.uint8)
+    mask = tf.cast(mask, tf.uint8)
     count = tf.shape(mask)[0]
     groups = (count + 7) // 8
     mask = tf.pad(mask, [[0, groups * 8 - count], [0, 0], [0, 0], [0, 0]])
@@ -102,9 +102,9 @@ def pack_bits(mask):
 
 
 def unpack_bits(packed, count):
-    """Inverse of `pack_bits`: uint8 (G, H, W, C) -> float32 (count, H, W, C) in {0, 1}."""
+    """Inverse of `pack_bits`: uint8 (G, H, W, C) -> bool (count, H, W, C)."""
     bits = tf.reshape(tf.constant(_BITS, tf.uint8), [1, 8, 1, 1, 1])
-    mask = tf.cast(tf.bitwise.bitwise_and(packed[:, tf.newaxis], bits) > 0, tf.float32)  # (G, 8, H, W, C)
+    mask = tf.bitwise.bitwise_and(packed[:, tf.newaxis], bits) > 0  # (G, 8, H, W, C)
     return tf.reshape(mask, tf.concat([[-1], tf.shape(packed)[1:]], 0))[:count]
 
 
@@ -138,6 +138,11 @@ def dilate(mask, radius):
     Returns:
         float32 (batch, height, width, 1) in {0, 1}.
     """
+    return tf.cast(_dilate_bool(mask > 0.5, radius), mask.dtype)
+
+
+def _dilate_bool(mask, radius):
+    """`dilate` on bool (batch, height, width, 1) -> bool, same shape."""
     count = tf.shape(mask)[0]
     packed = pack_bits(mask)  # (ceil(batch / 8), height, width, 1) uint8
     radius = tf.cast(radius, tf.float32)
@@ -156,7 +161,7 @@ def dilate(mask, radius):
     packed = _dilate_segment(packed, diagonal, one, -one)
     out = unpack_bits(packed[:, reach : reach + height, reach : reach + width], count)
     out.set_shape(mask.shape)
-    return tf.cast(out, mask.dtype)
+    return out
 
 
 def _run_ids(background):
@@ -195,7 +200,12 @@ def fill_holes(mask, max_iterations=64):
     Returns:
         float32 (batch, height, width, 1) in {0, 1}.
     """
-    background = mask[..., 0] < 0.5  # (batch, height, width)
+    return tf.cast(_fill_holes_bool(mask > 0.5, max_iterations), tf.float32)
+
+
+def _fill_holes_bool(mask, max_iterations=64):
+    """`fill_holes` on bool (batch, height, width, 1) -> bool, same shape."""
+    background = ~mask[..., 0]  # (batch, height, width)
     shape = tf.shape(background)
     border = tf.pad(
         tf.zeros([shape[0], shape[1] - 2, shape[2] - 2], tf.bool),
@@ -224,7 +234,7 @@ def fill_holes(mask, max_iterations=64):
         body,
         (reach, tf.constant(True), tf.constant(0)),
     )
-    return tf.cast(~reach, tf.float32)[..., tf.newaxis]
+    return ~reach[..., tf.newaxis]
 
 
 def lung_boxes(mask, margin_px):
@@ -234,13 +244,13 @@ def lung_boxes(mask, margin_px):
     (ties: the one nearest the centre). A side without mask pixels gives no box.
 
     Args:
-        mask: float32 (batch, height, width, 1) in {0, 1}.
+        mask: float32 (batch, height, width, 1) in {0, 1}, or bool.
         margin_px: int32 scalar tensor, pixels added on every side of each box.
 
     Returns:
         float32 (batch, height, width, 1) in {0, 1}: union of the two boxes.
     """
-    m = mask[..., 0] > 0.5  # (batch, height, width)
+    m = mask[..., 0] if mask.dtype == tf.bool else mask[..., 0] > 0.5  # (batch, height, width)
     height, width = tf.shape(m)[1], tf.shape(m)[2]
     column_counts = tf.reduce_sum(tf.cast(m, tf.int32), axis=1)  # (batch, width)
     lo, hi = width // 4, width - width // 4
@@ -270,24 +280,28 @@ def lung_boxes(mask, margin_px):
     return tf.cast(out, tf.float32)[..., tf.newaxis]
 
 
-def _region(lung_mask, mode, radius, fill_lung_holes):
-    """Kept region of a batched float mask: float32 (batch, H, W, 1) in {0, 1}."""
+def _region(lung, mode, radius, fill_lung_holes):
+    """Kept region of a batched bool mask: bool (batch, H, W, 1)."""
     if mode == "original":
-        return tf.ones_like(lung_mask)
+        return tf.ones_like(lung)
     if mode == "box":
-        return lung_boxes(lung_mask, radius)
-    region = fill_holes(lung_mask) if fill_lung_holes else lung_mask
+        return lung_boxes(lung, radius) > 0.5
+    region = _fill_holes_bool(lung) if fill_lung_holes else lung
     if mode in ("loose", "inverse"):
-        region = dilate(region, radius)
-    return 1.0 - region if mode == "inverse" else region
+        region = _dilate_bool(region, radius)
+    return ~region if mode == "inverse" else region
 
 
 def _binary(lung_mask, rank):
-    """bool/uint8/float mask with or without the channel axis -> float32 {0, 1} of rank `rank`."""
+    """bool/uint8/float mask with or without the channel axis -> bool of rank `rank` (> 0.5 = lung)."""
     lung_mask = tf.convert_to_tensor(lung_mask)
     if lung_mask.shape.rank == rank - 1:
         lung_mask = lung_mask[..., tf.newaxis]  # add the channel axis
-    return tf.cast(tf.cast(lung_mask, tf.float32) > 0.5, tf.float32)
+    if lung_mask.dtype == tf.bool:
+        return lung_mask
+    if lung_mask.dtype.is_integer:
+        return lung_mask > 0
+    return lung_mask > 0.5
 
 
 def mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes):
@@ -316,9 +330,9 @@ def mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes):
     region = _region(batch, mode, radius, fill_lung_holes)
     region = region[0] if single else region
     if fill == "zero":
-        return image * region
+        return tf.where(region, image, tf.zeros_like(image))
     mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
-    return image * region + mean * (1.0 - region)
+    return tf.where(region, image, mean)
 
 
 def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
@@ -341,7 +355,7 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     if lung_mask.shape.rank == 2:
         lung_mask = lung_mask[..., tf.newaxis]
     batch, single = _as_batch(_binary(lung_mask, lung_mask.shape.rank))
-    region = _region(batch, mode, margin_to_pixels(margin, tf.shape(batch)[2]), fill_lung_holes)
+    region = tf.cast(_region(batch, mode, margin_to_pixels(margin, tf.shape(batch)[2]), fill_lung_holes), tf.float32)
     return region[0] if single else region
 
 
