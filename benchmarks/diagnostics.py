@@ -31,24 +31,38 @@ def _median_seconds(fn, *args, repeats=5):
 
 
 def dilation(batch=32, size=224, radius=11) -> dict:
-    """ms per batch of `tfcxr.masking.dilate` (octagon) vs two separable max-pools (a square) and tight masking."""
+    """ms per batch of `tfcxr.masking.dilate` (octagon on bit-packed masks) vs the same octagon on one byte per
+    pixel, two separable max-pools (a square), and loose vs tight masking."""
     import tensorflow as tf
 
-    from tfcxr.masking import dilate, mask_image
+    from tfcxr.masking import _dilate_segment, dilate, mask_image
+
+    def octagon_bytes(m):  # the same four segments, one uint8 per pixel instead of one bit
+        axis = int(round(radius / (1 + 2**0.5)))
+        diagonal = int(round((radius - axis) / 2))
+        one, zero = tf.constant(1), tf.constant(0)
+        reach = axis + 2 * diagonal
+        x = tf.pad(tf.cast(m > 0.5, tf.uint8), [[0, 0], [reach, reach], [reach, reach], [0, 0]])
+        for length, dy, dx in ((axis, zero, one), (axis, one, zero), (diagonal, one, one), (diagonal, one, -one)):
+            x = _dilate_segment(x, tf.constant(length), dy, dx)
+        return tf.cast(x[:, reach:-reach, reach:-reach] if reach else x, tf.float32)
 
     mask = tf.cast(tf.random.uniform((batch, size, size, 1), seed=0) > 0.5, tf.float32)
     image = tf.random.uniform((batch, size, size, 1), seed=1)
     side = 2 * int(round(radius / (1 + 2**0.5))) + 1
     square = tf.function(lambda m: tf.nn.max_pool2d(tf.nn.max_pool2d(m, [1, side], 1, "SAME"), [side, 1], 1, "SAME"))
+    same = bool(np.array_equal(octagon_bytes(mask).numpy(), dilate(mask, tf.constant(radius)).numpy()))
     rows = {
         "dilate_octagon": _median_seconds(tf.function(lambda m: dilate(m, tf.constant(radius))), mask, repeats=20),
+        "dilate_octagon_bytes": _median_seconds(tf.function(octagon_bytes), mask, repeats=20),
         "max_pool_square": _median_seconds(square, mask, repeats=20),
         "loose_masking": _median_seconds(tf.function(lambda i, m: mask_image(
             i, m, "loose", tf.constant(radius), "zero", fill_lung_holes=False)), image, mask, repeats=20),
         "tight_masking": _median_seconds(tf.function(lambda i, m: mask_image(
             i, m, "tight", tf.constant(radius), "zero", fill_lung_holes=False)), image, mask, repeats=20),
     }
-    return {"batch": batch, "size": size, "radius": radius, "ms_per_batch": {k: round(1e3 * v, 2) for k, v in rows.items()}}
+    return {"batch": batch, "size": size, "radius": radius, "bytes_equal_bits": same,
+            "ms_per_batch": {k: round(1e3 * v, 2) for k, v in rows.items()}}
 
 
 def encoder_stages(model="litemedsam-lungs", batch=8) -> dict:
