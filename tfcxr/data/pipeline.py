@@ -12,6 +12,8 @@ Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr1
     decode image + stored mask -> resize both to S -> [cache] -> [shuffle] -> batch
       -> mask the batch (training resolution) -> [augment] -> prefetch
 
+  (`original` decodes and resizes the image only: the stored mask is skipped.)
+
 - The masking settings are one `tfcxr.mask_spec.MaskSpec` (`config.mask_spec`): mode, margin, fill
   and S = `mask_spec.image_size`. See `tfcxr.mask_spec` for what a fraction or "Npx" margin means on
   each path (the same anatomy on both).
@@ -128,9 +130,9 @@ def make_dataset(config, split, records=None, training=None):
         order of `split_records(records, split)`.
     """
     training = split == "train" if training is None else training
-    prepared = False
+    mask_later = False
     if is_tfds(config.data):
-        dataset, prepared = tfds_examples(config, split)
+        dataset, mask_later = tfds_examples(config, split)
         if training and not config.cache:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     else:
@@ -151,7 +153,7 @@ def make_dataset(config, split, records=None, training=None):
         if training:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(config.batch_size))
-    if prepared:  # (image, lung, labels) batches -> masked at training resolution
+    if mask_later:  # (image, lung, labels) batches of prepared data -> masked at training resolution
         dataset = dataset.map(
             lambda x, lung, y: (config.mask_spec.apply_at_training(x, lung), y),  # (batch, S, S, 1)
             num_parallel_calls=AUTOTUNE,

@@ -10,7 +10,7 @@ tfcxr's own builders (`tfcxr.datasets.BUILDERS`) are registered before loading.
 import pandas as pd
 import tensorflow as tf
 
-from tfcxr.data.image_ops import mask_and_resize, resize_prepared
+from tfcxr.data.image_ops import mask_and_resize, resize_prepared, resize_to_training
 from tfcxr.data.nih_splits import SPLITS
 from tfcxr.labels import NO_FINDING, TARGETS
 
@@ -109,16 +109,27 @@ def tfds_examples(config, split):
         split: `"train"`, `"validation"` or `"test"`.
 
     Returns:
-        (dataset, prepared): prepared sources give (image float32 (S, S, 1) in [0, 1], lung uint8
-        (S, S, 1) in {0, 1}, labels float32 (5,)), to be masked after batching; the others give
-        (image float32 (S, S, 1) in [0, 1] masked at source resolution, labels float32 (5,)).
+        (dataset, mask_later): a prepared source with a masked mode gives (image float32 (S, S, 1) in
+        [0, 1], lung uint8 (S, S, 1) in {0, 1}, labels float32 (5,)), to be masked after batching
+        (`mask_later` True); otherwise (image float32 (S, S, 1) in [0, 1], masked at source resolution
+        unless `original`, labels float32 (5,)). For `original` a stored mask is not decoded.
 
     Raises:
         ValueError: the mask mode needs masks, the examples have none and no mask folder is given.
     """
-    dataset = _tfds_load(config, split)
+    import tensorflow_datasets as tfds
+
     size = config.mask_spec.image_size
-    if is_prepared(config):
+    prepared = is_prepared(config)
+    if prepared and not config.mask_spec.needs_mask:
+        def image_only(example):
+            image = resize_to_training(tf.image.convert_image_dtype(example["image"], tf.float32), size)
+            return image, tf.cast(example["labels"], tf.float32)  # (S, S, 1), (5,)
+
+        dataset = _tfds_load(config, split, decoders={"mask": tfds.decode.SkipDecoding()})
+        return dataset.map(image_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), False
+    dataset = _tfds_load(config, split)
+    if prepared:
         def convert(example):
             image, lung = resize_prepared(example["image"], example["mask"], size)  # (S, S, 1) each
             return image, lung, tf.cast(example["labels"], tf.float32)
