@@ -111,6 +111,7 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     md = (out / "report.md").read_text()
     assert "## Seed variance per cell" in md and "## Cell comparisons over seeds" in md
     assert "| tiny / original | 3 |" in md and " ± " in md
+    assert "smallest two-sided exact Wilcoxon p: with 3 seeds 0.25." in md  # the floor of the p it reports
     assert result["shortcut_probe"][0]["modes"] == ["original", "tight"]
 
 

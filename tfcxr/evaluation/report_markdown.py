@@ -220,6 +220,8 @@ def _seed_markdown(cells, cell_comparisons):
                 f"{fmt_p(nf['t_test_p'])} | "
                 + ", ".join(fmt_p(e["delong_p"][NO_FINDING]) for e in c["per_seed"]) + " | "
                 + ", ".join(fmt_p(e["macro_bootstrap_p"]) for e in c["per_seed"]) + " |")
+        floors = "; ".join(f"with {n} seeds {2.0 ** (1 - n):.3g}"
+                           for n in sorted({len(c["seeds"]) for c in cell_comparisons}))
         lines += ["", f"{len(cell_comparisons)} cell comparisons, not corrected for multiple testing. "
-                      "With 3 seeds the smallest two-sided Wilcoxon p is 0.25."]
+                      f"The smallest two-sided exact Wilcoxon p: {floors}."]
     return lines
