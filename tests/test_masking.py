@@ -49,6 +49,18 @@ def test_loose_dilates_by_margin_in_pixels_and_fraction():
     assert np.all(loose_px >= tight)
 
 
+def test_margin_to_pixels_is_a_constant_when_the_width_is_known():
+    assert tf.get_static_value(margin_to_pixels(0.05, 224)) == 11  # 11.2 -> 11
+    assert tf.get_static_value(margin_to_pixels("3px", None, pixel_scale=2.5)) == 8  # 7.5 -> 8 (half to even)
+
+    @tf.function(input_signature=[tf.TensorSpec((), tf.int32)])
+    def at_run_time(width):
+        assert tf.get_static_value(margin_to_pixels(0.05, width)) is None
+        return margin_to_pixels(0.05, width)
+
+    assert int(at_run_time(tf.constant(224))) == 11
+
+
 def test_dilate_is_close_to_a_disk():
     mask = np.zeros((1, 61, 61, 1), np.float32)
     mask[0, 30, 30] = 1
@@ -76,12 +88,15 @@ def _octagon_reference(mask, radius):
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 20])
-def test_dilate_matches_an_explicit_octagon_image_by_image(count):
+@pytest.mark.parametrize("radius_known", [True, False], ids=["unrolled", "while_loop"])
+def test_dilate_matches_an_explicit_octagon_image_by_image(count, radius_known):
+    """Both paths: a constant radius unrolls the loops; a radius known only at run time uses tf.while_loop."""
     rng = np.random.default_rng(count)
     mask = (rng.random((count, 40, 52, 1)) > 0.995).astype(np.float32)
     mask[0, 0, 0] = mask[-1, -1, -1] = 1  # corners: the shifts must not wrap around
+    run_time = tf.function(dilate, input_signature=[tf.TensorSpec((None, 40, 52, 1)), tf.TensorSpec((), tf.int32)])
     for radius in (0, 1, 3, 9):
-        out = dilate(tf.constant(mask), tf.constant(radius)).numpy()
+        out = (dilate if radius_known else run_time)(tf.constant(mask), tf.constant(radius)).numpy()
         assert out.shape == mask.shape and out.dtype == np.float32
         np.testing.assert_array_equal(out, _octagon_reference(mask, radius), err_msg=f"radius {radius}")
 

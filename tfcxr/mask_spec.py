@@ -28,7 +28,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfcxr.mask_options import DEFAULT_MARGIN, canonical_margin, validate_fill, validate_mask_mode
-from tfcxr.masking import margin_to_pixels, mask_image
+from tfcxr.masking import image_width, margin_to_pixels, mask_image
 
 DEFAULT_IMAGE_SIZE = 128
 # Flat config keys of a `MaskSpec` (run dirs' config.yaml, export metadata): key -> MaskSpec field.
@@ -180,7 +180,7 @@ class MaskSpec:
         image = tf.convert_to_tensor(image, tf.float32)
         if not self.needs_mask:
             return image
-        width = tf.shape(image)[-2] if content_width is None else content_width
+        width = image_width(image) if content_width is None else content_width
         radius = self.margin_pixels(width)
         return mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=False)
 

@@ -31,6 +31,7 @@ ops: it runs eagerly, inside `tf.data.Dataset.map`, and in a `tf.function`/Saved
 `(H, W, 1)` or batched `(N, H, W, 1)` inputs.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tfcxr.mask_options import DEFAULT_MARGIN, parse_margin, validate_fill, validate_mask_mode
@@ -45,15 +46,20 @@ def margin_to_pixels(margin, width, pixel_scale=1.0):
         pixel_scale: pixels of that image per margin pixel (a pixel margin is multiplied by it).
 
     Returns:
-        int32 scalar tensor >= 0.
+        int32 scalar tensor >= 0; a constant when the width (fraction margin) or the pixel scale (pixel
+        margin) is a Python number.
     """
     unit, value = parse_margin(margin)
-    if unit == "px":
-        if isinstance(pixel_scale, (int, float)) and pixel_scale == 1:
-            return tf.constant(value, tf.int32)
-        return tf.cast(tf.round(value * tf.cast(pixel_scale, tf.float32)), tf.int32)
-    width = tf.cast(width, tf.float32)
-    return tf.cast(tf.round(value * width), tf.int32)
+    factor = pixel_scale if unit == "px" else width
+    if isinstance(factor, (int, float)):  # known now: a constant, so `dilate` can unroll its loops
+        return tf.constant(int(np.round(np.float32(value) * np.float32(factor))), tf.int32)  # as TF rounds
+    return tf.cast(tf.round(value * tf.cast(factor, tf.float32)), tf.int32)
+
+
+def image_width(image):
+    """Width of `image` (..., W, C): a Python int when the static shape has it, else a scalar tensor."""
+    width = image.shape[-2]
+    return int(width) if width is not None else tf.shape(image)[-2]
 
 
 def _as_batch(x):
@@ -70,10 +76,11 @@ def _as_batch(x):
 
 
 def _shift(x, dy, dx):
-    """Shift `x` [N, H, W, C] by (dy, dx) pixels (int tensors), filling with 0."""
+    """Shift `x` [N, H, W, C] by (dy, dx) pixels (Python ints or int tensors), filling with 0."""
     height, width = tf.shape(x)[1], tf.shape(x)[2]
-    pad_top, pad_bottom = tf.maximum(dy, 0), tf.maximum(-dy, 0)
-    pad_left, pad_right = tf.maximum(dx, 0), tf.maximum(-dx, 0)
+    maximum = max if isinstance(dy, int) and isinstance(dx, int) else tf.maximum
+    pad_top, pad_bottom = maximum(dy, 0), maximum(-dy, 0)
+    pad_left, pad_right = maximum(dx, 0), maximum(-dx, 0)
     padded = tf.pad(x, [[0, 0], [pad_top, pad_bottom], [pad_left, pad_right], [0, 0]])
     shifted = padded[:, pad_bottom : pad_bottom + height, pad_right : pad_right + width, :]
     shifted.set_shape(x.shape)
@@ -111,9 +118,16 @@ def unpack_bits(packed, count):
 def _dilate_segment(x, length, dy, dx):
     """Bitwise or over the segment {t * (dy, dx) : t in [-length, length]} (uint8 `x`).
 
-    Shift-and-or doubling: covers 2 * length + 1 points in O(log length) steps.
+    Shift-and-or doubling: covers 2 * length + 1 points in O(log length) steps; unrolled when
+    `length`, `dy` and `dx` are Python ints (no `tf.while_loop`: far fewer op launches inside tf.data).
     """
     span = 2 * length + 1
+    if isinstance(length, int):
+        result, covered = x, 1
+        while covered < span:
+            step = min(covered, span - covered)
+            result, covered = tf.bitwise.bitwise_or(result, _shift(result, step * dy, step * dx)), covered + step
+        return _shift(result, -length * dy, -length * dx)
 
     def body(result, covered):
         step = tf.minimum(covered, span - covered)
@@ -145,12 +159,19 @@ def _dilate_bool(mask, radius):
     """`dilate` on bool (batch, height, width, 1) -> bool, same shape."""
     count = tf.shape(mask)[0]
     packed = pack_bits(mask)  # (ceil(batch / 8), height, width, 1) uint8
-    radius = tf.cast(radius, tf.float32)
     # Regular octagon of inradius r: axis segments of half-length a and diagonal
     # segments of half-length b = a / sqrt(2), with a + 2b = r.
-    axis = tf.cast(tf.round(radius / (1.0 + 2.0**0.5)), tf.int32)
-    diagonal = tf.cast(tf.round((radius - tf.cast(axis, tf.float32)) / 2.0), tf.int32)
-    one, zero = tf.constant(1, tf.int32), tf.constant(0, tf.int32)
+    known = tf.get_static_value(radius)
+    if known is not None:  # Python ints: the segment loops unroll (float32 rounding, as in the TF branch)
+        r = np.float32(known)
+        axis = int(np.round(r / np.float32(1.0 + 2.0**0.5)))
+        diagonal = int(np.round((r - np.float32(axis)) / np.float32(2.0)))
+        one, zero = 1, 0
+    else:
+        radius = tf.cast(radius, tf.float32)
+        axis = tf.cast(tf.round(radius / (1.0 + 2.0**0.5)), tf.int32)
+        diagonal = tf.cast(tf.round((radius - tf.cast(axis, tf.float32)) / 2.0), tf.int32)
+        one, zero = tf.constant(1, tf.int32), tf.constant(0, tf.int32)
     # Work on a canvas grown by the octagon's reach, so no partial result is shifted off the image.
     reach = axis + 2 * diagonal
     height, width = tf.shape(packed)[1], tf.shape(packed)[2]
@@ -355,7 +376,7 @@ def region_mask(lung_mask, mode, margin=DEFAULT_MARGIN, fill_lung_holes=True):
     if lung_mask.shape.rank == 2:
         lung_mask = lung_mask[..., tf.newaxis]
     batch, single = _as_batch(_binary(lung_mask, lung_mask.shape.rank))
-    region = tf.cast(_region(batch, mode, margin_to_pixels(margin, tf.shape(batch)[2]), fill_lung_holes), tf.float32)
+    region = tf.cast(_region(batch, mode, margin_to_pixels(margin, image_width(batch)), fill_lung_holes), tf.float32)
     return region[0] if single else region
 
 
@@ -381,5 +402,5 @@ def apply_mask(image, lung_mask, mode, margin=DEFAULT_MARGIN, fill="zero", fill_
     image = tf.convert_to_tensor(image, tf.float32)
     if mode == "original":
         return image
-    radius = margin_to_pixels(margin, tf.shape(image)[-2])
+    radius = margin_to_pixels(margin, image_width(image))
     return mask_image(image, lung_mask, mode, radius, fill, fill_lung_holes)
