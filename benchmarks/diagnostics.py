@@ -1,6 +1,7 @@
 """One-off diagnostics behind figures in docs/results.md that no other benchmark prints.
 
-    python benchmarks/diagnostics.py dilation              # loose-mask dilation vs a max-pool square, one batch
+    python benchmarks/diagnostics.py dilation              # loose-mask dilation vs a max-pool square, one batch;
+                                                           # loose vs tight masking inside tf.data
     python benchmarks/diagnostics.py encoder-stages        # time share of each TinyViT stage of the preset
     python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
     python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
@@ -62,7 +63,34 @@ def dilation(batch=32, size=224, radius=11) -> dict:
             i, m, "tight", tf.constant(radius), "zero", fill_lung_holes=False)), image, mask, repeats=20),
     }
     return {"batch": batch, "size": size, "radius": radius, "bytes_equal_bits": same,
-            "ms_per_batch": {k: round(1e3 * v, 2) for k, v in rows.items()}}
+            "ms_per_batch": {k: round(1e3 * v, 2) for k, v in rows.items()},
+            "in_tf_data_ms_per_batch": _masking_in_tf_data(image, mask, radius)}
+
+
+def _masking_in_tf_data(image, mask, radius, batches=60):
+    """ms per batch of masking inside `Dataset.map` (as the prepared pipeline runs it): tight, and loose with the
+    radius a graph constant (loops unrolled) or known only at run time (`tf.while_loop`)."""
+    import tensorflow as tf
+
+    from tfcxr.masking import mask_image
+
+    def loose_at_run_time(x, m):
+        known_at_run_time = radius + 0 * tf.shape(x)[0]  # the same radius, but not a graph constant
+        return mask_image(x, m, "loose", known_at_run_time, "zero", fill_lung_holes=False)
+
+    fns = {"tight": lambda x, m: mask_image(x, m, "tight", tf.constant(radius), "zero", fill_lung_holes=False),
+           "loose_unrolled": lambda x, m: mask_image(x, m, "loose", tf.constant(radius), "zero", fill_lung_holes=False),
+           "loose_while_loop": loose_at_run_time}
+    out = {}
+    for name, fn in fns.items():
+        dataset = tf.data.Dataset.from_tensors((image, mask)).repeat(batches).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        for _ in dataset.take(3):  # warm-up: tracing
+            pass
+        start = time.perf_counter()
+        for _ in dataset:
+            pass
+        out[name] = round(1e3 * (time.perf_counter() - start) / batches, 2)
+    return out
 
 
 def encoder_stages(model="litemedsam-lungs", batch=8) -> dict:
