@@ -32,11 +32,12 @@ def _median_seconds(fn, *args, repeats=5):
 
 
 def dilation(batch=32, size=224, radius=11) -> dict:
-    """ms per batch of `tfcxr.masking.dilate` (octagon on bit-packed masks) vs the same octagon on one byte per
+    """ms per batch of `tfcxr.dilation.dilate` (octagon on bit-packed masks) vs the same octagon on one byte per
     pixel, two separable max-pools (a square), and loose vs tight masking."""
     import tensorflow as tf
 
-    from tfcxr.masking import _dilate_segment, dilate, mask_image
+    from tfcxr.dilation import _dilate_segment, dilate
+    from tfcxr.masking import mask_image
 
     def octagon_bytes(m):  # the same four segments, one uint8 per pixel instead of one bit
         axis = int(round(radius / (1 + 2**0.5)))

@@ -7,7 +7,8 @@ import tensorflow as tf
 from mask_helpers import random_image, two_lungs
 from tfcxr.mask_options import MASK_MODES
 from tfcxr.mask_spec import MaskSpec
-from tfcxr.masking import apply_mask, dilate, lung_boxes
+from tfcxr.dilation import dilate
+from tfcxr.masking import apply_mask, lung_boxes
 
 
 def test_mask_spec_validates_canonicalises_and_round_trips():
