@@ -19,6 +19,7 @@ import yaml
 
 from tfcxr.data.nih import CurationConfig
 from tfcxr.mask_spec import FLAT_KEYS, SPEC_KEY, MaskSpec, mask_spec_properties
+from tfcxr.models.classifier import validate_bn_momentum
 from tfcxr.models.losses import LOSSES
 from tfcxr.models.presets import get_preset
 from tfcxr.scoring import NO_FINDING_METHODS
@@ -119,8 +120,8 @@ class TrainConfig:
                              f"Received: no_finding_score={self.no_finding_score!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={self.precision!r}")
-        if self.bn_momentum is not None and not 0.0 <= float(self.bn_momentum) < 1.0:
-            raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={self.bn_momentum!r}")
+        if self.bn_momentum is not None:
+            validate_bn_momentum(self.bn_momentum)
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")

@@ -26,11 +26,17 @@ def _normalise_weights(weights):
     return str(weights)
 
 
+def validate_bn_momentum(momentum) -> None:
+    """Raise `ValueError` unless `momentum` (a BatchNorm moving-statistics momentum) lies in [0, 1)."""
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={momentum!r}")
+
+
 def set_bn_momentum(model, momentum: float) -> int:
     """Set the moving-statistics momentum of every BatchNormalization layer in `model` (nested models included);
     returns how many layers were changed. `momentum` must lie in [0, 1)."""
-    if not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={momentum!r}")
+    validate_bn_momentum(momentum)
+
     def walk(parent):
         for layer in parent.layers:
             yield layer
