@@ -83,13 +83,13 @@ def _split_of(stem: str) -> str:
 
 
 def _folder_samples(folder, root, prefix: str) -> list:
-    """A real-CXR ``Sample`` per image file of `folder` (under `root` when given), keyed ``<prefix>/<stem>``."""
+    """(stem, real-CXR ``Sample`` keyed ``<prefix>/<stem>``) per image file of `folder` (under `root` when given)."""
     from tfcxr.data.io import read_image
 
     from .predict import list_images
 
     path = pathlib.Path(folder) if root is None else pathlib.Path(root) / folder
-    return [Sample(f"{prefix}/{stem}", REAL, path.name, lambda f=file: read_image(f))
+    return [(stem, Sample(f"{prefix}/{stem}", REAL, path.name, lambda f=file: read_image(f)))
             for stem, file in list_images(str(path))]
 
 
@@ -104,8 +104,8 @@ def _real_samples(pair_specs: dict, folders, root, limit: dict, seed: int) -> di
                                           lambda image=pair.image: image))
     for folder in folders:
         by_split = {split: [] for split in SPLITS}
-        for sample in _folder_samples(folder, root, "file"):
-            by_split[_split_of(sample.key.split("/", 1)[1])].append(sample)
+        for stem, sample in _folder_samples(folder, root, "file"):
+            by_split[_split_of(stem)].append(sample)
         for split, items in by_split.items():
             if limit.get(split) and len(items) > limit[split]:
                 keep = np.sort(np.random.default_rng(seed).choice(len(items), limit[split], replace=False))
@@ -143,8 +143,8 @@ def _holdout_samples(config: GateConfig, pair_specs: dict, root) -> list:
     from tfcxr.data.pairs import load_pairs
 
     used = {pair.name for specs in pair_specs.values() for spec in specs for pair in load_pairs(spec)}
-    real = [sample for folder in config.holdout_folders for sample in _folder_samples(folder, root, HOLDOUT)
-            if sample.key.split("/", 1)[1] not in used]
+    real = [sample for folder in config.holdout_folders for stem, sample in _folder_samples(folder, root, HOLDOUT)
+            if stem not in used]
     rng = np.random.default_rng([config.seed, len(SPLITS)])  # its own stream: the other splits keep their seeds
     return real + _transforms_and_synthetic(HOLDOUT, real, config, rng)
 
