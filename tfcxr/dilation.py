@@ -12,6 +12,7 @@ canvas grown by the octagon's reach, so pixels near the border are not lost.
 import numpy as np
 import tensorflow as tf
 
+
 def _shift(x, dy, dx):
     """Shift `x` [N, H, W, C] by (dy, dx) pixels (Python ints or int tensors), filling with 0."""
     height, width = tf.shape(x)[1], tf.shape(x)[2]

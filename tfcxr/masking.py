@@ -1,4 +1,4 @@
-"""Lung masking of chest X-rays in pure TensorFlow ops: the mask modes, dilation, hole filling, lung boxes.
+"""Lung masking of chest X-rays in pure TensorFlow ops: the mask modes, hole filling, lung boxes.
 
 Modes (`lung` is the union of both lungs; the names and their validation: `tfcxr.mask_options`):
     `original`  the image unchanged.
