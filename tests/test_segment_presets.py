@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tfcxr.segment import presets
+from tfcxr.segment.prompts import InferenceSettings
 
 PRESET = presets.DEFAULT_PRESET
 PHANTOM_MASK = __import__("pathlib").Path(__file__).parent / "data" / "litemedsam_lungs_phantom_mask.png"
@@ -52,7 +53,7 @@ def test_preset_ships_in_the_package_with_checksums_and_card():
 def test_default_preset_loads_offline_with_its_own_settings(preset):
     meta = json.loads((presets.packaged_presets()[PRESET] / "segmenter.json").read_text())
     assert preset.name == PRESET and preset.gate is not None
-    assert preset.inference.to_dict() == meta["inference"]
+    assert preset.inference == InferenceSettings.from_dict(meta["inference"])
     np.testing.assert_allclose(preset.priors, meta["priors"], atol=1e-6)
 
 

@@ -21,10 +21,12 @@ Steps, each resumable (a rerun skips finished fine-tuning epochs and reuses cach
    minimum Dice and HD95 with seeded bootstrap 95% CIs, and how many images below ``flag_dice`` carry a QC flag;
 7. gate (when the config has ``gate``): the CXR gate is fitted on the packaged model's embeddings
    (``tfcxr.segment.gate_fit``), its threshold set on validation CXRs, and measured on test inputs;
-8. ``OUT/<name>/evaluation.json`` and ``MODEL_CARD.md``. ``--install`` copies the folder into the package's
-   presets (``tfcxr/segment/presets/<name>/``).
+8. ``OUT/<name>/evaluation.json`` and ``MODEL_CARD.md``;
+9. heads (when the config lists ``heads``): each mask-definition head is chosen by cross-validation on its
+   training pairs, fitted, added with its variant and scored on the tests (``tfcxr.segment.fit_head``).
+``--install`` copies the folder into the package's presets (``tfcxr/segment/presets/<name>/``).
 
-The test pairs are used in step 6 only.
+The test pairs are used in steps 6 and 9 only, to score what was chosen without them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class PresetConfig:
     flag_dice: float = 0.85
     batch_size: int = 8
     gate: dict | None = None  # tfcxr.segment.gate_fit.GateConfig fields; None = no gate
+    heads: list = dataclasses.field(default_factory=list)  # tfcxr.segment.fit_head.HeadConfig fields per head
 
     def __post_init__(self):
         if not self.stages:
@@ -79,6 +82,9 @@ class PresetConfig:
         unknown = set(self.settings_grid) - {"prompt", "refine_rounds", "margin", "threshold"}
         if unknown:
             raise ValueError(f"`settings_grid` has unknown keys {sorted(unknown)}")
+        from .fit_head import HeadConfig
+
+        self.heads = [dataclasses.asdict(HeadConfig(**head)) for head in self.heads]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,6 +293,10 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
     }
     write_text_atomic(preset_dir / "evaluation.json", json.dumps(evaluation, indent=1))
     write_model_card(preset_dir / "MODEL_CARD.md", evaluation)
+    for head in config.heads:
+        from .fit_head import HeadConfig, build_head
+
+        build_head(preset_dir, HeadConfig(**head), sets, cache, config)
     if install:
         install_preset(preset_dir, config.name)
     logger.info("Preset %s written to %s (%s)", config.name, preset_dir, cost)

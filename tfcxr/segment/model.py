@@ -73,12 +73,14 @@ class SamLungModel(tf.Module):
         inference: ``tfcxr.segment.prompts.InferenceSettings`` used when a caller gives none.
         mask_definition: ``{"name", "description"}`` of the lung masks the model was trained to produce.
         gate: ``tfcxr.segment.gate.CxrGate`` fitted on this image encoder ("is this a frontal CXR?"), or None.
+        heads: ``{name: tfcxr.segment.heads.MaskHead}``, decoder heads for other mask definitions (chosen with
+            ``InferenceSettings.definition``).
         source_dir: directory it was loaded from, or None.
     """
 
     def __init__(self, *, kind, name, image_encoder, prompt_encoder, mask_decoder, image_size, embedding_size,
                  normalization, config, hf_model=None, priors=None, inference=None, mask_definition=None,
-                 gate=None):
+                 gate=None, heads=None):
         from .prompts import DEFAULT_PRIORS, InferenceSettings, check_priors
 
         super().__init__(name="sam_lung_model")
@@ -100,6 +102,8 @@ class SamLungModel(tf.Module):
         self.mask_definition = dict(mask_definition or {"name": "unspecified",
                                                         "description": "not recorded with this model"})
         object.__setattr__(self, "gate", gate)  # numpy arrays, not TF state: kept out of tf.Module tracking
+        object.__setattr__(self, "heads", dict(heads or {}))  # name -> MaskHead (numpy), untracked likewise
+        object.__setattr__(self, "_head_decode_fns", {})  # name -> compiled decode through that head's decoder
         self.source_dir = None
         s = self.image_size
         # autograph=False: no Python control flow depends on tensors here, and conversion doubles tracing time.
@@ -227,13 +231,14 @@ class SamLungModel(tf.Module):
         pe = self.prompt_encoder.shared_embedding(tf.stack([x, y], axis=-1))  # (size, size, C)
         return tf.transpose(pe, (2, 0, 1))[None]  # (1, C, size, size)
 
-    def _decode_impl(self, image_embeddings, boxes, training=False):
+    def _decode_impl(self, image_embeddings, boxes, training=False, decoder=None):
         del training  # the prompt encoder and decoder have no dropout/batch-norm
+        decoder = self.mask_decoder if decoder is None else decoder
         n = tf.shape(image_embeddings)[0]
         sparse, dense = self.prompt_encoder(
             batch_size=n, input_points=None, input_labels=None, input_boxes=boxes, input_masks=None)
         pe = tf.repeat(self._dense_positional_embedding(), n, axis=0)
-        masks, _, _ = self.mask_decoder(
+        masks, _, _ = decoder(
             image_embeddings=image_embeddings, image_positional_embeddings=pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=False)
         return masks[:, :, 0]  # (N, B, 256, 256)
@@ -262,12 +267,13 @@ class SamLungModel(tf.Module):
         self.embed_backend = backend
         return self
 
-    def decode(self, image_embeddings, boxes):
+    def decode(self, image_embeddings, boxes, head: str = ""):
         """One mask per box (multimask_output=False), compiled (one trace per distinct shape).
 
         Args:
             image_embeddings: float32 (N, 256, 64, 64) from ``embed``.
             boxes: float32 (N, B, 4) xyxy in S-space pixels (S x S model input).
+            head: "" for the model's own masks, or the name of one of ``heads`` (another mask definition).
 
         Returns:
             tf.float32 (N, B, 256, 256) low-resolution mask logits covering the whole S x S input.
@@ -275,7 +281,28 @@ class SamLungModel(tf.Module):
         boxes = tf.convert_to_tensor(boxes, tf.float32)
         if boxes.shape.rank != 3 or boxes.shape[-1] != 4:
             raise ValueError(f"`boxes` must be (N, B, 4) xyxy. Received shape: {boxes.shape}")
-        return self._decode_fn(tf.convert_to_tensor(image_embeddings, tf.float32), boxes)
+        decode_fn = self._head_decode_fn(head) if head else self._decode_fn
+        return decode_fn(tf.convert_to_tensor(image_embeddings, tf.float32), boxes)
+
+    def decode_with(self, decoder, image_embeddings, boxes):
+        """``decode`` through another ``TFSamMaskDecoder`` (e.g. a head being trained), uncompiled."""
+        return self._decode_impl(image_embeddings, tf.convert_to_tensor(boxes, tf.float32), decoder=decoder)
+
+    def add_head(self, head) -> None:
+        """Attach a ``tfcxr.segment.heads.MaskHead`` (replacing one of the same name)."""
+        self.heads[head.name] = head
+        self._head_decode_fns.pop(head.name, None)
+
+    def _head_decode_fn(self, name: str):
+        if name not in self.heads:
+            raise ValueError(f"{self.name}: no mask head {name!r}. Available heads: {sorted(self.heads) or 'none'}")
+        if name not in self._head_decode_fns:
+            from .heads import copy_decoder
+
+            decoder = copy_decoder(self, self.heads[name])
+            self._head_decode_fns[name] = tf.function(
+                lambda embeddings, boxes: self._decode_impl(embeddings, boxes, decoder=decoder), autograph=False)
+        return self._head_decode_fns[name]
 
     def __call__(self, pixel_values, boxes, training=False):
         """``decode(embed(pixel_values), boxes)``; with ``training=True`` runs uncompiled (for GradientTape)."""

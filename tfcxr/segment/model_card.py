@@ -155,10 +155,10 @@ def _results_lines(evaluation: dict) -> list[str]:
     ]
 
 
-def _qc_lines(evaluation: dict) -> list[str]:
-    """How many of the preset's images below ``flag_dice`` carry a QC flag, per test set and prompt."""
+def _qc_lines(evaluation: dict, tests=None) -> list[str]:
+    """How many images below ``flag_dice`` carry a QC flag, per test set and prompt (default: the preset's)."""
     flags = []
-    for name, prompts in evaluation["tests"]["preset"].items():
+    for name, prompts in (tests or evaluation["tests"]["preset"]).items():
         for prompt, entry in prompts.items():
             if "below_flag_dice" in entry:
                 flags.append(f"| {name} | {prompt} | {entry['dice']['n']} | {entry['below_flag_dice']} | "
@@ -198,13 +198,51 @@ REBUILD_LINES = [
 ]
 
 
-def render(evaluation: dict) -> str:
-    """Markdown text of the card for one ``evaluation.json`` payload."""
+def _head_lines(evaluation: dict, head: dict) -> list[str]:
+    """A definition head (``tfcxr.segment.fit_head``): its data, cross-validated choice, test results and QC."""
+    chosen, check = head["chosen"], head["dtype_check"]
+    folds = head["config"]["folds"]
+    rows = [f"| {row['learning_rate']:g} | {row['epochs']} | {row['mean_dice']:.4f} | {row['min_dice']:.3f} |"
+            for row in head["cross_validation"].values()]
+    qc = _qc_lines({"flag_dice": evaluation["flag_dice"]}, head["tests"])[1:]
+    return [
+        f"## Head `{head['head']}`: variant `{head['variant']}`",
+        f"`load_segmenter(\"{head['variant']}\")` runs this preset's prompting and decodes the final boxes through "
+        f"the `{head['head']}` head (mask definition `{head['mask_definition']['name']}`): "
+        f"{head['mask_definition'].get('description', '')}",
+        "",
+        f"Trained on {head['n']} training pairs of this preset's split (datasets "
+        f"{', '.join(head['config']['datasets'])}) with the image encoder and the rest of the decoder frozen. "
+        f"Learning rate and length were chosen by {folds}-fold cross-validation over those pairs only "
+        "(out-of-fold Dice of the head decoding the preset's own refine boxes, 256-px logit frame); the head was then "
+        f"fitted on all {head['n']} with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs. "
+        f"Stored in {head['config']['dtype']}: training-pair Dice {check['float32_mean_dice']:.5f} (float32) vs "
+        f"{check[head['config']['dtype'] + '_mean_dice']:.5f}; largest per-pair change {check['max_pair_difference']:.4f}.",
+        "",
+        "| lr | epochs | out-of-fold mean Dice | min |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "Test pairs, scored once after the choice (same pairs and prompts as above):",
+        "",
+        *_table({head["variant"]: head["tests"]}, "model"),
+        "",
+        *qc,
+        f"Cost: {head['seconds'] / 60:.1f} min to choose and fit, {head['evaluation_s'] / 60:.1f} min to score the "
+        "tests; inference costs one more decoder pass per image than the preset's own masks.",
+        "",
+    ]
+
+
+def render(evaluation: dict, heads=()) -> str:
+    """Markdown text of the card for one ``evaluation.json`` payload (and the reports of its heads)."""
+    head_lines = [line for head in heads for line in _head_lines(evaluation, head)]
     lines = [
         *_intro_lines(evaluation),
         *_data_lines(evaluation),
         *_results_lines(evaluation),
         *_qc_lines(evaluation),
+        *head_lines,
         *_gate_lines(evaluation.get("gate")),
         *_cost_lines(evaluation["cost"]),
         "## Licences",
@@ -215,6 +253,6 @@ def render(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(path, evaluation: dict) -> pathlib.Path:
-    """Render the card for `evaluation` and write it atomically to `path`."""
-    return write_text_atomic(path, render(evaluation))
+def write_model_card(path, evaluation: dict, heads=()) -> pathlib.Path:
+    """Render the card for `evaluation` (and its heads' reports) and write it atomically to `path`."""
+    return write_text_atomic(path, render(evaluation, heads))

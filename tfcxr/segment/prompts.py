@@ -52,6 +52,8 @@ class InferenceSettings:
         margin: refine margin, a fraction of the model input size.
         threshold: logit threshold of the lung mask (0 = probability 0.5).
         clean: fill holes and keep the two largest components (:func:`clean_lung_mask`).
+        definition: "" for the segmenter's own mask definition, or the name of one of its heads
+            (``SamLungModel.heads``, :mod:`tfcxr.segment.heads`): the final boxes are decoded through it.
     """
 
     prompt: str = "refine"
@@ -59,6 +61,7 @@ class InferenceSettings:
     margin: float = DEFAULT_REFINE_MARGIN
     threshold: float = 0.0
     clean: bool = True
+    definition: str = ""
 
     def __post_init__(self):
         if self.prompt not in ("prior", "refine"):
@@ -69,6 +72,10 @@ class InferenceSettings:
             raise ValueError(f"`margin` must be in [0, 0.25]. Received: margin={self.margin!r}")
         if not -20.0 <= float(self.threshold) <= 20.0:
             raise ValueError(f"`threshold` must be a logit in [-20, 20]. Received: threshold={self.threshold!r}")
+        if self.definition:
+            from .heads import check_head_name
+
+            check_head_name(self.definition)
 
     @property
     def rounds(self) -> int:

@@ -74,6 +74,9 @@ def save_segmenter(model: SamLungModel, directory, weights_dtype: str = "float32
 
         model.gate.save(directory / GATE_FILENAME)
         meta["gate"] = {"file": GATE_FILENAME, "sha256": weights.sha256_file(directory / GATE_FILENAME)}
+    if model.heads:
+        dtype = weights_dtype if model.kind == "litemedsam" else "float32"
+        meta["heads"] = {name: head.save(directory, dtype) for name, head in sorted(model.heads.items())}
     meta.update(extra or {})
     write_text_atomic(directory / SAVE_FILENAME, json.dumps(meta, indent=2))
     return directory
@@ -124,7 +127,26 @@ def _settings_from(meta: dict, path: pathlib.Path):
         priors = check_priors(meta["priors"], path) if meta.get("priors") is not None else None
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: invalid priors or inference settings ({err})") from err
-    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition"), "gate": gate}
+    heads = _heads_from(meta, path)
+    if inference is not None and inference.definition and inference.definition not in heads:
+        raise ValueError(f"{path}: inference definition {inference.definition!r} names no stored head "
+                         f"(heads: {sorted(heads) or 'none'})")
+    return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition"), "gate": gate,
+            "heads": heads}
+
+
+def _heads_from(meta: dict, path: pathlib.Path) -> dict:
+    from .heads import MaskHead
+
+    entries = meta.get("heads") or {}
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: `heads` must map head names to files. Received: {entries!r}")
+    try:
+        return {name: MaskHead.load(path.parent, name, entry) for name, entry in entries.items()}
+    except ValueError as err:
+        if type(err) is ValueError:  # a bad entry; a WeightsError already names the file
+            raise ValueError(f"{path}: {err}") from err
+        raise
 
 
 def load_saved_segmenter(directory: pathlib.Path, from_pt=None, name=None) -> SamLungModel:

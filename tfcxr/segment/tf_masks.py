@@ -112,8 +112,12 @@ def refine_boxes(low_res_logits, boxes, image_size: int, margin: float = DEFAULT
     return tf.where(found, new, boxes)
 
 
-def decode_with_refine(model, embeddings, boxes, refine_rounds: int = 0, margin: float = DEFAULT_REFINE_MARGIN):
+def decode_with_refine(model, embeddings, boxes, refine_rounds: int = 0, margin: float = DEFAULT_REFINE_MARGIN,
+                       head: str = ""):
     """Decode boxes, then re-prompt `refine_rounds` times with the box of each predicted lung component plus margin.
+
+    With a `head`, the model's own masks choose the boxes and the final boxes are decoded once more through that
+    head (another mask definition, ``SamLungModel.heads``).
 
     Args:
         model: a ``SamLungModel``.
@@ -121,6 +125,7 @@ def decode_with_refine(model, embeddings, boxes, refine_rounds: int = 0, margin:
         boxes: float32 (batch, boxes, 4) xyxy in model-input pixels.
         refine_rounds: 0 (plain boxes) or more refinement rounds.
         margin: refinement margin as a fraction of the model input size.
+        head: "" or the name of one of ``model.heads``.
 
     Returns:
         (low_res_logits float32 (batch, boxes, 256, 256), final boxes float32 (batch, boxes, 4)).
@@ -129,6 +134,8 @@ def decode_with_refine(model, embeddings, boxes, refine_rounds: int = 0, margin:
     for _ in range(refine_rounds):
         boxes = refine_boxes(logits, boxes, model.image_size, margin)
         logits = model.decode(embeddings, boxes)
+    if head:
+        logits = model.decode(embeddings, boxes, head)
     return logits, boxes
 
 
@@ -159,7 +166,8 @@ def lung_masks_tf(model, images, settings: InferenceSettings | None = None, prio
     embeddings = model.embed(pixel_values)
     norm = tf.tile(tf.constant(priors)[None], [tf.shape(images)[0], 1, 1])  # (batch, 2, 4)
     boxes = input_boxes(model, norm, sizes)
-    logits, _ = decode_with_refine(model, embeddings, boxes, settings.rounds, settings.margin)  # (batch, 2, h, w)
+    logits, _ = decode_with_refine(model, embeddings, boxes, settings.rounds, settings.margin,
+                                   settings.definition)  # (batch, 2, h, w)
     full = model.postprocess(logits, sizes)  # (batch, 2, height, width)
     masks = tf.cast(tf.reduce_any(full > settings.threshold, axis=1), tf.float32)[..., None]  # (batch, H, W, 1)
     return (masks, embeddings) if return_embeddings else masks

@@ -6,13 +6,17 @@ Two kinds of preset:
   ``litemedsam-tiny`` (alias ``tiny``: random, small, for tests);
 - packaged: a saved segmenter directory shipped inside this package, ``presets/<name>/`` with ``segmenter.json``
   (architecture, normalisation, lung priors, inference settings, mask definition and the sha256 of every weights
-  file), the weights and ``MODEL_CARD.md``. ``litemedsam-lungs`` is the fine-tuned lung segmenter and the default.
+  file), the weights and ``MODEL_CARD.md``. ``litemedsam-lungs`` is the fine-tuned lung segmenter and the default;
+- variants: names a packaged preset's ``segmenter.json`` declares under ``variants``, each the same files with some
+  inference settings changed, e.g. ``litemedsam-lungs-classic`` (``{"inference": {"definition": "classic"}}``: the
+  preset's classic-definition head, :mod:`tfcxr.segment.heads`).
 
 The metadata is data: nothing here knows a preset's settings; they are read from its ``segmenter.json``.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 PACKAGED_DIR = pathlib.Path(__file__).resolve().parent
@@ -29,9 +33,26 @@ def packaged_presets() -> dict[str, pathlib.Path]:
     return {path.parent.name: path.parent for path in sorted(PACKAGED_DIR.glob("*/segmenter.json"))}
 
 
+def packaged_variants() -> dict[str, tuple[pathlib.Path, dict]]:
+    """``{variant name: (preset directory, inference overrides)}`` declared by the packaged presets.
+
+    A preset whose ``segmenter.json`` cannot be read declares none here; loading it by name reports the problem.
+    """
+    variants = {}
+    for directory in packaged_presets().values():
+        try:
+            declared = json.loads((directory / "segmenter.json").read_text()).get("variants") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name, entry in declared.items() if isinstance(declared, dict) else ():
+            overrides = entry.get("inference") if isinstance(entry, dict) else None
+            variants[str(name)] = (directory, dict(overrides) if isinstance(overrides, dict) else {})
+    return variants
+
+
 def available_presets() -> tuple[str, ...]:
-    """Every preset name ``load_segmenter`` accepts: packaged, built in, and aliases."""
-    return tuple(packaged_presets()) + tuple(BUILTIN_PRESETS) + tuple(ALIASES)
+    """Every preset name ``load_segmenter`` accepts: packaged, their variants, built in, and aliases."""
+    return tuple(packaged_presets()) + tuple(packaged_variants()) + tuple(BUILTIN_PRESETS) + tuple(ALIASES)
 
 
 def canonical_name(name: str) -> str:

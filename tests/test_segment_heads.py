@@ -1,0 +1,165 @@
+"""Tests for tfcxr.segment.heads and tfcxr.segment.fit_head: definition heads on a tiny segmenter."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from segment_fakes import write_pairs
+from test_lung_split import fake_data_root
+from tfcxr.segment import build_preset, fit_head, heads, load_segmenter, presets
+from tfcxr.segment.eager_masks import segment_lungs
+from tfcxr.segment.segmenter_format import save_segmenter
+from tfcxr.segment.weights import WeightsError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_segmenter("tiny")
+
+
+def _inputs(model, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    embeddings = rng.normal(size=(n, model.mask_decoder.hidden_size, model.embedding_size,
+                                  model.embedding_size)).astype(np.float32)
+    boxes = np.tile(np.array([[[4.0, 4.0, 30.0, 60.0], [34.0, 4.0, 60.0, 60.0]]], np.float32), (n, 1, 1))
+    return embeddings, boxes
+
+
+def _shifted_head(model, scale=0.5):
+    head = heads.read_head(model.mask_decoder, "classic", {"name": "classic", "description": "test"})
+    rng = np.random.default_rng(1)
+    head.arrays = {k: v + scale * rng.normal(size=v.shape).astype(np.float32) for k, v in head.arrays.items()}
+    return head
+
+
+def test_an_exact_copy_decodes_like_the_model_and_a_head_only_changes_its_own_variables(tiny):
+    embeddings, boxes = _inputs(tiny)
+    own = np.asarray(tiny.decode(embeddings, boxes))
+    np.testing.assert_allclose(np.asarray(tiny.decode_with(heads.copy_decoder(tiny), embeddings, boxes)), own,
+                               atol=1e-5)
+    head = _shifted_head(tiny)
+    decoder = heads.copy_decoder(tiny, head)
+    changed = {k for k, v in heads.decoder_entries(decoder)
+               if not np.array_equal(v.numpy(), dict(heads.decoder_entries(tiny.mask_decoder))[k].numpy())}
+    assert changed == set(head.arrays) and all(k.startswith(heads.HEAD_PREFIXES) for k in changed)
+    assert np.abs(np.asarray(tiny.decode_with(decoder, embeddings, boxes)) - own).max() > 1e-3
+
+
+def test_a_head_is_chosen_by_settings_and_leaves_the_models_own_masks_alone(tiny, tmp_path):
+    model = load_segmenter("tiny")
+    embeddings, boxes = _inputs(model)
+    own = np.asarray(model.decode(embeddings, boxes))
+    model.add_head(_shifted_head(model))
+    np.testing.assert_array_equal(np.asarray(model.decode(embeddings, boxes)), own)
+    through_head = np.asarray(model.decode(embeddings, boxes, "classic"))
+    assert np.abs(through_head - own).max() > 1e-3
+    images = [np.random.default_rng(3).random((64, 56, 1)).astype(np.float32)]
+    settings = model.inference.replace(threshold=float(np.median(through_head)), clean=False)
+    default = segment_lungs(model, images, settings=settings)
+    classic = segment_lungs(model, images, settings=settings.replace(definition="classic"))
+    assert not np.array_equal(default[0], classic[0])
+    with pytest.raises(ValueError, match="no mask head 'other'.*classic"):
+        model.decode(embeddings, boxes, "other")
+    with pytest.raises(ValueError, match="head name"):
+        model.inference.replace(definition="Not A Name")
+
+
+def test_heads_are_saved_with_the_segmenter_checked_and_declared_variants_load(tiny, tmp_path, monkeypatch):
+    model = load_segmenter("tiny")
+    model.add_head(_shifted_head(model))
+    compact = save_segmenter(model, tmp_path / "compact", weights_dtype="float16")
+    assert json.loads((compact / "segmenter.json").read_text())["heads"]["classic"]["dtype"] == "float16"
+    directory = save_segmenter(model, tmp_path / "pkg" / "tiny-lungs")
+    meta = json.loads((directory / "segmenter.json").read_text())
+    assert meta["heads"]["classic"]["file"] == "head_classic.npz" and meta["heads"]["classic"]["dtype"] == "float32"
+    loaded = load_segmenter(str(directory))
+    embeddings, boxes = _inputs(model)
+    np.testing.assert_allclose(np.asarray(loaded.decode(embeddings, boxes, "classic")),
+                               np.asarray(model.decode(embeddings, boxes, "classic")), atol=1e-4)
+    meta["variants"] = {"tiny-lungs-classic": {"inference": {"definition": "classic"}}}
+    (directory / "segmenter.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(presets, "PACKAGED_DIR", tmp_path / "pkg")
+    assert "tiny-lungs-classic" in presets.available_presets()
+    variant = load_segmenter("tiny-lungs-classic")
+    assert variant.inference.definition == "classic" and variant.name == "tiny-lungs-classic"
+    assert load_segmenter("tiny-lungs").inference.definition == ""
+    head_file = directory / "head_classic.npz"
+    head_file.write_bytes(head_file.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(WeightsError, match="head_classic.npz.*sha256"):
+        load_segmenter(str(directory))
+    meta["heads"]["classic"]["file"] = "../weights.npz"
+    (directory / "segmenter.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="segmenter.json.*must name the file 'head_classic.npz'"):
+        load_segmenter(str(directory))
+
+
+def test_a_head_whose_variables_do_not_match_the_decoder_is_refused(tiny):
+    head = _shifted_head(tiny)
+    key = next(iter(head.arrays))
+    wrong_shape = heads.MaskHead("classic", {}, {**head.arrays, key: head.arrays[key][..., :1]})
+    with pytest.raises(WeightsError, match="shape"):
+        heads.copy_decoder(tiny, wrong_shape)
+    missing = heads.MaskHead("classic", {}, {k: v for k, v in head.arrays.items() if k != key})
+    with pytest.raises(WeightsError, match="do not match"):
+        heads.copy_decoder(tiny, missing)
+
+
+def test_training_a_head_lowers_its_loss_and_changes_only_head_variables(tiny, tmp_path):
+    import tensorflow as tf
+
+    from tfcxr.data.pairs import load_pairs
+    from tfcxr.segment.losses import segmentation_loss
+
+    pairs = load_pairs(str(write_pairs(tmp_path / "pairs", count=6, size=(64, 64))))
+    examples = fit_head.head_examples(tiny, pairs)
+    config = fit_head.HeadConfig(epochs=[3, 20], folds=2, batch_size=3, jitter=2.0, own_jitter=1.0)
+    everything = np.arange(len(pairs))
+
+    def loss(decoder):
+        logits = tiny.decode_with(decoder, tf.constant(examples["embeddings"]), examples["boxes"])
+        return float(segmentation_loss(logits, examples["labels"]))
+
+    decoder, scores = fit_head.train_head(tiny, examples, everything, config, 3e-3, evaluate_index=everything[:2])
+    assert set(scores) == {3, 20} and all(d.shape == (2,) and ((d >= 0) & (d <= 1)).all() for d in scores.values())
+    assert loss(decoder) < loss(tiny.mask_decoder) - 0.01
+    original = dict(heads.decoder_entries(tiny.mask_decoder))
+    changed = {k for k, v in heads.decoder_entries(decoder) if not np.array_equal(v.numpy(), original[k].numpy())}
+    assert changed and all(k.startswith(heads.HEAD_PREFIXES) for k in changed)
+
+
+def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_variant(tmp_path, monkeypatch):
+    from test_segment_build_preset import tiny_config
+
+    head = {"name": "classic", "mask_definition": {"name": "classic", "description": "tiny classic"},
+            "learning_rates": [1e-3, 3e-3], "epochs": [2, 4], "folds": 3, "dtype_tolerance": 0.05}
+    config = tiny_config(fake_data_root(tmp_path / "data"), heads=[head], stages=[
+        {"name": "decoder", "model": "tiny", "epochs": 1, "batch_size": 4}],
+        settings_grid={"prompt": ["refine"], "refine_rounds": [1], "threshold": [0.0]})
+    preset_dir = build_preset.build_preset(config, tmp_path / "out")
+    report = json.loads((preset_dir / "evaluation_classic.json").read_text())
+    assert report["n"] == 3 and all(p.startswith(("CHNCXR", "MCUCXR")) for p in report["pairs"])
+    table = report["cross_validation"]
+    assert len(table) == 4 and report["chosen"] == max(table.values(), key=lambda row: row["mean_dice"])
+    assert set(report["tests"]) == {"classic", "v7"} and report["tests"]["classic"]["refine"]["dice"]["n"] == 4
+    meta = json.loads((preset_dir / "segmenter.json").read_text())
+    assert meta["variants"]["tiny-lungs-classic"]["inference"] == {"definition": "classic"}
+    assert meta["provenance"]["heads"]["classic"]["chosen"] == report["chosen"]
+    card = (preset_dir / "MODEL_CARD.md").read_text()
+    assert "## Head `classic`: variant `tiny-lungs-classic`" in card and "| tiny-lungs-classic | classic | refine |" in card
+    monkeypatch.setattr(presets, "PACKAGED_DIR", tmp_path / "package")
+    build_preset.install_preset(preset_dir, "tiny-lungs")
+    assert load_segmenter("tiny-lungs-classic").inference.definition == "classic"
+
+
+def test_head_config_and_missing_pairs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="head name"):
+        fit_head.HeadConfig(name="../x")
+    with pytest.raises(ValueError, match="folds"):
+        fit_head.HeadConfig(folds=1)
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("image_path,mask_path,dataset\na.png,b.png,lungs_v7_covid\n")
+    with pytest.raises(ValueError, match="train.csv: no training pairs from datasets"):
+        fit_head.training_pairs(str(manifest), ["shenzhen_lungs"], tmp_path)
+    shutil.rmtree(tmp_path)
