@@ -1,10 +1,12 @@
 """Tests for tfcxr.segment.heads and tfcxr.segment.fit_head: definition heads on a tiny segmenter."""
 
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from segment_fakes import write_pairs
 from test_lung_split import fake_data_root
@@ -147,10 +149,19 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
     assert meta["variants"]["tiny-lungs-classic"]["inference"] == {"definition": "classic"}
     assert meta["provenance"]["heads"]["classic"]["chosen"] == report["chosen"]
     card = (preset_dir / "MODEL_CARD.md").read_text()
-    assert "## Head `classic`: variant `tiny-lungs-classic`" in card and "| tiny-lungs-classic | classic | refine |" in card
+    assert "## Head `classic`: variant `tiny-lungs-classic`" in card
+    assert "| tiny-lungs-classic | classic | refine |" in card
     monkeypatch.setattr(presets, "PACKAGED_DIR", tmp_path / "package")
     build_preset.install_preset(preset_dir, "tiny-lungs")
     assert load_segmenter("tiny-lungs-classic").inference.definition == "classic"
+
+    # The CLI fits the same head, from the config's `heads` entry, on the installed preset.
+    yaml_path = tmp_path / "preset.yaml"
+    yaml_path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    assert fit_head.main(["--config", str(yaml_path), "--head", "classic", "--out", str(tmp_path / "refit")]) == 0
+    refit = json.loads((tmp_path / "refit" / "tiny-lungs" / "evaluation_classic.json").read_text())
+    assert refit["chosen"]["epochs"] == report["chosen"]["epochs"] and refit["pairs"] == report["pairs"]
+    assert fit_head.main(["--config", str(yaml_path), "--head", "other", "--out", str(tmp_path / "x")]) != 0
 
 
 def test_head_config_and_missing_pairs_give_clear_errors(tmp_path):
@@ -163,3 +174,23 @@ def test_head_config_and_missing_pairs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="train.csv: no training pairs from datasets"):
         fit_head.training_pairs(str(manifest), ["shenzhen_lungs"], tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_a_head_runs_in_the_traced_serving_graph_and_its_variables_are_exported(tmp_path):
+    import tensorflow as tf
+
+    from tfcxr.export.segmenter import _serving_segmenter_class
+    from tfcxr.segment.tf_masks import lung_masks_tf
+
+    model = load_segmenter("tiny")
+    model.add_head(_shifted_head(model))
+    model.inference = model.inference.replace(definition="classic")
+    segmenter = _serving_segmenter_class()(model)
+    x = np.random.default_rng(2).random((2, 40, 48, 1)).astype(np.float32)
+    traced = tf.function(segmenter.serving_fn, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    masks = traced(tf.constant(x))
+    np.testing.assert_array_equal(masks, lung_masks_tf(model, x))
+    own = lung_masks_tf(model, x, settings=model.inference.replace(definition=""))
+    assert not np.array_equal(masks, own)
+    exported = {id(v) for v in segmenter.variables}
+    assert all(id(v) in exported for v in model._head_decoders["classic"].variables)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tfcxr.segment import presets
-from tfcxr.segment.model_card import render, write_model_card
+from tfcxr.segment.model_card import render, render_folder, write_model_card
 
 
 @pytest.fixture
@@ -17,8 +17,9 @@ def evaluation():
 
 def test_shipped_model_card_renders_from_its_evaluation():
     folder = presets.PACKAGED_DIR / presets.DEFAULT_PRESET
-    evaluation = json.loads((folder / "evaluation.json").read_text())
-    assert render(evaluation) == (folder / "MODEL_CARD.md").read_text()
+    assert render_folder(folder) == (folder / "MODEL_CARD.md").read_text()
+    assert "## Head `classic`" in render_folder(folder) and "## Head" not in render(
+        json.loads((folder / "evaluation.json").read_text()))
 
 
 def test_card_figures_come_from_the_evaluation(evaluation):

@@ -12,6 +12,7 @@ from tfcxr.segment.prompts import InferenceSettings
 
 PRESET = presets.DEFAULT_PRESET
 PHANTOM_MASK = __import__("pathlib").Path(__file__).parent / "data" / "litemedsam_lungs_phantom_mask.png"
+CLASSIC_PHANTOM_MASK = PHANTOM_MASK.with_name("litemedsam_lungs_classic_phantom_mask.png")
 
 
 def phantom():
@@ -114,3 +115,24 @@ def test_noise_and_photos_are_flagged_not_cxr_by_the_preset(preset, tmp_path):
     table = qc.read_qc(tmp_path / "masks").set_index("stem")
     assert "not_cxr" in table.loc["noise16", "flags"] and "not_cxr" in table.loc["camera", "flags"]
     assert counts["not_cxr"] >= 2 and float(table.loc["noise16", "cxr_score"]) < float(preset.gate.threshold)
+
+
+def test_the_classic_variant_ships_its_checked_head_and_its_phantom_output_is_stable(preset):
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.weights import sha256_file
+
+    directory = presets.packaged_presets()[PRESET]
+    meta = json.loads((directory / "segmenter.json").read_text())
+    entry = meta["heads"]["classic"]
+    assert entry["dtype"] == "float16" and sha256_file(directory / entry["file"]) == entry["sha256"]
+    assert meta["variants"][f"{PRESET}-classic"]["inference"] == {"definition": "classic"}
+    variant = load_segmenter(f"{PRESET}-classic")
+    assert variant.inference == preset.inference.replace(definition="classic")
+    image, truth = phantom()
+    own, classic = preset.predict([image])[0], variant.predict([image])[0]
+    assert own.shape == classic.shape and not np.array_equal(own, classic)
+    expected = cv2.imread(str(CLASSIC_PHANTOM_MASK), cv2.IMREAD_GRAYSCALE) > 127
+    overlap = 2 * np.logical_and(classic, expected).sum() / (classic.sum() + expected.sum())
+    assert overlap >= 0.99, f"classic output drifted from the stored phantom mask (Dice {overlap:.4f})"
+    to_truth = 2 * np.logical_and(classic, truth).sum() / (classic.sum() + truth.sum())
+    assert to_truth >= 0.8, f"classic mask no longer matches the phantom's lungs (Dice {to_truth:.4f})"

@@ -1,7 +1,10 @@
 """Train a definition head (:mod:`tfcxr.segment.heads`) on a segmenter and add it to a preset folder.
 
-    python -m tfcxr.segment.fit_head --config configs/head_classic.yaml --data-root DATA --out runs/head_classic \
-        [--install]
+    python -m tfcxr.segment.fit_head --config configs/preset_litemedsam_lungs.yaml --head classic \
+        --data-root DATA --out runs/head_classic [--install]
+
+The head's settings are the entry of that name under ``heads:`` in the preset's build config, so this command and
+a full ``tfcxr.segment.build_preset`` fit the same head; this one starts from the installed preset (or ``--base``).
 
 Steps, all on the base preset's frozen image encoder (embeddings cached) and its own prompting:
 
@@ -270,7 +273,7 @@ def build_head(preset_dir: pathlib.Path, config: HeadConfig, sets: dict, cache, 
             ``PresetConfig``), for scoring the tests.
     """
     from .loading import load_segmenter
-    from .model_card import write_model_card
+    from .model_card import render_folder
     from .preset_evaluation import evaluate_tests
 
     model = load_segmenter(str(preset_dir))
@@ -285,10 +288,8 @@ def build_head(preset_dir: pathlib.Path, config: HeadConfig, sets: dict, cache, 
     report["evaluation_s"] = round(time.time() - start, 1)
     report.update(variant=variant, head=config.name, mask_definition=config.mask_definition)
     write_text_atomic(preset_dir / f"evaluation_{config.name}.json", json.dumps(report, indent=1))
-    evaluation_path = preset_dir / "evaluation.json"
-    if evaluation_path.is_file():
-        heads = [json.loads(p.read_text()) for p in sorted(preset_dir.glob("evaluation_*.json"))]
-        write_model_card(preset_dir / "MODEL_CARD.md", json.loads(evaluation_path.read_text()), heads)
+    if (preset_dir / "evaluation.json").is_file():
+        write_text_atomic(preset_dir / "MODEL_CARD.md", render_folder(preset_dir))
     return report
 
 
@@ -300,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tfcxr.segment.fit_head",
         description="Train a mask-definition head on a segmenter preset (cross-validated on its training pairs), "
                     "add it to a copy of the preset and score the new variant on the preset's test pairs.")
-    parser.add_argument("--config", required=True, help="YAML: `preset` (a PresetConfig YAML) and `head` fields")
+    parser.add_argument("--config", required=True, help="the preset's build config (PresetConfig YAML) with `heads`")
+    parser.add_argument("--head", required=True, help="name of the head under `heads:` in the config")
     parser.add_argument("--data-root", help="folder of the lung pair sets (overrides the preset config's)")
     parser.add_argument("--out", required=True, help="output folder; the preset is written to OUT/<name>/")
     parser.add_argument("--base", help="segmenter to start from (default: the installed preset of that name)")
@@ -316,17 +318,13 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from tfcxr.config import read_yaml_mapping
-
     from . import build_preset, presets
 
-    values = read_yaml_mapping(args.config)
-    try:
-        head_config = HeadConfig(**(values.get("head") or {}))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{args.config}: invalid `head` ({err})") from err
-    preset_yaml = pathlib.Path(args.config).parent / str(values.get("preset", ""))
-    preset = build_preset.read_config(preset_yaml, data_root=args.data_root)
+    preset = build_preset.read_config(args.config, data_root=args.data_root)
+    by_name = {head["name"]: head for head in preset.heads}
+    if args.head not in by_name:
+        raise ValueError(f"{args.config}: no head {args.head!r} under `heads` (heads: {sorted(by_name) or 'none'})")
+    head_config = HeadConfig(**by_name[args.head])
     out = pathlib.Path(args.out)
     sets = build_preset.pair_sets(preset, out / "work")
     base = pathlib.Path(args.base) if args.base else presets.packaged_presets()[preset.name]

@@ -69,7 +69,8 @@ class MaskHead:
         check_head_name(self.name)
 
     def save(self, directory, dtype: str = "float16") -> dict:
-        """Write ``directory/head_<name>.npz``; returns its ``segmenter.json`` entry (file, dtype, sha256, definition)."""
+        """Write ``directory/head_<name>.npz``; returns its ``segmenter.json`` entry (file, dtype, sha256,
+        mask definition)."""
         if dtype not in ("float16", "float32"):
             raise ValueError(f"`dtype` must be 'float16' or 'float32'. Received: {dtype!r}")
         path = pathlib.Path(directory) / head_filename(self.name)

@@ -74,13 +74,13 @@ class SamLungModel(tf.Module):
         mask_definition: ``{"name", "description"}`` of the lung masks the model was trained to produce.
         gate: ``tfcxr.segment.gate.CxrGate`` fitted on this image encoder ("is this a frontal CXR?"), or None.
         heads: ``{name: tfcxr.segment.heads.MaskHead}``, decoder heads for other mask definitions (chosen with
-            ``InferenceSettings.definition``).
+            ``InferenceSettings.definition``), attached with ``add_head`` once the weights are loaded.
         source_dir: directory it was loaded from, or None.
     """
 
     def __init__(self, *, kind, name, image_encoder, prompt_encoder, mask_decoder, image_size, embedding_size,
                  normalization, config, hf_model=None, priors=None, inference=None, mask_definition=None,
-                 gate=None, heads=None):
+                 gate=None):
         from .prompts import DEFAULT_PRIORS, InferenceSettings, check_priors
 
         super().__init__(name="sam_lung_model")
@@ -102,7 +102,7 @@ class SamLungModel(tf.Module):
         self.mask_definition = dict(mask_definition or {"name": "unspecified",
                                                         "description": "not recorded with this model"})
         object.__setattr__(self, "gate", gate)  # numpy arrays, not TF state: kept out of tf.Module tracking
-        object.__setattr__(self, "heads", dict(heads or {}))  # name -> MaskHead (numpy), untracked likewise
+        object.__setattr__(self, "heads", {})  # name -> MaskHead (numpy), untracked likewise
         object.__setattr__(self, "_head_decode_fns", {})  # name -> compiled decode through that head's decoder
         self.source_dir = None
         s = self.image_size
@@ -112,6 +112,7 @@ class SamLungModel(tf.Module):
         self._decode_fn = tf.function(self._decode_impl, autograph=False)
         self._tf_embed_fn = self._embed_fn
         self.embed_backend = "tf"
+        self._head_decoders = {}  # name -> the head's decoder copy (tracked: its variables are saved with exports)
 
     @property
     def name(self) -> str:
@@ -289,19 +290,21 @@ class SamLungModel(tf.Module):
         return self._decode_impl(image_embeddings, tf.convert_to_tensor(boxes, tf.float32), decoder=decoder)
 
     def add_head(self, head) -> None:
-        """Attach a ``tfcxr.segment.heads.MaskHead`` (replacing one of the same name)."""
+        """Attach a ``tfcxr.segment.heads.MaskHead`` (replacing one of the same name).
+
+        Its decoder is built now, from the current decoder weights plus the head's own: load the weights first.
+        """
+        from .heads import copy_decoder
+
+        decoder = copy_decoder(self, head)
         self.heads[head.name] = head
-        self._head_decode_fns.pop(head.name, None)
+        self._head_decoders[head.name] = decoder
+        self._head_decode_fns[head.name] = tf.function(
+            lambda embeddings, boxes: self._decode_impl(embeddings, boxes, decoder=decoder), autograph=False)
 
     def _head_decode_fn(self, name: str):
         if name not in self.heads:
             raise ValueError(f"{self.name}: no mask head {name!r}. Available heads: {sorted(self.heads) or 'none'}")
-        if name not in self._head_decode_fns:
-            from .heads import copy_decoder
-
-            decoder = copy_decoder(self, self.heads[name])
-            self._head_decode_fns[name] = tf.function(
-                lambda embeddings, boxes: self._decode_impl(embeddings, boxes, decoder=decoder), autograph=False)
         return self._head_decode_fns[name]
 
     def __call__(self, pixel_values, boxes, training=False):

@@ -217,7 +217,8 @@ def _head_lines(evaluation: dict, head: dict) -> list[str]:
         "(out-of-fold Dice of the head decoding the preset's own refine boxes, 256-px logit frame); the head was then "
         f"fitted on all {head['n']} with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs. "
         f"Stored in {head['config']['dtype']}: training-pair Dice {check['float32_mean_dice']:.5f} (float32) vs "
-        f"{check[head['config']['dtype'] + '_mean_dice']:.5f}; largest per-pair change {check['max_pair_difference']:.4f}.",
+        f"{check[head['config']['dtype'] + '_mean_dice']:.5f}; largest per-pair change "
+        f"{check['max_pair_difference']:.1e}.",
         "",
         "| lr | epochs | out-of-fold mean Dice | min |",
         "|---|---|---|---|",
@@ -256,3 +257,12 @@ def render(evaluation: dict, heads=()) -> str:
 def write_model_card(path, evaluation: dict, heads=()) -> pathlib.Path:
     """Render the card for `evaluation` (and its heads' reports) and write it atomically to `path`."""
     return write_text_atomic(path, render(evaluation, heads))
+
+
+def render_folder(folder) -> str:
+    """The card of a preset folder: its ``evaluation.json`` and the ``evaluation_<head>.json`` of each head."""
+    import json
+
+    folder = pathlib.Path(folder)
+    heads = [json.loads(path.read_text()) for path in sorted(folder.glob("evaluation_*.json"))]
+    return render(json.loads((folder / "evaluation.json").read_text()), heads)

@@ -161,6 +161,7 @@ def load_saved_segmenter(directory: pathlib.Path, from_pt=None, name=None) -> Sa
     meta = read_metadata(directory)
     meta_path = directory / SAVE_FILENAME
     settings = _settings_from(meta, meta_path)
+    heads = settings.pop("heads")
     weights_path = directory / meta["weights"]["file"]
     if meta["kind"] == "litemedsam":
         from .litemedsam import LiteMedSAMConfig
@@ -180,6 +181,8 @@ def load_saved_segmenter(directory: pathlib.Path, from_pt=None, name=None) -> Sa
             hf = load_hf_sam(str(weights_path), from_pt=from_pt)
         model = from_hf_sam(hf, name=name or meta.get("name", str(directory)), normalization=meta["normalization"],
                             **settings)
+    for head in heads.values():  # after the weights: a head's decoder starts from them
+        model.add_head(head)
     model.source_dir = directory
     return model
 
