@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="pairs folder, pairs CSV (image_path,mask_path) or TFDS name")
     parser.add_argument("--model", default=DEFAULT_PRESET,
-                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET})")
+                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET}; "
+                             f"{DEFAULT_PRESET}-classic gives classic-definition masks)")
     parser.add_argument("--prompt", nargs="+", choices=PROMPTS, default=["refine"], help="one or more strategies")
     parser.add_argument("--out", required=True, help="results JSON path")
     parser.add_argument("--refine-rounds", type=int, choices=(1, 2, 3), help="default: the model's own")

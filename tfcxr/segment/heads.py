@@ -117,11 +117,9 @@ def copy_decoder(model, head: MaskHead | None = None):
     config = model.config.sam_config() if model.kind == "litemedsam" else model.config
     with float32_policy():
         decoder = type(source)(config.mask_decoder_config, name="mask_decoder")
-    channels, size = source.hidden_size, model.embedding_size
-    decoder(image_embeddings=tf.zeros([1, channels, size, size]),
-            image_positional_embeddings=tf.zeros([1, channels, size, size]),
-            sparse_prompt_embeddings=tf.zeros([1, 1, 2, channels]), dense_prompt_embeddings=tf.zeros(
-                [1, channels, size, size]), multimask_output=False)
+    grid = tf.zeros([1, source.hidden_size, model.embedding_size, model.embedding_size])
+    decoder(image_embeddings=grid, image_positional_embeddings=grid, dense_prompt_embeddings=grid,
+            sparse_prompt_embeddings=tf.zeros([1, 1, 2, source.hidden_size]), multimask_output=False)  # builds it
     targets = dict(decoder_entries(decoder))
     for key, variable in decoder_entries(source):
         targets[key].assign(variable)

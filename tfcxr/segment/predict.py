@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="folder of images (searched recursively) or TFDS name")
     parser.add_argument("--out", required=True, help="mask directory")
     parser.add_argument("--model", default=DEFAULT_PRESET,
-                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET})")
+                        help=f"preset name, saved model dir, .pth or hub id (default {DEFAULT_PRESET}; "
+                             f"{DEFAULT_PRESET}-classic gives classic-definition masks)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", type=parse_shard, help="i/n: process every n-th image starting at i")
     parser.add_argument("--backend", choices=EMBED_BACKENDS, default="tf",
