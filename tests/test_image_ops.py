@@ -26,6 +26,20 @@ def test_resize_prepared_resizes_the_pair_alike():
     np.testing.assert_array_equal(mask.numpy()[..., 0], [[0, 0, 1, 1]] * 4)
 
 
+def test_resize_prepared_gives_originals_pixels_and_the_masks_edges_within_a_pixel():
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (512, 400, 1), dtype=np.uint8))
+    yy, xx = np.mgrid[:512, :400]
+    disk = ((yy - 250) ** 2 / 200**2 + (xx - 180) ** 2 / 120**2 <= 1).astype(np.uint8)[..., None] * 255
+    x, mask = resize_prepared(image, tf.constant(disk), 224)
+    np.testing.assert_array_equal(x.numpy(), resize_to_training(tf.image.convert_image_dtype(image, tf.float32),
+                                                                224).numpy())
+    smooth = tf.image.resize_with_pad(tf.constant(disk > 0, tf.float32), 224, 224, antialias=True).numpy() > 0.5
+    mask = mask.numpy().astype(bool)
+    assert 2 * (mask & smooth).sum() / (mask.sum() + smooth.sum()) > 0.995
+    assert not mask[:, 200:].any()  # nothing in the zero padding beside the 400-px-wide image
+
+
 @pytest.mark.parametrize("mode", ["original", "tight"])
 def test_load_and_mask_masks_before_resizing(tmp_path, mode):
     image_path, mask_path = tmp_path / "x.png", tmp_path / "m.png"

@@ -4,8 +4,8 @@
   file whose size differs from its image is resized to the image with nearest neighbour first.
 - Resizing keeps the aspect ratio: `tf.image.resize_with_pad` (antialiased, zero padding), to
   (S, S), S = `mask_spec.image_size`.
-- A prepared example's image and stored mask are resized together (`resize_prepared`), to be
-  masked later, batched, at training resolution.
+- A prepared example's image is resized as for `original` and its stored mask alongside it
+  (`resize_prepared`), to be masked later, batched, at training resolution.
 
 The saved model's `prepare_image` and Grad-CAM reuse these steps, so serving matches training.
 """
@@ -55,7 +55,7 @@ def mask_and_resize(image, mask_path, config):
 
 
 def resize_prepared(image, lung_mask, size):
-    """A prepared example at training resolution: image and its stored mask resized alike.
+    """A prepared example at training resolution: the image as `original` gets it, and its stored mask.
 
     Args:
         image: uint8 (H, W, 1), the stored image.
@@ -63,10 +63,11 @@ def resize_prepared(image, lung_mask, size):
         size: S.
 
     Returns:
-        (image float32 (S, S, 1) in [0, 1], lung uint8 (S, S, 1) in {0, 1}); the mask is resized
-        bilinearly (antialiased) and thresholded at half its maximum, so edges stay in place.
+        (image float32 (S, S, 1) in [0, 1], lung uint8 (S, S, 1) in {0, 1}). The image is `resize_to_training`'s,
+        the same pixels `original` reads. The mask goes through the same aspect-preserving pad and scale, sampled
+        bilinearly without antialiasing and thresholded at 0.5: at most half a source pixel from an antialiased
+        resize's edge, at a fraction of its cost (the mask's resize was most of what masked modes added per image).
     """
-    both = tf.concat([tf.image.convert_image_dtype(image, tf.float32), tf.cast(lung_mask > 0, tf.float32)], -1)
-    both = tf.image.resize_with_pad(both, size, size, antialias=True)  # (S, S, 2): one resize for the pair
-    image, lung = tf.clip_by_value(both[..., :1], 0.0, 1.0), both[..., 1:]  # (S, S, 1) each
+    image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
+    lung = tf.image.resize_with_pad(tf.cast(lung_mask > 0, tf.float32), size, size, antialias=False)  # (S, S, 1)
     return image, tf.cast(lung > 0.5, tf.uint8)

@@ -10,7 +10,7 @@ Image files with a mask folder (and `tfds:nih_cxr14`, the full-resolution config
 Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr14/masked_512`)::
 
     decode image + stored mask -> resize both to S -> [cache] -> [shuffle] -> batch
-      -> mask the batch (training resolution) -> [augment] -> prefetch
+      -> mask the batch (training resolution) and [augment] it, one map -> prefetch
 
   (`original` decodes and resizes the image only: the stored mask is skipped.)
 
@@ -153,16 +153,17 @@ def make_dataset(config, split, records=None, training=None):
         if training:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(config.batch_size))
-    if mask_later:  # (image, lung, labels) batches of prepared data -> masked at training resolution
-        dataset = dataset.map(
-            lambda x, lung, y: (config.mask_spec.apply_at_training(x, lung), y),  # (batch, S, S, 1)
-            num_parallel_calls=AUTOTUNE,
-            deterministic=not training,
-        )
-    if training and config.augment:
-        augmenter = build_augmenter(config.seed)
-        dataset = dataset.map(
-            lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), y),
-            num_parallel_calls=AUTOTUNE,
-        )
+    augment = training and config.augment
+    augmenter = build_augmenter(config.seed) if augment else None
+
+    def finish(x, *rest):  # one batch stage: mask (prepared data, training resolution), then augment
+        *lung, y = rest
+        if lung:
+            x = config.mask_spec.apply_at_training(x, lung[0])  # (batch, S, S, 1)
+        if augment:
+            x = tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0)
+        return x, y
+
+    if mask_later or augment:
+        dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=not training)
     return dataset.prefetch(AUTOTUNE)
