@@ -282,7 +282,9 @@ class SamLungModel(tf.Module):
         boxes = tf.convert_to_tensor(boxes, tf.float32)
         if boxes.shape.rank != 3 or boxes.shape[-1] != 4:
             raise ValueError(f"`boxes` must be (N, B, 4) xyxy. Received shape: {boxes.shape}")
-        decode_fn = self._head_decode_fn(head) if head else self._decode_fn
+        if head and head not in self.heads:
+            raise ValueError(f"{self.name}: no mask head {head!r}. Available heads: {sorted(self.heads) or 'none'}")
+        decode_fn = self._head_decode_fns[head] if head else self._decode_fn
         return decode_fn(tf.convert_to_tensor(image_embeddings, tf.float32), boxes)
 
     def decode_with(self, decoder, image_embeddings, boxes):
@@ -301,11 +303,6 @@ class SamLungModel(tf.Module):
         self._head_decoders[head.name] = decoder
         self._head_decode_fns[head.name] = tf.function(
             lambda embeddings, boxes: self._decode_impl(embeddings, boxes, decoder=decoder), autograph=False)
-
-    def _head_decode_fn(self, name: str):
-        if name not in self.heads:
-            raise ValueError(f"{self.name}: no mask head {name!r}. Available heads: {sorted(self.heads) or 'none'}")
-        return self._head_decode_fns[name]
 
     def __call__(self, pixel_values, boxes, training=False):
         """``decode(embed(pixel_values), boxes)``; with ``training=True`` runs uncompiled (for GradientTape)."""
