@@ -87,6 +87,10 @@ def test_heads_are_saved_with_the_segmenter_checked_and_declared_variants_load(t
     variant = load_segmenter("tiny-lungs-classic")
     assert variant.inference.definition == "classic" and variant.name == "tiny-lungs-classic"
     assert load_segmenter("tiny-lungs").inference.definition == ""
+    meta["variants"]["tiny-lungs-other"] = {"inference": {"definition": "other"}}
+    (directory / "segmenter.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="segmenter.json: variant 'tiny-lungs-other'.*'other' names no stored head"):
+        load_segmenter("tiny-lungs-other")
     head_file = directory / "head_classic.npz"
     head_file.write_bytes(head_file.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsError, match="head_classic.npz.*sha256"):

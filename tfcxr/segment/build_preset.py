@@ -72,7 +72,7 @@ class PresetConfig:
     flag_dice: float = 0.85
     batch_size: int = 8
     gate: dict | None = None  # tfcxr.segment.gate_fit.GateConfig fields; None = no gate
-    heads: list = dataclasses.field(default_factory=list)  # tfcxr.segment.fit_head.HeadConfig fields per head
+    heads: list = dataclasses.field(default_factory=list)  # tfcxr.segment.fit_head.HeadConfig (or its fields) each
 
     def __post_init__(self):
         if not self.stages:
@@ -84,7 +84,7 @@ class PresetConfig:
             raise ValueError(f"`settings_grid` has unknown keys {sorted(unknown)}")
         from .fit_head import HeadConfig
 
-        self.heads = [dataclasses.asdict(HeadConfig(**head)) for head in self.heads]
+        self.heads = [head if isinstance(head, HeadConfig) else HeadConfig(**head) for head in self.heads]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -293,10 +293,11 @@ def build_preset(config: PresetConfig, out, install: bool = False) -> pathlib.Pa
     }
     write_text_atomic(preset_dir / "evaluation.json", json.dumps(evaluation, indent=1))
     write_model_card(preset_dir / "MODEL_CARD.md", evaluation)
-    for head in config.heads:
-        from .fit_head import HeadConfig, build_head
+    if config.heads:
+        from .fit_head import build_head
 
-        build_head(preset_dir, HeadConfig(**head), sets, cache, config)
+        for head in config.heads:
+            build_head(preset_dir, head, sets, cache, config)
     if install:
         install_preset(preset_dir, config.name)
     logger.info("Preset %s written to %s (%s)", config.name, preset_dir, cost)

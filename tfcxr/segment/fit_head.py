@@ -111,16 +111,15 @@ def head_dice(model, decoder, examples, index, boxes: str = "own_boxes") -> np.n
     """
     import tensorflow as tf
 
+    from .metrics import dice
+
     dices = []
     for start in range(0, len(index), 8):
         i = index[start : start + 8]
         logits = model.decode_with(decoder, tf.constant(examples["embeddings"][i]), examples[boxes][i])
         pred = np.asarray(tf.reduce_max(logits, axis=1)) > 0  # union of both lungs
-        target = examples["union"][i].astype(bool)
-        inter = (pred & target).sum(axis=(1, 2))
-        total = pred.sum(axis=(1, 2)) + target.sum(axis=(1, 2))
-        dices.append(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0))
-    return np.concatenate(dices)
+        dices += [dice(p, t) for p, t in zip(pred, examples["union"][i].astype(bool))]
+    return np.asarray(dices)
 
 
 def train_head(model, examples, train_index, config: HeadConfig, learning_rate: float, evaluate_index=None):
@@ -203,9 +202,9 @@ def fit_head(model, pairs, config: HeadConfig, cache=None):
     examples = head_examples(model, pairs, cache)
     best, table = choose_setting(model, examples, config)
     config_final = dataclasses.replace(config, epochs=[best["epochs"]])
-    decoder, _ = train_head(model, examples, np.arange(len(pairs)), config_final, best["learning_rate"])
-    head = read_head(decoder, config.name, config.mask_definition)
     everything = np.arange(len(pairs))
+    decoder, _ = train_head(model, examples, everything, config_final, best["learning_rate"])
+    head = read_head(decoder, config.name, config.mask_definition)
     stored = MaskHead(head.name, head.mask_definition,
                       {k: v.astype(config.dtype).astype(np.float32) for k, v in head.arrays.items()})
     dice32 = head_dice(model, decoder, examples, everything)
@@ -321,10 +320,10 @@ def _main(args) -> int:
     from . import build_preset, presets
 
     preset = build_preset.read_config(args.config, data_root=args.data_root)
-    by_name = {head["name"]: head for head in preset.heads}
+    by_name = {head.name: head for head in preset.heads}
     if args.head not in by_name:
         raise ValueError(f"{args.config}: no head {args.head!r} under `heads` (heads: {sorted(by_name) or 'none'})")
-    head_config = HeadConfig(**by_name[args.head])
+    head_config = by_name[args.head]
     out = pathlib.Path(args.out)
     sets = build_preset.pair_sets(preset, out / "work")
     base = pathlib.Path(args.base) if args.base else presets.packaged_presets()[preset.name]

@@ -34,6 +34,14 @@ def check_head_name(name: str) -> str:
     return name
 
 
+def check_definition(definition: str, heads, source) -> None:
+    """Raise ``ValueError`` naming `source` when `definition` (an ``InferenceSettings.definition``) is not one of
+    `heads` (names); "" (the segmenter's own masks) always passes."""
+    if definition and definition not in heads:
+        raise ValueError(f"{source}: inference definition {definition!r} names no stored head "
+                         f"(heads: {sorted(heads) or 'none'})")
+
+
 def head_filename(name: str) -> str:
     """``head_<name>.npz``."""
     return f"head_{check_head_name(name)}.npz"

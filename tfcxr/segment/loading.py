@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 
 from . import presets
+from .heads import check_definition
 from .model import SamLungModel, build_litemedsam_model, float32_policy, from_hf_sam
 from .segmenter_format import SAVE_FILENAME, load_saved_segmenter
 
@@ -61,9 +62,7 @@ def load_segmenter(model: str = presets.DEFAULT_PRESET, *, from_pt: bool | None 
             model.inference = model.inference.replace(**overrides)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{directory / SAVE_FILENAME}: variant {key!r} has invalid settings ({err})") from err
-        if model.inference.definition and model.inference.definition not in model.heads:
-            raise ValueError(f"{directory / SAVE_FILENAME}: variant {key!r} names no stored head "
-                             f"{model.inference.definition!r}")
+        check_definition(model.inference.definition, model.heads, f"{directory / SAVE_FILENAME}: variant {key!r}")
         return model
     if key == "litemedsam":
         return _load_litemedsam()

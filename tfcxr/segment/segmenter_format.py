@@ -111,6 +111,7 @@ def read_metadata(directory) -> dict:
 def _settings_from(meta: dict, path: pathlib.Path):
     from . import weights
     from .gate import CxrGate
+    from .heads import check_definition
     from .prompts import InferenceSettings, check_priors
 
     gate = None
@@ -128,25 +129,24 @@ def _settings_from(meta: dict, path: pathlib.Path):
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: invalid priors or inference settings ({err})") from err
     heads = _heads_from(meta, path)
-    if inference is not None and inference.definition and inference.definition not in heads:
-        raise ValueError(f"{path}: inference definition {inference.definition!r} names no stored head "
-                         f"(heads: {sorted(heads) or 'none'})")
+    check_definition(inference.definition if inference else "", heads, path)
     return {"priors": priors, "inference": inference, "mask_definition": meta.get("mask_definition"), "gate": gate,
             "heads": heads}
 
 
 def _heads_from(meta: dict, path: pathlib.Path) -> dict:
     from .heads import MaskHead
+    from .weights import WeightsError
 
     entries = meta.get("heads") or {}
     if not isinstance(entries, dict):
         raise ValueError(f"{path}: `heads` must map head names to files. Received: {entries!r}")
     try:
         return {name: MaskHead.load(path.parent, name, entry) for name, entry in entries.items()}
-    except ValueError as err:
-        if type(err) is ValueError:  # a bad entry; a WeightsError already names the file
-            raise ValueError(f"{path}: {err}") from err
-        raise
+    except WeightsError:
+        raise  # it names the head's file already
+    except ValueError as err:  # a bad entry of segmenter.json
+        raise ValueError(f"{path}: {err}") from err
 
 
 def load_saved_segmenter(directory: pathlib.Path, from_pt=None, name=None) -> SamLungModel:
