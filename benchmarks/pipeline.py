@@ -9,7 +9,7 @@ One run, so the ratios compare like with like:
   mask folder (read -> decode -> mask at source resolution with hole filling -> resize).
 - `source: prepared`: the same images built into `nih_cxr14/masked_256` and `masked_512` with the
   real TFDS builder (Beam DirectRunner), then `make_dataset` on `tfds:nih_cxr14/masked_<N>` (decode
-  the stored image and mask -> resize both -> batch -> mask at training resolution). Each training
+  the stored image and lung distance map -> resize both -> batch -> mask at training resolution). Each training
   size uses the smallest prepared config at least as large (224 -> masked_256, 512 -> masked_512).
 
 Every configuration times the training split (batch, augment as in training, prefetch, no cache)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcxr.data.lung_distance import lung_distance
 from tfcxr.data.image_ops import load_and_mask, mask_and_resize, resize_prepared, resize_to_training
 from tfcxr.data.pipeline import PipelineConfig
 
@@ -16,28 +17,39 @@ def test_resize_to_training_keeps_aspect_ratio_and_clips():
     np.testing.assert_allclose(out[5:11], 1.0)
 
 
-def test_resize_prepared_resizes_the_pair_alike():
+def test_resize_prepared_resizes_the_pair_alike_and_counts_distances_at_s():
     image = tf.constant(np.full((8, 8, 1), 255, np.uint8))
-    lung = np.zeros((8, 8, 1), np.uint8)
-    lung[:, 4:] = 255
-    x, mask = resize_prepared(image, tf.constant(lung), 4)
-    assert x.dtype == tf.float32 and x.shape == (4, 4, 1) and mask.dtype == tf.uint8
+    lung = np.zeros((8, 8), bool)
+    lung[:, 4:] = True
+    x, distance = resize_prepared(image, tf.constant(lung_distance(lung)[..., None]), 4)
+    assert x.dtype == tf.float32 and x.shape == (4, 4, 1) and distance.dtype == tf.uint8
     np.testing.assert_allclose(x.numpy(), 1.0)
-    np.testing.assert_array_equal(mask.numpy()[..., 0], [[0, 0, 1, 1]] * 4)
+    # Stored distances 4 3 2 1 0 0 0 0, halved at S: the lung is columns 2-3, column 0 is 1.5-2 px away.
+    np.testing.assert_array_equal(distance.numpy()[..., 0], [[2, 1, 0, 0]] * 4)
 
 
 def test_resize_prepared_gives_originals_pixels_and_the_masks_edges_within_a_pixel():
     rng = np.random.default_rng(0)
     image = tf.constant(rng.integers(0, 256, (512, 400, 1), dtype=np.uint8))
     yy, xx = np.mgrid[:512, :400]
-    disk = ((yy - 250) ** 2 / 200**2 + (xx - 180) ** 2 / 120**2 <= 1).astype(np.uint8)[..., None] * 255
-    x, mask = resize_prepared(image, tf.constant(disk), 224)
+    disk = (yy - 250) ** 2 / 200**2 + (xx - 180) ** 2 / 120**2 <= 1
+    x, distance = resize_prepared(image, tf.constant(lung_distance(disk)[..., None]), 224)
     np.testing.assert_array_equal(x.numpy(), resize_to_training(tf.image.convert_image_dtype(image, tf.float32),
                                                                 224).numpy())
-    smooth = tf.image.resize_with_pad(tf.constant(disk > 0, tf.float32), 224, 224, antialias=True).numpy() > 0.5
-    mask = mask.numpy().astype(bool)
-    assert 2 * (mask & smooth).sum() / (mask.sum() + smooth.sum()) > 0.995
-    assert not mask[:, 200:].any()  # nothing in the zero padding beside the 400-px-wide image
+    smooth = tf.image.resize_with_pad(tf.constant(disk[..., None], tf.float32), 224, 224, antialias=True).numpy()
+    smooth = smooth[..., 0] > 0.5
+    distance = distance.numpy()[..., 0]
+    lung = distance == 0
+    assert 2 * (lung & smooth).sum() / (lung.sum() + smooth.sum()) > 0.995
+    # Within what the stored map holds (255 stored px = 111 px at S), distances at S agree with the distance
+    # map of the resized mask to within a pixel...
+    content = resize_to_training(tf.ones((512, 400, 1)), 224).numpy()[..., 0] > 0.5  # the image inside the padding
+    assert content.any(axis=0).sum() <= 175 and content.sum() > 0.75 * 224 * 175
+    reference = lung_distance(smooth).astype(int)
+    near = content & (reference < 100)
+    assert near.sum() > 0.9 * content.sum() and np.abs(distance.astype(int) - reference)[near].max() <= 1
+    assert (distance[content & ~near] >= 99).all()
+    assert (distance[~content] > 100).all()  # ...and the zero padding is far away
 
 
 @pytest.mark.parametrize("mode", ["original", "tight"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tfcxr.data import synthetic
+from tfcxr.data.lung_distance import lung_distance
 from tfcxr.labels import TARGETS
 from tfcxr.mask_spec import MaskSpec
 
@@ -58,7 +59,8 @@ def _with_shortcut(images, masks, labels, seed=0):
 def test_inverse_probe_finds_a_shortcut_outside_the_lungs_and_nothing_without_one(demo):
     images, masks, labels, held_out = demo
     spec = MaskSpec("inverse", margin=0.05, image_size=SIZE)  # the complement of `loose`
-    inverse = spec.apply_at_training(images, masks).numpy()
+    distances = np.stack([lung_distance(m > 0) for m in masks.reshape(masks.shape[:3])])[..., None]
+    inverse = spec.apply_at_training(images, distances).numpy()
     assert np.all(inverse[masks.astype(bool)] == 0)  # the lungs are gone
 
     # The demo puts every label's signal inside the lungs: without the lungs the probe is at chance,
@@ -68,8 +70,8 @@ def test_inverse_probe_finds_a_shortcut_outside_the_lungs_and_nothing_without_on
     assert _macro_auroc(images, labels, held_out)[0] > 0.62
 
     shortcut = _with_shortcut(images, masks, labels)
-    probed, aucs = _macro_auroc(spec.apply_at_training(shortcut, masks).numpy(), labels, held_out)
+    probed, aucs = _macro_auroc(spec.apply_at_training(shortcut, distances).numpy(), labels, held_out)
     assert probed > 0.6 and probed > plain + 0.1, dict(zip(TARGETS, np.round(aucs, 3)))
-    tight, _ = _macro_auroc(MaskSpec("tight", 0, image_size=SIZE).apply_at_training(shortcut, masks).numpy(),
+    tight, _ = _macro_auroc(MaskSpec("tight", 0, image_size=SIZE).apply_at_training(shortcut, distances).numpy(),
                             labels, held_out)
     assert tight < probed  # `tight` removes the cue that `inverse` keeps

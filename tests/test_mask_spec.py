@@ -1,13 +1,14 @@
 """tfcxr.mask_spec: MaskSpec validation, its dict/flat/config forms, and masking at source and training resolution."""
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mask_helpers import random_image, two_lungs
 from tfcxr.mask_options import MASK_MODES
+from tfcxr.data.lung_distance import lung_distance
 from tfcxr.mask_spec import MaskSpec
-from tfcxr.dilation import dilate
 from tfcxr.masking import apply_mask, lung_boxes
 
 
@@ -51,45 +52,59 @@ def test_pixel_margin_counts_training_pixels_at_source():
     fraction = MaskSpec("loose", 0.05, image_size=64)
     np.testing.assert_array_equal(fraction.apply_at_source(image, lungs).numpy(),
                                   apply_mask(image, lungs, "loose", margin=13).numpy())
-    small = np.ones((64, 64, 1), np.float32)
+    # At training resolution (prepared data) a fraction is a fraction of S too: 3 px at 64.
     filled = two_lungs()
     filled[28:34, 14:20] = True
-    np.testing.assert_array_equal(fraction.apply_at_training(small, filled).numpy(),
-                                  apply_mask(small, filled, "loose", margin=3).numpy())
+    small = np.ones((1, 64, 64, 1), np.float32)
+    np.testing.assert_array_equal(fraction.apply_at_training(small, lung_distance(filled)[None, ..., None]).numpy()[0],
+                                  disk_dilation(filled, 3)[..., None].astype(np.float32))
+
+
+def disk_dilation(lungs, radius):
+    """Reference for `loose` at training resolution: every pixel whose distance to the lungs, rounded, is at most
+    `radius`, i.e. dilation by the explicit disk dy^2 + dx^2 < (radius + 1/2)^2."""
+    offsets = np.arange(-radius - 1, radius + 2)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 < (radius + 0.5) ** 2).astype(np.uint8)
+    return cv2.dilate(lungs.astype(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
 def _training_expected(mode, image, lungs, radius):
-    """Reference regions built from the low-level ops (no hole filling)."""
-    m = tf.constant(lungs.astype(np.float32)[None, ..., None])
+    """Reference regions built without distance maps (no hole filling)."""
     region = {
-        "original": tf.ones_like(m),
-        "tight": m,
-        "loose": dilate(m, tf.constant(radius)),
-        "box": lung_boxes(m, tf.constant(radius)),
-        "inverse": 1.0 - dilate(m, tf.constant(radius)),
-    }[mode].numpy()[0]
-    return image * region
+        "original": np.ones_like(lungs),
+        "tight": lungs,
+        "loose": disk_dilation(lungs, radius),
+        "box": lung_boxes(tf.constant(lungs[None, ..., None]), tf.constant(radius)).numpy()[0, ..., 0] > 0.5,
+        "inverse": ~disk_dilation(lungs, radius),
+    }[mode]
+    return image * region[..., None]
 
 
-def test_apply_at_training_each_mode_eager_batched_and_in_tf_data():
-    """Training-resolution masking: no hole filling, margins at S; eager == batched == tf.data.map."""
+def test_apply_at_training_each_mode_from_distance_maps_batched_and_in_tf_data():
+    """Training-resolution masking from distance maps: no hole filling, margins at S, exact disks; batched == tf.data."""
     images = np.stack([random_image(seed=0), random_image(seed=1)])
     masks = np.stack([two_lungs(), np.roll(two_lungs(), 3, axis=1)])
+    distances = np.stack([lung_distance(m) for m in masks])[..., None]  # (2, 64, 64, 1) uint8
     for mode in MASK_MODES:
         spec = MaskSpec(mode, "3px", "zero", image_size=64)
-        eager = [spec.apply_at_training(images[i], masks[i]).numpy() for i in range(2)]
+        batched = spec.apply_at_training(images, distances).numpy()
         for i in range(2):
-            np.testing.assert_allclose(eager[i], _training_expected(mode, images[i], masks[i], 3), err_msg=mode)
-        batched = spec.apply_at_training(images, masks.astype(np.uint8)[..., None]).numpy()
-        np.testing.assert_allclose(batched, np.stack(eager), err_msg=mode)
-        in_data = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2).map(spec.apply_at_training)
+            np.testing.assert_allclose(batched[i], _training_expected(mode, images[i], masks[i], 3), err_msg=mode)
+        in_data = tf.data.Dataset.from_tensor_slices((images, distances)).batch(2).map(spec.apply_at_training)
         np.testing.assert_allclose(next(iter(in_data)).numpy(), batched, err_msg=mode)
-        single = tf.data.Dataset.from_tensor_slices((images, masks)).map(spec.apply_at_training)
-        np.testing.assert_allclose(np.stack([x.numpy() for x in single]), batched, err_msg=mode)
-    hole = two_lungs()[28:34, 14:20]
-    assert not hole.any()  # tight at training resolution keeps the stored mask as is (cleaned upstream)
-    tight = MaskSpec("tight", image_size=64).apply_at_training(images[0], two_lungs()).numpy()[..., 0]
+    assert not two_lungs()[28:34, 14:20].any()  # tight at training resolution keeps the stored mask as is
+    tight = MaskSpec("tight", image_size=64).apply_at_training(images, distances).numpy()[0, ..., 0]
     assert np.all(tight[28:34, 14:20] == 0)
+    mean = MaskSpec("loose", "3px", "mean", image_size=64).apply_at_training(images, distances).numpy()
+    outside = ~disk_dilation(masks[0], 3)
+    np.testing.assert_allclose(mean[0, outside, 0], images[0].mean(), rtol=1e-6)
+
+
+def test_apply_at_training_refuses_a_margin_past_the_distance_maps():
+    images, distances = np.zeros((1, 512, 512, 1), np.float32), np.zeros((1, 512, 512, 1), np.uint8)
+    MaskSpec("loose", "254px", image_size=512).apply_at_training(images, distances)
+    with pytest.raises(ValueError, match=r"margin='255px' is 255 px at 512 px; distance maps hold margins up to 254"):
+        MaskSpec("loose", "255px", image_size=512).apply_at_training(images, distances)
 
 
 def test_mask_spec_resolve_takes_a_spec_its_dict_or_a_default_and_the_shorthands():

@@ -118,6 +118,10 @@ def test_masked_configs_store_resized_images_with_cleaned_masks(tmp_path, size):
             assert image.dtype == mask.dtype == np.uint8
             assert image.shape == mask.shape == (size, round(size * 16 / 20), 1)
             assert set(np.unique(mask)) == {0, 255}, image_id
+            distance = example["lung_distance"]
+            assert distance.dtype == np.uint8 and distance.shape == mask.shape, image_id
+            np.testing.assert_array_equal(distance == 0, mask > 0)  # the map's zero set is the mask
+            assert distance.max() > 1, image_id
             np.testing.assert_array_equal(example["labels"], full[split][image_id]["labels"])
     mask = masked["train"][next(iter(masked["train"]))]["mask"][..., 0] > 0
     row = mask[size // 2]  # through the dummy hole (row 10 of 20, column 4 of 16)

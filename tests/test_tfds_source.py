@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcxr.data.lung_distance import lung_distance
 from tfcxr.data.pipeline import PipelineConfig, make_dataset
 from tfcxr.data.records import load_records, split_records
 from tfcxr.data.tfds_source import is_tfds, tfds_name
@@ -76,10 +77,27 @@ def test_prepared_source_masks_at_training_resolution(prepared):
         outputs[mode] = images
     stored = tfds.load("nih_cxr14/masked_256", split="test", data_dir=prepared, shuffle_files=False)
     lungs = np.stack([tf.image.resize_with_pad(tf.cast(e["mask"] > 0, tf.float32), 32, 32, antialias=True).numpy() > 0.5
-                      for e in stored])  # (4, 32, 32, 1)
-    np.testing.assert_allclose(outputs["tight"], outputs["original"] * lungs)
-    np.testing.assert_allclose(outputs["inverse"], outputs["original"] * ~lungs)  # margin 0: complement of tight
+                      for e in stored])  # (4, 32, 32, 1), from the stored masks, not their distance maps
+    kept = (outputs["tight"] > 0) == lungs
+    assert kept.mean() > 0.98, kept.mean()  # the distance maps' lungs are the masks' to within edge pixels
+    tight = outputs["tight"] > 0
+    np.testing.assert_allclose(outputs["tight"], outputs["original"] * tight)
+    np.testing.assert_allclose(outputs["inverse"], outputs["original"] * ~tight)  # margin 0: complement of tight
     np.testing.assert_allclose(outputs["loose"], outputs["tight"])  # margin 0
-    assert (outputs["box"] > 0).sum() >= (outputs["tight"] > 0).sum()
-    wide = np.concatenate([x.numpy() for x, _ in make_dataset(config("loose", margin="2px"), "test", records)])
-    assert (wide > 0).sum() > (outputs["tight"] > 0).sum()
+    assert (outputs["box"] > 0).sum() >= tight.sum()
+    wide = np.concatenate([x.numpy() for x, _ in make_dataset(config("loose", margin="2px"), "test", records)]) > 0
+    assert wide.sum() > tight.sum() and not (tight & ~wide).any()
+    for region, image in zip(wide, tight):  # within 2 px at S (and 2 px of the padding away from nothing)
+        near = lung_distance(image[..., 0]) <= 2
+        assert ((region[..., 0] == near) | ~near).all() and (region[..., 0] != near).mean() < 0.02
+
+
+def test_prepared_source_refuses_a_margin_past_its_distance_maps(prepared):
+    def config(margin):
+        return PipelineConfig(data="tfds:nih_cxr14/masked_256", tfds_data_dir=prepared, mask="loose", margin=margin,
+                              image_size=232, batch_size=4)
+
+    make_dataset(config("230px"), "train")  # 230 px at 232 is 254 stored pixels: the farthest a map holds
+    with pytest.raises(ValueError, match=r"margin='231px' is 231 px at 232 px, 255 px of the stored images of "
+                                         r"tfds:nih_cxr14/masked_256, whose distance maps hold up to 254"):
+        make_dataset(config("231px"), "train")

@@ -18,9 +18,10 @@ Margin `r` (values and parsing: `tfcxr.mask_options`):
 Two places to apply a mask (the ops: `tfcxr.masking`):
     - at source resolution (`MaskSpec.apply_at_source`): the mask is hole-filled here
       (`fill_holes`), then the image is resized. Used for image folders with a mask folder.
-    - at training resolution (`MaskSpec.apply_at_training`): image and cleaned mask (holes
-      filled when the dataset was prepared, `nih_cxr14/masked_*`) are resized to S first, then
-      masked with cheap batched ops: no hole filling, the same dilation at S.
+    - at training resolution (`MaskSpec.apply_at_training`): the image and its cleaned mask's
+      distance map (stored when the dataset was prepared, `nih_cxr14/masked_*`) are resized to S
+      first, then masked with one batched comparison: no hole filling and no dilation; `loose`
+      keeps an exact disk of radius r around the lungs (the source path's octagon is within 8% of it).
 """
 
 import dataclasses
@@ -28,7 +29,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfcxr.mask_options import DEFAULT_MARGIN, canonical_margin, validate_fill, validate_mask_mode
-from tfcxr.masking import image_width, margin_to_pixels, mask_image
+from tfcxr.masking import MAX_DISTANCE, image_width, margin_to_pixels, mask_by_distance, mask_image
 
 DEFAULT_IMAGE_SIZE = 128
 # Flat config keys of a `MaskSpec` (run dirs' config.yaml, export metadata): key -> MaskSpec field.
@@ -163,26 +164,32 @@ class MaskSpec:
         radius = self.margin_pixels(width, scale)
         return mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=True)
 
-    def apply_at_training(self, image, lung_mask, content_width=None):
-        """Mask an image already resized to the training resolution, with a cleaned mask.
+    def apply_at_training(self, image, lung_distance):
+        """Mask a batch already resized to the training resolution S, from its lung distance maps (prepared data).
 
-        No hole filling (the prepared dataset stores cleaned masks); dilation and boxes at S.
+        No hole filling and no dilation: the prepared dataset stores cleaned masks and their distance maps,
+        so `loose` and `inverse` are one comparison with the margin (an exact disk), `tight` keeps distance 0.
 
         Args:
-            image: float32 (S, S, 1) or (batch, S, S, 1) in [0, 1].
-            lung_mask: same size, > 0.5 = lung (e.g. the stored mask resized alongside the image).
-            content_width: width in pixels of the image inside its padding (a fraction margin is a
-                fraction of it); default the full width.
+            image: float32 (batch, S, S, 1) in [0, 1].
+            lung_distance: uint8 (batch, S, S, 1), distance in pixels at S from each pixel to the nearest lung
+                pixel (0 on the lung, 255 = farther), e.g. from `tfcxr.data.image_ops.resize_prepared`.
 
         Returns:
-            float32, same shape as `image`, in [0, 1].
+            float32 (batch, S, S, 1) in [0, 1].
+
+        Raises:
+            ValueError: the margin is 255 px or more at S (a uint8 distance map holds up to 254).
         """
         image = tf.convert_to_tensor(image, tf.float32)
         if not self.needs_mask:
             return image
-        width = image_width(image) if content_width is None else content_width
-        radius = self.margin_pixels(width)
-        return mask_image(image, lung_mask, self.mode, radius, self.fill, fill_lung_holes=False)
+        radius = self.margin_pixels(image_width(image))
+        known = tf.get_static_value(radius)
+        if known is not None and known > MAX_DISTANCE:
+            raise ValueError(f"margin={self.margin!r} is {known} px at {image_width(image)} px; distance maps hold "
+                             f"margins up to {MAX_DISTANCE} px")
+        return mask_by_distance(image, lung_distance, self.mode, radius, self.fill)
 
 
 def mask_spec_properties(cls):

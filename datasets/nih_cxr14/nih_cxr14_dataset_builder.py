@@ -4,7 +4,10 @@ Configs:
     full        the images as downloaded (8-bit gray PNG), the default.
     masked_512  prepared for training: each image resized to longest side 512 with its cleaned
                 lung mask (`mask`, uint8 0/255, same size: holes filled at source resolution,
-                then resized). Built on Apache Beam when it is installed.
+                then resized) and the mask's distance map (`lung_distance`, uint8: Euclidean
+                distance in pixels to the nearest lung pixel, 0 on the lung, capped at 255), from
+                which training takes every mask mode at any margin with one comparison. Built on
+                Apache Beam when it is installed.
     masked_256  the same at longest side 256.
 Every config has the same curated images and train/validation/test splits.
 
@@ -45,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from tfcxr.data import io as cxr_io
 from tfcxr.data import nih, nih_metadata, nih_splits
+from tfcxr.data.lung_distance import lung_distance
 from tfcxr.labels import NO_FINDING, TARGETS
 
 logger = logging.getLogger(__name__)
@@ -121,8 +125,9 @@ def prepare_pair(image, mask, size):
         size: longest side of the output.
 
     Returns:
-        (image uint8 (H', W', 1), mask uint8 (H', W', 1) in {0, 255}) with max(H', W') == size. The mask
-        is hole-filled at source resolution, resized with area averaging and thresholded at 0.5.
+        (image uint8 (H', W', 1), mask uint8 (H', W', 1) in {0, 255}, distance uint8 (H', W', 1)) with
+        max(H', W') == size. The mask is hole-filled at source resolution, resized with area averaging and
+        thresholded at 0.5; `distance` is that mask's `tfcxr.data.lung_distance.lung_distance`.
     """
     gray = np.round(image[..., 0] * 255.0).astype(np.uint8)  # (H, W)
     lung = mask > 127
@@ -132,7 +137,7 @@ def prepare_pair(image, mask, size):
     small = resize_longest(gray, size)  # (H', W')
     small_lung = resize_longest(lung, size, cv2.INTER_AREA if size < max(lung.shape) else cv2.INTER_LINEAR)
     small_lung = np.where(small_lung > 0.5, 255, 0).astype(np.uint8)
-    return small[..., None], small_lung[..., None]
+    return small[..., None], small_lung[..., None], lung_distance(small_lung > 0)[..., None]
 
 
 def _encode_png(image):
@@ -151,8 +156,11 @@ def _is_gray8_png(data):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the curated NIH ChestX-ray14 subset (No Finding or at least one target; patient-level splits)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits.",
+        "1.1.0": "masked_* configs: `lung_distance`, the stored mask's distance map.",
+    }
     BUILDER_CONFIGS = [
         NihCxr14Config(name="full", description="The curated images as downloaded (8-bit gray PNG)."),
         _masked_config(512),
@@ -178,6 +186,11 @@ Images listed in the CSV but absent from the folders are skipped with a warning.
             extra["mask"] = tfds.features.Image(
                 shape=(None, None, 1), dtype=np.uint8, encoding_format="png",
                 doc="Cleaned lung mask (both lungs, holes filled), 0/255, the size of `image`.",
+            )
+            extra["lung_distance"] = tfds.features.Image(
+                shape=(None, None, 1), dtype=np.uint8, encoding_format="png",
+                doc="Euclidean distance in pixels of `image` from each pixel to the nearest lung pixel of `mask` "
+                    "(0 on the lung), rounded and capped at 255.",
             )
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
@@ -326,5 +339,5 @@ def _prepared_example(item, size):
     mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE)  # uint8 (h, w)
     if mask is None:
         raise ValueError(f"{mask_path}: unreadable lung mask (image {row['image_id']})")
-    small, small_mask = prepare_pair(image, mask, size)
-    return row["image_id"], {"image": small, "mask": small_mask, **_row_features(row)}
+    small, small_mask, distance = prepare_pair(image, mask, size)
+    return row["image_id"], {"image": small, "mask": small_mask, "lung_distance": distance, **_row_features(row)}

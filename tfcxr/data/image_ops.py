@@ -4,8 +4,8 @@
   file whose size differs from its image is resized to the image with nearest neighbour first.
 - Resizing keeps the aspect ratio: `tf.image.resize_with_pad` (antialiased, zero padding), to
   (S, S), S = `mask_spec.image_size`.
-- A prepared example's image is resized as for `original` and its stored mask alongside it
-  (`resize_prepared`), to be masked later, batched, at training resolution.
+- A prepared example's image is resized as for `original` and its stored lung distance map
+  alongside it (`resize_prepared`), to be masked later, batched, at training resolution.
 
 The saved model's `prepare_image` and Grad-CAM reuse these steps, so serving matches training.
 """
@@ -54,20 +54,26 @@ def mask_and_resize(image, mask_path, config):
     return resize_to_training(image, spec.image_size)
 
 
-def resize_prepared(image, lung_mask, size):
-    """A prepared example at training resolution: the image as `original` gets it, and its stored mask.
+def resize_prepared(image, lung_distance, size):
+    """A prepared example at training resolution: the image as `original` gets it, and its lung distance map.
 
     Args:
         image: uint8 (H, W, 1), the stored image.
-        lung_mask: uint8 (H, W, 1), the stored cleaned mask (0/255 or 0/1).
+        lung_distance: uint8 (H, W, 1), the stored distance map (pixels of `image` to the nearest lung
+            pixel, 0 on the lung, capped at 255).
         size: S.
 
     Returns:
-        (image float32 (S, S, 1) in [0, 1], lung uint8 (S, S, 1) in {0, 1}). The image is `resize_to_training`'s,
-        the same pixels `original` reads. The mask goes through the same aspect-preserving pad and scale, sampled
-        bilinearly without antialiasing and thresholded at 0.5: at most half a source pixel from an antialiased
-        resize's edge, at a fraction of its cost (the mask's resize was most of what masked modes added per image).
+        (image float32 (S, S, 1) in [0, 1], distance uint8 (S, S, 1)). The image is `resize_to_training`'s,
+        the same pixels `original` reads. The distances go through the same aspect-preserving pad and scale,
+        sampled bilinearly without antialiasing (distances are smooth), and are counted in pixels at S from
+        the lung's edge (half a stored pixel out), plus half a pixel, rounded: 0 is the stored lung at any
+        scale. The padding is far from any lung. Capped distances stay beyond any margin the stored map holds
+        (`tfcxr.data.tfds_source` checks the margin).
     """
     image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
-    lung = tf.image.resize_with_pad(tf.cast(lung_mask > 0, tf.float32), size, size, antialias=False)  # (S, S, 1)
-    return image, tf.cast(lung > 0.5, tf.uint8)
+    # Resize the closeness 255 - d, so that resize_with_pad's zero padding reads as far away.
+    closeness = tf.image.resize_with_pad(255.0 - tf.cast(lung_distance, tf.float32), size, size, antialias=False)
+    per_stored_pixel = size / tf.cast(tf.reduce_max(tf.shape(lung_distance)[:2]), tf.float32)
+    from_edge = (254.5 - closeness) * per_stored_pixel  # (d - 0.5) * S / stored, d in stored pixels
+    return image, tf.saturate_cast(tf.round(from_edge + 0.5), tf.uint8)

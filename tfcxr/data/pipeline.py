@@ -9,10 +9,10 @@ Image files with a mask folder (and `tfds:nih_cxr14`, the full-resolution config
 
 Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr14/masked_512`)::
 
-    decode image + stored mask -> resize both to S -> [cache] -> [shuffle] -> batch
+    decode image + stored lung distance map -> resize both to S -> [cache] -> [shuffle] -> batch
       -> mask the batch (training resolution) and [augment] it, one map -> prefetch
 
-  (`original` decodes and resizes the image only: the stored mask is skipped.)
+  (`original` decodes and resizes the image only: the stored mask and distances are skipped.)
 
 - The masking settings are one `tfcxr.mask_spec.MaskSpec` (`config.mask_spec`): mode, margin, fill
   and S = `mask_spec.image_size`. See `tfcxr.mask_spec` for what a fraction or "Npx" margin means on
@@ -20,10 +20,10 @@ Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr1
 - Records (which images, splits, labels, file checks) come from `tfcxr.data.records`; the per-image
   ops (mask at source resolution, aspect-preserving resize) from `tfcxr.data.image_ops`; TFDS
   sources from `tfcxr.data.tfds_source`.
-- At training resolution the prepared (already cleaned) mask is resized like its image and
-  thresholded at 0.5, then masked with batched ops: no per-image hole filling, so `tight`,
-  `loose`, `box` and `inverse` cost about what `original` costs.
-- `cache` (memory or a file prefix) stores the resized images (and resized masks on the
+- At training resolution the prepared (already cleaned) mask's distance map is resized like its
+  image, then the batch is masked with one comparison: no per-image hole filling and no dilation,
+  so `tight`, `loose`, `box` and `inverse` cost about what `original` costs.
+- `cache` (memory or a file prefix) stores the resized images (and resized distance maps on the
   prepared path), so augmentation stays random per epoch.
 - Augmentation (training split only, when `augment=True`) runs on batches with
   Keras preprocessing layers: small rotation, translation and zoom, brightness
@@ -157,9 +157,9 @@ def make_dataset(config, split, records=None, training=None):
     augmenter = build_augmenter(config.seed) if augment else None
 
     def finish(x, *rest):  # one batch stage: mask (prepared data, training resolution), then augment
-        *lung, y = rest
-        if lung:
-            x = config.mask_spec.apply_at_training(x, lung[0])  # (batch, S, S, 1)
+        *distance, y = rest
+        if distance:
+            x = config.mask_spec.apply_at_training(x, distance[0])  # (batch, S, S, 1)
         if augment:
             x = tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0)
         return x, y

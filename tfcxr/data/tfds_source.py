@@ -2,8 +2,10 @@
 
 A source's examples hold `image` (uint8 (H, W, 1)), `image_id` (file name), `patient_id`,
 `labels` (5 ints in TARGETS order), `no_finding` and, when prepared (e.g.
-`tfds:nih_cxr14/masked_512`), `mask` (uint8 (H, W, 1), 0/255); splits `train`, `validation`,
-`test`. Without a `mask` feature the lung masks come from a mask folder (`MASKDIR/<stem>.png`).
+`tfds:nih_cxr14/masked_512`), `mask` (uint8 (H, W, 1), 0/255) with its distance map `lung_distance`
+(uint8 (H, W, 1), pixels to the nearest lung pixel); splits `train`, `validation`, `test`. The
+pipeline masks prepared data from `lung_distance` alone (the `mask` is not decoded). Without these
+features the lung masks come from a mask folder (`MASKDIR/<stem>.png`).
 tfcxr's own builders (`tfcxr.datasets.BUILDERS`) are registered before loading.
 """
 
@@ -13,6 +15,7 @@ import tensorflow as tf
 from tfcxr.data.image_ops import mask_and_resize, resize_prepared, resize_to_training
 from tfcxr.data.nih_splits import SPLITS
 from tfcxr.labels import NO_FINDING, TARGETS
+from tfcxr.masking import MAX_DISTANCE
 
 TFDS_PREFIX = "tfds:"
 
@@ -39,9 +42,37 @@ def _tfds_builder(config):
     return tfds.builder(name, data_dir=config.tfds_data_dir)
 
 
+PREPARED_FEATURES = ("mask", "lung_distance")
+
+
 def is_prepared(config):
-    """True when a `tfds:` source's examples carry their own lung `mask` (e.g. `nih_cxr14/masked_512`)."""
-    return is_tfds(config.data) and "mask" in _tfds_builder(config).info.features
+    """True when a `tfds:` source's examples carry their own lung mask and distance map (e.g. `nih_cxr14/masked_512`).
+
+    Raises:
+        ValueError: the examples have a `mask` but no `lung_distance` (a build older than nih_cxr14 1.1.0).
+    """
+    if not is_tfds(config.data):
+        return False
+    features = _tfds_builder(config).info.features
+    if "mask" in features and "lung_distance" not in features:
+        raise ValueError(f"{config.data}: its examples have a `mask` but no `lung_distance` (built before "
+                         "nih_cxr14 1.1.0); rebuild it with `tfds build`")
+    return "lung_distance" in features
+
+
+def _stored_size(config):
+    """Longest side of a prepared source's stored images (its builder config's `image_size`)."""
+    return int(_tfds_builder(config).builder_config.image_size)
+
+
+def check_margin(config):
+    """Raise ValueError when the margin reaches past what a prepared source's distance maps hold."""
+    spec = config.mask_spec
+    radius = int(spec.margin_pixels(spec.image_size).numpy())
+    stored = radius * _stored_size(config) / spec.image_size
+    if spec.mode in ("loose", "inverse") and stored > MAX_DISTANCE:
+        raise ValueError(f"margin={spec.margin!r} is {radius} px at {spec.image_size} px, {stored:.0f} px of the "
+                         f"stored images of {config.data}, whose distance maps hold up to {MAX_DISTANCE}")
 
 
 def _tfds_load(config, split, **kwargs):
@@ -79,11 +110,11 @@ def tfds_records(config):
     prepared = is_prepared(config)
     if config.mask_spec.needs_mask and not config.masks and not prepared:
         raise _needs_masks(config)
-    skip = {"image": tfds.decode.SkipDecoding(), **({"mask": tfds.decode.SkipDecoding()} if prepared else {})}
+    skip = {key: tfds.decode.SkipDecoding() for key in ("image",) + (PREPARED_FEATURES if prepared else ())}
     rows = []
     for split in SPLITS:
         dataset = _tfds_load(config, split, decoders=skip)
-        dataset = dataset.map(lambda e: {k: v for k, v in e.items() if k not in ("image", "mask")})
+        dataset = dataset.map(lambda e: {k: v for k, v in e.items() if k not in ("image",) + PREPARED_FEATURES})
         for example in dataset.as_numpy_iterator():
             image_id = example["image_id"].decode()
             row = {
@@ -110,12 +141,14 @@ def tfds_examples(config, split):
 
     Returns:
         (dataset, mask_later): a prepared source with a masked mode gives (image float32 (S, S, 1) in
-        [0, 1], lung uint8 (S, S, 1) in {0, 1}, labels float32 (5,)), to be masked after batching
-        (`mask_later` True); otherwise (image float32 (S, S, 1) in [0, 1], masked at source resolution
-        unless `original`, labels float32 (5,)). For `original` a stored mask is not decoded.
+        [0, 1], lung distance uint8 (S, S, 1) in pixels at S, labels float32 (5,)), to be masked after
+        batching with `MaskSpec.apply_at_training` (`mask_later` True); otherwise (image float32 (S, S, 1)
+        in [0, 1], masked at source resolution unless `original`, labels float32 (5,)). The stored `mask`
+        is never decoded, nor `lung_distance` for `original`.
 
     Raises:
-        ValueError: the mask mode needs masks, the examples have none and no mask folder is given.
+        ValueError: the mask mode needs masks, the examples have none and no mask folder is given; or the
+            margin reaches past the stored distance maps (`check_margin`).
     """
     import tensorflow_datasets as tfds
 
@@ -126,15 +159,18 @@ def tfds_examples(config, split):
             image = resize_to_training(tf.image.convert_image_dtype(example["image"], tf.float32), size)
             return image, tf.cast(example["labels"], tf.float32)  # (S, S, 1), (5,)
 
-        dataset = _tfds_load(config, split, decoders={"mask": tfds.decode.SkipDecoding()})
+        dataset = _tfds_load(config, split, decoders={key: tfds.decode.SkipDecoding() for key in PREPARED_FEATURES})
         return dataset.map(image_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), False
-    dataset = _tfds_load(config, split)
     if prepared:
-        def convert(example):
-            image, lung = resize_prepared(example["image"], example["mask"], size)  # (S, S, 1) each
-            return image, lung, tf.cast(example["labels"], tf.float32)
+        check_margin(config)
 
+        def convert(example):
+            image, distance = resize_prepared(example["image"], example["lung_distance"], size)  # (S, S, 1) each
+            return image, distance, tf.cast(example["labels"], tf.float32)
+
+        dataset = _tfds_load(config, split, decoders={"mask": tfds.decode.SkipDecoding()})
         return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), True
+    dataset = _tfds_load(config, split)
     if config.mask_spec.needs_mask and not config.masks:
         raise _needs_masks(config)
     masks_dir = str(config.masks or "")
