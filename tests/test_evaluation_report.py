@@ -96,6 +96,8 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     assert cell["macro_auroc"]["sd"] > 0 and cell["no_finding_auroc"]["n"] == 3
     lo, hi = cell["per_seed"][0]["macro_auroc_ci"]
     assert lo <= values[0] <= hi
+    best_val = [r["efficiency"]["best_val_auroc"] for r in saved["runs"][:3]]  # the first cell's runs
+    assert None not in best_val and cell["best_val_auroc"]["mean"] == pytest.approx(sum(best_val) / 3)
     # Run-level comparisons pair the same seed only (3), not every pair of the 6 runs (15).
     assert len(saved["comparisons"]) == 3
     assert all(c["label_a"][-1] == c["label_b"][-1] for c in saved["comparisons"])
@@ -110,7 +112,7 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     assert 0 <= comparison["per_seed"][0]["delong_p"]["No Finding"] <= 1
     md = (out / "report.md").read_text()
     assert "## Seed variance per cell" in md and "## Cell comparisons over seeds" in md
-    assert "| tiny / original | 3 |" in md and " ± " in md
+    assert "| tiny / original | 3 |" in md and " ± " in md and "validation macro (best epoch)" in md
     assert "smallest two-sided exact Wilcoxon p: with 3 seeds 0.25." in md  # the floor of the p it reports
     assert result["shortcut_probe"][0]["modes"] == ["original", "tight"]
 

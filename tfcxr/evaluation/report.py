@@ -229,6 +229,8 @@ def _cell_summary(cell, results):
         "seeds": cell.seeds,
         "per_seed": per_seed,
         "macro_auroc": _spread([e["macro_auroc"] for e in per_seed]),
+        # Each run's best validation macro AUROC (the epoch it keeps): what to choose settings on, not the test.
+        "best_val_auroc": _spread([r["efficiency"].get("best_val_auroc") for r in results]),
         "no_finding_auroc": _spread([e["no_finding_auroc"] for e in per_seed]),
         "classes": {t: _spread([r["classes"][t]["auroc"] for r in results]) for t in TARGETS},
     }
