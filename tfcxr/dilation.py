@@ -1,4 +1,5 @@
-"""Binary dilation of batched masks by an octagon (`dilate`), the op behind `loose` and `inverse`.
+"""Binary dilation of batched masks by an octagon (`dilate`), the op behind `loose` and `inverse` at source
+resolution (prepared data uses its stored distance maps instead: `tfcxr.masking.mask_by_distance`).
 
 The octagon of inradius `r` is the Minkowski sum of horizontal, vertical and two diagonal line
 segments, each computed with log2(r) shift-and-or steps: within 8% of a disk of radius `r`, at
