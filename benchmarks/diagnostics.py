@@ -1,7 +1,8 @@
 """One-off diagnostics behind figures in docs/results.md that no other benchmark prints.
 
     python benchmarks/diagnostics.py dilation              # loose-mask dilation vs a max-pool square, one batch;
-                                                           # loose vs tight masking inside tf.data
+                                                           # loose vs tight masking inside tf.data, by dilation
+                                                           # and from a distance map
     python benchmarks/diagnostics.py encoder-stages        # time share of each TinyViT stage of the preset
     python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
     python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
@@ -69,11 +70,15 @@ def dilation(batch=32, size=224, radius=11) -> dict:
 
 
 def _masking_in_tf_data(image, mask, radius, batches=60):
-    """ms per batch of masking inside `Dataset.map` (as the prepared pipeline runs it): tight, and loose with the
-    radius a graph constant (loops unrolled) or known only at run time (`tf.while_loop`)."""
+    """ms per batch of masking inside `Dataset.map`: tight, and loose with the radius a graph constant (loops
+    unrolled) or known only at run time (`tf.while_loop`), from the mask by dilation; and, as the prepared
+    pipeline runs it, tight and loose from the mask's distance map (`mask_by_distance`, no dilation)."""
     import tensorflow as tf
 
-    from tfcxr.masking import mask_image
+    from tfcxr.data.lung_distance import lung_distance
+    from tfcxr.masking import mask_by_distance, mask_image
+
+    distance = tf.constant(np.stack([lung_distance(m[..., 0] > 0.5) for m in mask.numpy()])[..., None])
 
     def loose_at_run_time(x, m):
         known_at_run_time = radius + 0 * tf.shape(x)[0]  # the same radius, but not a graph constant
@@ -81,10 +86,14 @@ def _masking_in_tf_data(image, mask, radius, batches=60):
 
     fns = {"tight": lambda x, m: mask_image(x, m, "tight", tf.constant(radius), "zero", fill_lung_holes=False),
            "loose_unrolled": lambda x, m: mask_image(x, m, "loose", tf.constant(radius), "zero", fill_lung_holes=False),
-           "loose_while_loop": loose_at_run_time}
+           "loose_while_loop": loose_at_run_time,
+           "tight_distance_map": lambda x, d: mask_by_distance(x, d, "tight", tf.constant(radius), "zero"),
+           "loose_distance_map": lambda x, d: mask_by_distance(x, d, "loose", tf.constant(radius), "zero")}
     out = {}
     for name, fn in fns.items():
-        dataset = tf.data.Dataset.from_tensors((image, mask)).repeat(batches).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        second = distance if name.endswith("distance_map") else mask
+        dataset = tf.data.Dataset.from_tensors((image, second)).repeat(batches).map(
+            fn, num_parallel_calls=tf.data.AUTOTUNE)
         for _ in dataset.take(3):  # warm-up: tracing
             pass
         start = time.perf_counter()

@@ -100,6 +100,18 @@ def test_apply_at_training_each_mode_from_distance_maps_batched_and_in_tf_data()
     np.testing.assert_allclose(mean[0, outside, 0], images[0].mean(), rtol=1e-6)
 
 
+def test_loose_from_a_distance_map_agrees_with_the_source_paths_octagon():
+    """The prepared path's exact disk and the source path's octagon (within 8% of it) keep nearly the same pixels."""
+    lungs = two_lungs()
+    lungs[28:34, 14:20] = True  # cleaned
+    image = np.ones((1, 64, 64, 1), np.float32)
+    spec = MaskSpec("loose", "6px", image_size=64)
+    disk = spec.apply_at_training(image, lung_distance(lungs)[None, ..., None]).numpy()[0, ..., 0] > 0
+    octagon = spec.apply_at_source(image[0], lungs).numpy()[..., 0] > 0
+    assert 2 * (disk & octagon).sum() / (disk.sum() + octagon.sum()) > 0.98
+    assert (disk & lungs).sum() == lungs.sum() == (octagon & lungs).sum()
+
+
 def test_apply_at_training_refuses_a_margin_past_the_distance_maps():
     images, distances = np.zeros((1, 512, 512, 1), np.float32), np.zeros((1, 512, 512, 1), np.uint8)
     MaskSpec("loose", "254px", image_size=512).apply_at_training(images, distances)
