@@ -7,7 +7,8 @@ Image files with a mask folder (and `tfds:nih_cxr14`, the full-resolution config
     read file -> decode -> mask (source resolution) -> resize to S
       -> [cache] -> [shuffle] -> batch -> [augment] -> prefetch
 
-Prepared data (a TFDS dataset whose examples carry a `mask`, e.g. `tfds:nih_cxr14/masked_512`)::
+Prepared data (a TFDS dataset whose examples carry a lung `mask` and its `lung_distance` map, e.g.
+`tfds:nih_cxr14/masked_512`)::
 
     decode image + stored lung distance map -> resize both to S -> [cache] -> [shuffle] -> batch
       -> mask the batch (training resolution) and [augment] it, one map -> prefetch

@@ -65,7 +65,7 @@ def _stored_size(config):
     return int(_tfds_builder(config).builder_config.image_size)
 
 
-def check_margin(config):
+def _check_margin(config):
     """Raise ValueError when the margin reaches past what a prepared source's distance maps hold."""
     spec = config.mask_spec
     radius = int(spec.margin_pixels(spec.image_size).numpy())
@@ -148,7 +148,7 @@ def tfds_examples(config, split):
 
     Raises:
         ValueError: the mask mode needs masks, the examples have none and no mask folder is given; or the
-            margin reaches past the stored distance maps (`check_margin`).
+            margin reaches past the stored distance maps (`_check_margin`).
     """
     import tensorflow_datasets as tfds
 
@@ -162,7 +162,7 @@ def tfds_examples(config, split):
         dataset = _tfds_load(config, split, decoders={key: tfds.decode.SkipDecoding() for key in PREPARED_FEATURES})
         return dataset.map(image_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), False
     if prepared:
-        check_margin(config)
+        _check_margin(config)
 
         def convert(example):
             image, distance = resize_prepared(example["image"], example["lung_distance"], size)  # (S, S, 1) each
