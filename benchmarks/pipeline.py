@@ -14,7 +14,8 @@ One run, so the ratios compare like with like:
 
 Every configuration times the training split (batch, augment as in training, prefetch, no cache)
 after one warm-up pass: `--rounds` rounds over all modes of a source and size; the median round is
-reported (all rounds are in the JSON), so a change of machine load hits all modes alike. Two ways to time:
+reported (all rounds are in the JSON), so a change of machine load hits all modes alike; the masked/original
+ratios are medians of the ratios within each round. Two ways to time:
 
 - `--timing steady` (default): batches of `dataset.repeat()` for at least `--min-seconds`, after a few
   warm-up batches, one iterator alive at a time. This is the rate of a long epoch (NIH's training split
@@ -49,6 +50,8 @@ def build_parser():
     parser.add_argument("--work-dir", type=pathlib.Path, help="keep the sources and TFDS builds here (default: temp)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512])
+    parser.add_argument("--sources", nargs="+", default=["png", "prepared"], choices=("png", "prepared"),
+                        help="pipelines to time (prepared alone: more rounds of the masked/original ratios per minute)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--passes", type=int, default=1, help="timed passes per mode and round (at least)")
@@ -124,7 +127,7 @@ def run(args, work):
 
     results, images = [], {}
     for size in args.sizes:
-        for source in ("png", "prepared"):
+        for source in args.sources:
             data = ({"data": str(sources), "masks": str(sources / "masks")} if source == "png" else
                     {"data": f"tfds:nih_cxr14/{prepared_config_for(size)}", "tfds_data_dir": str(work / "tfds")})
             datasets = {}
@@ -159,17 +162,25 @@ def run(args, work):
 
 
 def summarise(results):
-    """Ratios the targets are stated in: per size, prepared mode / prepared original, prepared loose / png loose."""
-    rate = {(r["source"], r["mask"], r["image_size"]): r["images_per_second"] for r in results}
+    """Ratios the targets are stated in, per size: prepared mode / prepared original and prepared mode / png mode.
+
+    `<mode>_vs_original` is the median over rounds of the ratio within each round (the two were timed seconds
+    apart, so a change of machine speed between rounds cancels), with every round's ratio beside it; `_vs_png`
+    is the ratio of the medians.
+    """
+    rows = {(r["source"], r["mask"], r["image_size"]): r for r in results}
     summary = {}
-    for (source, mode, size), value in rate.items():
+    for (source, mode, size), row in rows.items():
         if source != "prepared":
             continue
         entry = summary.setdefault(str(size), {})
-        if ("prepared", "original", size) in rate:
-            entry[f"{mode}_vs_original"] = round(value / rate[("prepared", "original", size)], 3)
-        if ("png", mode, size) in rate:
-            entry[f"{mode}_vs_png"] = round(value / rate[("png", mode, size)], 1)
+        original = rows.get(("prepared", "original", size))
+        if original is not None:
+            ratios = np.asarray(row["rounds_images_per_second"]) / np.asarray(original["rounds_images_per_second"])
+            entry[f"{mode}_vs_original"] = round(float(np.median(ratios)), 3)
+            entry[f"{mode}_vs_original_rounds"] = [round(float(r), 3) for r in ratios]
+        if ("png", mode, size) in rows:
+            entry[f"{mode}_vs_png"] = round(row["images_per_second"] / rows[("png", mode, size)]["images_per_second"], 1)
     return summary
 
 
@@ -202,6 +213,7 @@ def main(argv=None):
         "passes": args.passes,
         "min_seconds": args.min_seconds,
         "rounds": args.rounds,
+        "sources": args.sources,
         "machine": f"{platform.machine()}, {cores()} CPU cores, {platform.platform()}",
         "prepared_build_seconds": build_seconds,
         "summary": summarise(results),
