@@ -122,7 +122,7 @@ def run(args, work):
     start = time.perf_counter()
     sources = generate(work / "sources", SyntheticConfig(num_images=args.num_images, image_size=args.source_size))
     logger.info("synthetic sources: %s (%.0f s)", sources, time.perf_counter() - start)
-    configs = sorted({prepared_config_for(size) for size in args.sizes})
+    configs = sorted({prepared_config_for(size) for size in args.sizes}) if "prepared" in args.sources else []
     build_seconds = build_prepared(sources, work / "tfds", configs)
 
     results, images = [], {}

@@ -117,6 +117,7 @@ def test_apply_at_training_refuses_a_margin_past_the_distance_maps():
     MaskSpec("loose", "254px", image_size=512).apply_at_training(images, distances)
     with pytest.raises(ValueError, match=r"margin='255px' is 255 px at 512 px; distance maps hold margins up to 254"):
         MaskSpec("loose", "255px", image_size=512).apply_at_training(images, distances)
+    MaskSpec("box", "300px", image_size=512).apply_at_training(images, distances)  # boxes read distance 0 only
 
 
 def test_mask_spec_resolve_takes_a_spec_its_dict_or_a_default_and_the_shorthands():

@@ -179,14 +179,14 @@ class MaskSpec:
             float32 (batch, S, S, 1) in [0, 1].
 
         Raises:
-            ValueError: the margin is 255 px or more at S (a uint8 distance map holds up to 254).
+            ValueError: a `loose` or `inverse` margin of 255 px or more at S (a uint8 map holds up to 254).
         """
         image = tf.convert_to_tensor(image, tf.float32)
         if not self.needs_mask:
             return image
         radius = self.margin_pixels(image_width(image))
         known = tf.get_static_value(radius)
-        if known is not None and known > MAX_DISTANCE:
+        if self.mode in ("loose", "inverse") and known is not None and known > MAX_DISTANCE:
             raise ValueError(f"margin={self.margin!r} is {known} px at {image_width(image)} px; distance maps hold "
                              f"margins up to {MAX_DISTANCE} px")
         return mask_by_distance(image, lung_distance, self.mode, radius, self.fill)

@@ -13,7 +13,8 @@ Modes (`lung` is the union of both lungs; the names and their validation: `tfcxr
 
 The ops here count a pixel margin in pixels of the image they are given (`apply_mask`,
 `region_mask`); a run's `tfcxr.mask_spec.MaskSpec` counts it at the training resolution and
-calls `mask_image` with the radius it works out.
+calls `mask_image` (source resolution) or `mask_by_distance` (prepared data) with the radius it
+works out.
 
 Dilation (`tfcxr.dilation.dilate`) uses an octagon of inradius `r`, within 8% of a disk, on
 bit-packed batches. Prepared data (`tfcxr.data.tfds_source`) carries a distance map to the lungs
@@ -25,7 +26,7 @@ upright frontal view with one lung on each side.
 
 Background fill is 0 (`fill="zero"`) or the image's own mean (`fill="mean"`). Everything is TF
 ops: it runs eagerly, inside `tf.data.Dataset.map`, and in a `tf.function`/SavedModel, on
-`(H, W, 1)` or batched `(N, H, W, 1)` inputs.
+`(H, W, 1)` or batched `(N, H, W, 1)` inputs (`mask_by_distance`: batched only).
 """
 
 import numpy as np
@@ -258,8 +259,8 @@ def mask_by_distance(image, lung_distance, mode, radius, fill):
 
     Args:
         image: float32 (N, H, W, 1) in [0, 1].
-        lung_distance: uint8 (N, H, W, 1), distance in whole pixels of `image` from each pixel to the
-            nearest lung pixel (0 on the lung, 255 = at least 255 or no lung).
+        lung_distance: uint8 (N, H, W, 1) (other integer types are saturated to it), distance in whole
+            pixels of `image` from each pixel to the nearest lung pixel (0 on the lung, 255 = farther or no lung).
         mode: one of `tfcxr.mask_options.MASK_MODES`.
         radius: int32 scalar tensor in [0, MAX_DISTANCE], the margin in pixels of `image`.
         fill: `"zero"` or `"mean"`.
@@ -269,6 +270,9 @@ def mask_by_distance(image, lung_distance, mode, radius, fill):
     """
     if mode == "original":
         return image
+    lung_distance = tf.convert_to_tensor(lung_distance)
+    if lung_distance.dtype != tf.uint8:
+        lung_distance = tf.saturate_cast(lung_distance, tf.uint8)
     if mode == "box":
         region = lung_boxes(lung_distance == 0, radius) > 0.5
     elif mode == "tight":

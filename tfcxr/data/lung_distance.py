@@ -2,8 +2,8 @@
 
 A pixel's value is its Euclidean distance, in pixels, to the nearest lung pixel: 0 on the lung,
 rounded to whole pixels, 255 for 255 or more (and everywhere when the mask is empty). Training
-takes every mask mode from it at any margin with one comparison
-(`tfcxr.mask_spec.MaskSpec.apply_at_training`): `loose` with margin r keeps distance <= r.
+takes every mask mode from it with one comparison (`tfcxr.mask_spec.MaskSpec.apply_at_training`):
+`loose` with margin r keeps distance <= r, for any r up to 254 pixels.
 """
 
 import cv2

@@ -9,6 +9,8 @@ features the lung masks come from a mask folder (`MASKDIR/<stem>.png`).
 tfcxr's own builders (`tfcxr.datasets.BUILDERS`) are registered before loading.
 """
 
+import pathlib
+
 import pandas as pd
 import tensorflow as tf
 
@@ -49,15 +51,19 @@ def is_prepared(config):
     """True when a `tfds:` source's examples carry their own lung mask and distance map (e.g. `nih_cxr14/masked_512`).
 
     Raises:
-        ValueError: the examples have a `mask` but no `lung_distance` (a build older than nih_cxr14 1.1.0).
+        ValueError: the source is built on disk only in other versions than this tfcxr reads (e.g. a
+            `masked_*` build of nih_cxr14 1.0.0, before `lung_distance`).
     """
     if not is_tfds(config.data):
         return False
-    features = _tfds_builder(config).info.features
-    if "mask" in features and "lung_distance" not in features:
-        raise ValueError(f"{config.data}: its examples have a `mask` but no `lung_distance` (built before "
-                         "nih_cxr14 1.1.0); rebuild it with `tfds build`")
-    return "lung_distance" in features
+    builder = _tfds_builder(config)
+    if not builder.is_prepared():
+        built = pathlib.Path(builder.data_dir).parent
+        others = sorted(p.name for p in built.glob("*") if p.is_dir()) if built.is_dir() else []
+        if others:
+            raise ValueError(f"{config.data}: {built} holds version(s) {', '.join(others)}, this tfcxr reads "
+                             f"{builder.version}; rebuild it with `tfds build`")
+    return PREPARED_FEATURES[1] in builder.info.features
 
 
 def _stored_size(config):
