@@ -44,7 +44,8 @@ def _tfds_builder(config):
     return tfds.builder(name, data_dir=config.tfds_data_dir)
 
 
-PREPARED_FEATURES = ("mask", "lung_distance")
+DISTANCE_FEATURE = "lung_distance"  # what the pipeline decodes of a prepared example, beside its image
+PREPARED_FEATURES = ("mask", DISTANCE_FEATURE)
 
 
 def is_prepared(config):
@@ -54,8 +55,13 @@ def is_prepared(config):
         ValueError: the source is built on disk only in other versions than this tfcxr reads (e.g. a
             `masked_*` build of nih_cxr14 1.0.0, before `lung_distance`).
     """
+    return _prepared_builder(config) is not None
+
+
+def _prepared_builder(config):
+    """The TFDS builder of a prepared `tfds:` source, None for any other source (see `is_prepared`)."""
     if not is_tfds(config.data):
-        return False
+        return None
     builder = _tfds_builder(config)
     if not builder.is_prepared():
         built = pathlib.Path(builder.data_dir).parent
@@ -63,19 +69,17 @@ def is_prepared(config):
         if others:
             raise ValueError(f"{config.data}: {built} holds version(s) {', '.join(others)}, this tfcxr reads "
                              f"{builder.version}; rebuild it with `tfds build`")
-    return PREPARED_FEATURES[1] in builder.info.features
+    return builder if DISTANCE_FEATURE in builder.info.features else None
 
 
-def _stored_size(config):
-    """Longest side of a prepared source's stored images (its builder config's `image_size`)."""
-    return int(_tfds_builder(config).builder_config.image_size)
+def _check_margin(config, stored_size):
+    """Raise ValueError when the margin reaches past what a prepared source's distance maps hold.
 
-
-def _check_margin(config):
-    """Raise ValueError when the margin reaches past what a prepared source's distance maps hold."""
+    `stored_size`: longest side of the stored images (the builder config's `image_size`).
+    """
     spec = config.mask_spec
     radius = int(spec.margin_pixels(spec.image_size).numpy())
-    stored = radius * _stored_size(config) / spec.image_size
+    stored = radius * stored_size / spec.image_size
     if spec.mode in ("loose", "inverse") and stored > MAX_DISTANCE:
         raise ValueError(f"margin={spec.margin!r} is {radius} px at {spec.image_size} px, {stored:.0f} px of the "
                          f"stored images of {config.data}, whose distance maps hold up to {MAX_DISTANCE}")
@@ -159,7 +163,8 @@ def tfds_examples(config, split):
     import tensorflow_datasets as tfds
 
     size = config.mask_spec.image_size
-    prepared = is_prepared(config)
+    builder = _prepared_builder(config)
+    prepared = builder is not None
     if prepared and not config.mask_spec.needs_mask:
         def image_only(example):
             image = resize_to_training(tf.image.convert_image_dtype(example["image"], tf.float32), size)
@@ -168,10 +173,10 @@ def tfds_examples(config, split):
         dataset = _tfds_load(config, split, decoders={key: tfds.decode.SkipDecoding() for key in PREPARED_FEATURES})
         return dataset.map(image_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), False
     if prepared:
-        _check_margin(config)
+        _check_margin(config, int(builder.builder_config.image_size))
 
         def convert(example):
-            image, distance = resize_prepared(example["image"], example["lung_distance"], size)  # (S, S, 1) each
+            image, distance = resize_prepared(example["image"], example[DISTANCE_FEATURE], size)  # (S, S, 1) each
             return image, distance, tf.cast(example["labels"], tf.float32)
 
         dataset = _tfds_load(config, split, decoders={"mask": tfds.decode.SkipDecoding()})
