@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfcxr.data.lung_distance import lung_distance
-from tfcxr.data.image_ops import load_and_mask, mask_and_resize, resize_prepared, resize_to_training
+from tfcxr.data.image_ops import (load_and_mask, mask_and_resize, resize_prepared, resize_to_training,
+                                   scale_distance)
 from tfcxr.data.pipeline import PipelineConfig
 
 
@@ -50,6 +51,29 @@ def test_resize_prepared_gives_originals_pixels_and_the_masks_edges_within_a_pix
     assert near.sum() > 0.9 * content.sum() and np.abs(distance.astype(int) - reference)[near].max() <= 1
     assert (distance[content & ~near] >= 99).all()
     assert (distance[~content] > 100).all()  # ...and the zero padding is far away
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_inputs_already_at_s_skip_resampling_and_keep_the_resized_values(static):
+    """At stored size == S the shortcut returns what the full resize paths give (static or dynamic shapes)."""
+    rng = np.random.default_rng(1)
+    image = tf.constant(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8))
+    disk = np.hypot(*np.mgrid[-32:32, -32:32]) < 20
+    stored = tf.constant(lung_distance(disk)[..., None])
+    dynamic = [tf.TensorSpec([None, None, 1], tf.uint8)] * 2
+
+    def run(size):  # eager (static shapes) or traced with unknown height and width
+        return (resize_prepared(image, stored, size) if static else
+                tf.function(lambda i, d: resize_prepared(i, d, size), input_signature=dynamic)(image, stored))
+
+    x, distance = run(64)
+    as_float = tf.image.convert_image_dtype(image, tf.float32)
+    np.testing.assert_array_equal(x.numpy(), tf.image.resize_with_pad(as_float, 64, 64, antialias=True).numpy())
+    np.testing.assert_array_equal(distance.numpy(), scale_distance(stored, 64).numpy())
+    np.testing.assert_array_equal(distance.numpy(), stored.numpy())
+    smaller_x, smaller = run(32)
+    assert smaller_x.shape == (32, 32, 1)
+    np.testing.assert_array_equal(smaller.numpy(), scale_distance(stored, 32).numpy())  # not at S: resampled
 
 
 @pytest.mark.parametrize("mode", ["original", "tight"])

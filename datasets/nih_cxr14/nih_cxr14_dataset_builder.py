@@ -5,9 +5,10 @@ Configs:
     masked_512  prepared for training: each image resized to longest side 512 with its cleaned
                 lung mask (`mask`, uint8 0/255, same size: holes filled at source resolution,
                 then resized) and the mask's distance map (`lung_distance`, uint8: Euclidean
-                distance in pixels to the nearest lung pixel, 0 on the lung, capped at 255), from
-                which training takes every mask mode at any margin with one comparison. Built on
-                Apache Beam when it is installed.
+                distance in pixels to the nearest lung pixel, 0 on the lung, capped at 255; stored
+                zlib-compressed, which decodes ~2.5x faster than a PNG of it), from which training
+                takes every mask mode at any margin with one comparison. Built on Apache Beam when
+                it is installed.
     masked_256  the same at longest side 256.
 Every config has the same curated images and train/validation/test splits.
 
@@ -156,10 +157,11 @@ def _is_gray8_png(data):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the curated NIH ChestX-ray14 subset (No Finding or at least one target; patient-level splits)."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits.",
         "1.1.0": "masked_* configs: `lung_distance`, the stored mask's distance map.",
+        "1.2.0": "masked_* configs: `lung_distance` stored zlib-compressed instead of as a PNG (faster to decode).",
     }
     BUILDER_CONFIGS = [
         NihCxr14Config(name="full", description="The curated images as downloaded (8-bit gray PNG)."),
@@ -187,8 +189,8 @@ Images listed in the CSV but absent from the folders are skipped with a warning.
                 shape=(None, None, 1), dtype=np.uint8, encoding_format="png",
                 doc="Cleaned lung mask (both lungs, holes filled), 0/255, the size of `image`.",
             )
-            extra["lung_distance"] = tfds.features.Image(
-                shape=(None, None, 1), dtype=np.uint8, encoding_format="png",
+            extra["lung_distance"] = tfds.features.Tensor(
+                shape=(None, None, 1), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB,
                 doc="Euclidean distance in pixels of `image` from each pixel to the nearest lung pixel of `mask` "
                     "(0 on the lung), rounded and capped at 255.",
             )

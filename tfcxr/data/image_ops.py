@@ -3,7 +3,7 @@
 - At source resolution the mask is hole-filled before use (`MaskSpec.apply_at_source`); a mask
   file whose size differs from its image is resized to the image with nearest neighbour first.
 - Resizing keeps the aspect ratio: `tf.image.resize_with_pad` (antialiased, zero padding), to
-  (S, S), S = `mask_spec.image_size`.
+  (S, S), S = `mask_spec.image_size`; an image already (S, S) is used as it is.
 - A prepared example's image is resized as for `original` and its stored lung distance map
   alongside it (`resize_prepared`), to be masked later, batched, at training resolution.
 
@@ -30,9 +30,31 @@ def load_and_mask(image_path, mask_path, config):
 
 
 def resize_to_training(image, size):
-    """Aspect-preserving, antialiased, zero-padded resize: float32 (H, W, C) -> (size, size, C), clipped to [0, 1]."""
-    image = tf.image.resize_with_pad(image, size, size, antialias=True)  # (S, S, C)
+    """Aspect-preserving, antialiased, zero-padded resize: float32 (H, W, C) -> (size, size, C), clipped to [0, 1].
+
+    An image already (size, size) is returned clipped, unresampled: the antialiased resize would give the
+    same pixels at several times the cost (e.g. `nih_cxr14/masked_512` at S = 512).
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    image = _unless_at(size, image, lambda: tf.image.resize_with_pad(image, size, size, antialias=True))  # (S, S, C)
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _unless_at(size, tensor, resize):
+    """`tensor` (H, W, C) when it is (size, size) already, else `resize()`; static shapes decide in Python."""
+    static = [tensor.shape[0], tensor.shape[1]]
+    if any(dim is not None and dim != size for dim in static):
+        return resize()
+
+    def at_size():
+        same = tf.identity(tensor)
+        same.set_shape([size, size, tensor.shape[-1]])  # static only: tf.ensure_shape here failed on the untaken branch
+        return same
+
+    if all(dim == size for dim in static):
+        return at_size()
+    shape = tf.shape(tensor)
+    return tf.cond(tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)), at_size, resize)
 
 
 def mask_and_resize(image, mask_path, config):
@@ -72,8 +94,14 @@ def resize_prepared(image, lung_distance, size):
         (`tfcxr.data.tfds_source` checks the margin).
     """
     image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
+    # Stored at S already: the scaling below is the identity, so skip its float work.
+    return image, _unless_at(size, lung_distance, lambda: scale_distance(lung_distance, size))
+
+
+def scale_distance(lung_distance, size):
+    """`resize_prepared`'s distances at S (any stored size): uint8 (H, W, 1) stored pixels -> uint8 (S, S, 1) at S."""
     # Resize the closeness 255 - d, so that resize_with_pad's zero padding reads as far away.
     closeness = tf.image.resize_with_pad(255.0 - tf.cast(lung_distance, tf.float32), size, size, antialias=False)
     per_stored_pixel = size / tf.cast(tf.reduce_max(tf.shape(lung_distance)[:2]), tf.float32)
     from_edge = (254.5 - closeness) * per_stored_pixel  # (d - 0.5) * S / stored, d in stored pixels
-    return image, tf.saturate_cast(tf.round(from_edge + 0.5), tf.uint8)
+    return tf.saturate_cast(tf.round(from_edge + 0.5), tf.uint8)
