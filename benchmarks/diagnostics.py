@@ -6,6 +6,7 @@
     python benchmarks/diagnostics.py encoder-stages        # time share of each TinyViT stage of the preset
     python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
     python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
+    python benchmarks/diagnostics.py distance-decode       # decode of a stored lung distance map: PNG vs zlib
 
 Each prints its figures and, with --json, writes them. Timings are medians of repeated calls in one process, so
 ratios compare like with like.
@@ -190,16 +191,61 @@ def bn_drift(run_dir, images="data/nih_cxr14_384/images", count=64) -> dict:
         for layer, a, b in zip(batchnorms, inference, training)]}
 
 
+def distance_decode(masks="data/lungs_shenzhen_montgomery/masks", size=512, count=20) -> dict:
+    """Bytes and decode ms of real lung masks' distance maps stored as TFDS stores them: PNG (nih_cxr14 1.1.0's
+    `Image` feature: `tf.io.encode_png`, decoded with `tf.image.decode_image`) vs zlib (1.2.0's `Tensor` feature,
+    ZLIB encoding: `zlib.compress`, decoded with `tf.io.decode_compressed` + `tf.io.decode_raw`)."""
+    import zlib
+
+    import cv2
+    import tensorflow as tf
+
+    from tfcxr.data.lung_distance import lung_distance
+
+    files = sorted(pathlib.Path(masks).glob("*.png"))[:count]
+    if not files:
+        raise FileNotFoundError(f"{masks}: no PNG masks")
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def from_png(data):
+        return tf.image.decode_image(data, channels=1, dtype=tf.uint8)
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32)])
+    def from_zlib(data, shape):
+        return tf.reshape(tf.io.decode_raw(tf.io.decode_compressed(data, "ZLIB"), tf.uint8), shape)
+
+    rows = []
+    for path in files:
+        lung = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127
+        scale = size / max(lung.shape)
+        lung = cv2.resize(lung.astype(np.uint8), (round(lung.shape[1] * scale), round(lung.shape[0] * scale)),
+                          interpolation=cv2.INTER_NEAREST) > 0
+        distance = lung_distance(lung)[..., None]  # (H, W, 1) uint8
+        png = tf.io.encode_png(distance)
+        packed = tf.constant(zlib.compress(distance.tobytes()))
+        shape = tf.constant(distance.shape, tf.int32)
+        assert (from_png(png).numpy() == distance).all() and (from_zlib(packed, shape).numpy() == distance).all()
+        rows.append({"file": path.name, "png_bytes": len(png.numpy()), "zlib_bytes": len(packed.numpy()),
+                     "png_ms": 1e3 * _median_seconds(from_png, png, repeats=50),
+                     "zlib_ms": 1e3 * _median_seconds(from_zlib, packed, shape, repeats=50)})
+    summary = {key: float(np.median([row[key] for row in rows]))
+               for key in ("png_bytes", "zlib_bytes", "png_ms", "zlib_ms")}
+    summary["png_over_zlib_ms"] = float(np.median([row["png_ms"] / row["zlib_ms"] for row in rows]))
+    return {"masks": str(masks), "n": len(rows), "size": size, "median": summary, "per_mask": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["dilation", "encoder-stages", "openvino", "bn-drift"])
+    parser.add_argument("command", choices=["dilation", "encoder-stages", "openvino", "bn-drift",
+                                                     "distance-decode"])
     parser.add_argument("run_dir", nargs="?", help="bn-drift: a tfcxr.train run directory")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.command == "bn-drift" and not args.run_dir:
         parser.error("bn-drift needs RUN_DIR")
-    result = {"dilation": dilation, "encoder-stages": encoder_stages, "openvino": openvino}.get(
+    result = {"dilation": dilation, "encoder-stages": encoder_stages, "openvino": openvino,
+              "distance-decode": distance_decode}.get(
         args.command, lambda: bn_drift(args.run_dir))()
     text = json.dumps(result, indent=1)
     print(text)

@@ -6,7 +6,7 @@ Configs:
                 lung mask (`mask`, uint8 0/255, same size: holes filled at source resolution,
                 then resized) and the mask's distance map (`lung_distance`, uint8: Euclidean
                 distance in pixels to the nearest lung pixel, 0 on the lung, capped at 255; stored
-                zlib-compressed, which decodes ~2.5x faster than a PNG of it), from which training
+                zlib-compressed, which decodes ~2x faster than a PNG of it), from which training
                 takes every mask mode at any margin with one comparison. Built on Apache Beam when
                 it is installed.
     masked_256  the same at longest side 256.
