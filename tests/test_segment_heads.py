@@ -10,7 +10,7 @@ import yaml
 
 from segment_fakes import write_pairs
 from test_lung_split import fake_data_root
-from tfcxr.segment import build_preset, fit_head, heads, load_segmenter, presets
+from tfcxr.segment import build_preset, fit_head, heads, load_segmenter, preset_evaluation, presets
 from tfcxr.segment.eager_masks import segment_lungs
 from tfcxr.segment.segmenter_format import save_segmenter
 from tfcxr.segment.weights import WeightsError
@@ -166,6 +166,32 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
     refit = json.loads((tmp_path / "refit" / "tiny-lungs" / "evaluation_classic.json").read_text())
     assert refit["chosen"]["epochs"] == report["chosen"]["epochs"] and refit["pairs"] == report["pairs"]
     assert fit_head.main(["--config", str(yaml_path), "--head", "other", "--out", str(tmp_path / "x")]) != 0
+
+    # Cross-fitting a test set: its pairs are scored out of fold, then train the shipped head too.
+    trained, scored = [], []
+    train_head, score_pairs = fit_head.train_head, preset_evaluation.score_pairs
+    monkeypatch.setattr(fit_head, "train_head", lambda m, e, index, *a, **k: (
+        trained.append(np.asarray(index)), train_head(m, e, index, *a, **k))[1])
+    monkeypatch.setattr(preset_evaluation, "score_pairs", lambda m, pairs, *a, **k: (
+        scored.append(([p.name for p in pairs], m.inference.definition)), score_pairs(m, pairs, *a, **k))[1])
+    crossed = dataclasses.replace(config, heads=[{**head, "cross_fit": ["classic"]}])
+    yaml_path.write_text(yaml.safe_dump(dataclasses.asdict(crossed)))
+    assert fit_head.main(["--config", str(yaml_path), "--head", "classic", "--out", str(tmp_path / "cross")]) == 0
+    cross = json.loads((tmp_path / "cross" / "tiny-lungs" / "evaluation_classic.json").read_text())
+    names = cross["pairs"]
+    assert cross["n_training_pairs"] == 3 and cross["n"] == 7 and names[:3] == report["pairs"]
+    out_of_fold = cross["cross_fit"]["sets"]["classic"]
+    assert [r["name"] for r in out_of_fold["refine"]["per_image"]] == [
+        r["name"] for r in report["tests"]["classic"]["refine"]["per_image"]] and set(cross["tests"]) == {"v7"}
+    folds = [(pair_names, definition) for pair_names, definition in scored if set(pair_names) <= set(names[3:])]
+    assert len(folds) == 3 and sorted(n for f, _ in folds for n in f) == sorted(names[3:])
+    assert all(definition == "classic" for _, definition in folds)
+    fold_fits = trained[-4:-1]  # after the CV choice's fits, one per fold, then the shipped head's
+    for (pair_names, _), index in zip(folds, fold_fits):
+        assert not set(pair_names) & {names[i] for i in index}  # a fold's head never trained on its pairs
+        assert set(names[:3]) <= {names[i] for i in index}
+    assert len(trained[-1]) == 7  # the shipped head: every pair
+    assert "(out of fold)" in (tmp_path / "cross" / "tiny-lungs" / "MODEL_CARD.md").read_text()
 
 
 def test_head_config_and_missing_pairs_give_clear_errors(tmp_path):

@@ -14,11 +14,15 @@ Steps, all on the base preset's frozen image encoder (embeddings cached) and its
    (jittered) and the prior boxes; training draws one kind per example;
 3. choice: ``folds``-fold cross-validation over those pairs only, for every learning rate in ``learning_rates`` and
    length in ``epochs``: out-of-fold mean Dice of the head decoding the preset's refine boxes (low-resolution frame);
-4. fit: the chosen setting on all the pairs; the head is stored in ``dtype`` and the change of training-pair Dice
-   from float32 is checked against ``dtype_tolerance``;
-5. package: the base preset folder plus ``head_<name>.npz``, its entry under ``heads`` and a variant
+4. cross-fit (only for the test sets named in ``cross_fit``): their pairs in ``folds`` seeded folds; each fold is
+   scored (full inference, every prompt, QC flags) by a head with the chosen setting trained on the training pairs
+   and the other folds, so every such pair is held out from the head that scores it;
+5. fit: the chosen setting on all the pairs (the training pairs and the cross-fitted test pairs); the head is
+   stored in ``dtype`` and the change of fitted-pair Dice from float32 is checked against ``dtype_tolerance``;
+6. package: the base preset folder plus ``head_<name>.npz``, its entry under ``heads`` and a variant
    ``<preset>-<name>`` (inference ``definition: <name>``) in ``segmenter.json``; the variant is scored on the
-   preset's test sets (every prompt, QC flags) into ``evaluation_<name>.json`` and the model card.
+   preset's other test sets (every prompt, QC flags) into ``evaluation_<name>.json`` (with the out-of-fold
+   scores of step 4) and the model card.
 
 ``tfcxr.segment.build_preset`` runs the same steps for the heads its config lists.
 """
@@ -61,11 +65,15 @@ class HeadConfig:
     dtype: str = "float16"
     dtype_tolerance: float = 0.001
     seed: int = 0
+    # Test sets (names under the preset's `tests`) whose pairs also train the head, by `folds`-fold cross-fitting:
+    # each of their pairs is scored by a head that never saw it; the shipped head trains on them as well.
+    cross_fit: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         from .heads import check_head_name
 
         check_head_name(self.name)
+        self.cross_fit = list(self.cross_fit or [])
         if not self.datasets or not self.learning_rates or not self.epochs:
             raise ValueError("`datasets`, `learning_rates` and `epochs` must each list at least one value")
         if any(int(e) < 1 for e in self.epochs) or self.folds < 2:
@@ -165,16 +173,16 @@ def train_head(model, examples, train_index, config: HeadConfig, learning_rate: 
     return decoder, scores
 
 
-def choose_setting(model, examples, config: HeadConfig) -> tuple[dict, dict]:
-    """Cross-validate every (learning rate, epochs); returns (the best setting, {setting: out-of-fold mean Dice})."""
-    n = len(examples["union"])
+def choose_setting(model, examples, config: HeadConfig, n: int) -> tuple[dict, dict]:
+    """Cross-validate every (learning rate, epochs) over the first `n` examples (the training pairs); returns (the
+    best setting, {setting: out-of-fold mean Dice})."""
     if n < config.folds:
         raise ValueError(f"{n} training pairs for the {config.name!r} head: at least `folds`={config.folds} needed")
     folds = np.array_split(np.random.default_rng(config.seed).permutation(n), config.folds)
     table = {}
     for lr in config.learning_rates:
         out_of_fold = {e: np.zeros(n) for e in config.epochs}
-        for k, held_out in enumerate(folds):
+        for k, held_out in enumerate(folds):  # fold indices are 0..n-1: out_of_fold[e][held_out] is that pair
             start = time.time()
             rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
             _, scores = train_head(model, examples, rest, config, lr, evaluate_index=held_out)
@@ -189,24 +197,36 @@ def choose_setting(model, examples, config: HeadConfig) -> tuple[dict, dict]:
     return best, table
 
 
-def fit_head(model, pairs, config: HeadConfig, cache=None):
-    """Steps 2-4: choose by cross-validation, fit on every pair, check the stored dtype.
+def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings=None):
+    """Steps 2-4: choose by cross-validation on `pairs`, cross-fit the `pooled` test pairs, fit on all of them, check
+    the stored dtype.
+
+    Args:
+        model, pairs, config, cache: the segmenter, the head's training pairs, the :class:`HeadConfig` and the
+            embedding cache folder.
+        pooled: ``{test set name: pairs}`` of ``config.cross_fit``: scored out of fold (:func:`cross_fit`), then
+            added to the final fit.
+        settings: scoring settings for `pooled` (``batch_size``, ``bootstrap_resamples``, ``seed``, ``flag_dice``).
 
     Returns:
-        (``MaskHead`` in float32, report dict: n, chosen setting, the CV table, the baseline Dice of the model's
-        own masks on the same pairs, the dtype check and seconds).
+        (``MaskHead`` in float32, report dict: n, pair names, chosen setting, the CV table, the baseline Dice of the
+        model's own masks on the same pairs, the dtype check, seconds and, with `pooled`, ``cross_fit``).
     """
-    from .heads import MaskHead, copy_decoder, read_head
+    from .heads import copy_decoder, read_head
 
     start = time.time()
-    examples = head_examples(model, pairs, cache)
-    best, table = choose_setting(model, examples, config)
+    pooled = dict(pooled or {})
+    extra = [pair for part in pooled.values() for pair in part]
+    examples = head_examples(model, list(pairs) + extra, cache)
+    best, table = choose_setting(model, examples, config, len(pairs))
     config_final = dataclasses.replace(config, epochs=[best["epochs"]])
-    everything = np.arange(len(pairs))
+    report = {}
+    if pooled:
+        report["cross_fit"] = cross_fit(model, examples, len(pairs), pooled, config_final, best, settings, cache)
+    everything = np.arange(len(pairs) + len(extra))
     decoder, _ = train_head(model, examples, everything, config_final, best["learning_rate"])
     head = read_head(decoder, config.name, config.mask_definition)
-    stored = MaskHead(head.name, head.mask_definition,
-                      {k: v.astype(config.dtype).astype(np.float32) for k, v in head.arrays.items()})
+    stored = _stored(head, config.dtype)
     dice32 = head_dice(model, decoder, examples, everything)
     dice_stored = head_dice(model, copy_decoder(model, stored), examples, everything)
     own = head_dice(model, model.mask_decoder, examples, everything)
@@ -216,10 +236,62 @@ def fit_head(model, pairs, config: HeadConfig, cache=None):
     if check["mean_abs_difference"] > config.dtype_tolerance:
         raise ValueError(f"head {config.name!r}: {config.dtype} moves training-pair Dice by "
                          f"{check['mean_abs_difference']:.4f} > {config.dtype_tolerance}")
-    report = {"n": len(pairs), "pairs": [p.name for p in pairs], "chosen": best, "cross_validation": table,
-              "model_own_masks_mean_dice": float(own.mean()), "dtype_check": check,
-              "seconds": round(time.time() - start, 1), "config": dataclasses.asdict(config)}
+    report = {"n": len(everything), "n_training_pairs": len(pairs), "pairs": [p.name for p in list(pairs) + extra],
+              "chosen": best, "cross_validation": table, "model_own_masks_mean_dice": float(own.mean()),
+              "dtype_check": check, **report, "seconds": round(time.time() - start, 1),
+              "config": dataclasses.asdict(config)}
     return head, report
+
+
+def _stored(head, dtype: str):
+    """`head` with its arrays rounded to the stored `dtype` (float32 again), as a saved head loads."""
+    from .heads import MaskHead
+
+    return MaskHead(head.name, head.mask_definition,
+                    {k: v.astype(dtype).astype(np.float32) for k, v in head.arrays.items()})
+
+
+def cross_fit(model, examples, n_train: int, pooled: dict, config: HeadConfig, best: dict, settings, cache) -> dict:
+    """Out-of-fold scores of test pairs that also train the head.
+
+    The pooled pairs (examples ``n_train`` on, in the order of `pooled`) are split into ``config.folds`` seeded
+    folds per test set; for each fold a head with the `best` setting trains on the training pairs and every other
+    pooled pair, is stored in ``config.dtype`` and decodes the fold's pairs through the model's full inference
+    (every prompt, QC flags), as the shipped variant's test scoring does.
+
+    Returns:
+        ``{"folds": k, "sets": {test set: {prompt: summary}}}`` (summaries of
+        :func:`tfcxr.segment.preset_evaluation.summarise` over the out-of-fold rows, in each set's pair order).
+    """
+    from .heads import read_head
+    from .preset_evaluation import score_pairs, summarise
+
+    offsets, start = {}, n_train
+    for name, part in pooled.items():
+        offsets[name], start = np.arange(start, start + len(part)), start + len(part)
+    everything = np.arange(start)
+    definition, inference = config.name, model.inference
+    sets = {}
+    try:
+        model.inference = inference.replace(definition=definition)
+        for name, part in pooled.items():
+            folds = np.array_split(np.random.default_rng(config.seed).permutation(len(part)), config.folds)
+            rows = {}
+            for k, fold in enumerate(folds):
+                held_out = set(offsets[name][fold].tolist())
+                train_index = np.array([i for i in everything if i not in held_out])
+                decoder, _ = train_head(model, examples, train_index, config, best["learning_rate"])
+                model.add_head(_stored(read_head(decoder, config.name, config.mask_definition), config.dtype))
+                scores = score_pairs(model, [part[i] for i in fold], settings, cache, with_flags=True)
+                for prompt, entry in scores.items():
+                    rows.setdefault(prompt, {}).update(zip(fold.tolist(), entry["per_image"]))
+                logger.info("head %s cross-fit %s fold %d/%d: refine mean Dice %.4f", config.name, name, k + 1,
+                            config.folds, scores["refine"]["dice"]["mean"] if "refine" in scores else float("nan"))
+            sets[name] = {prompt: summarise([by_index[i] for i in range(len(part))], settings, prompt != "gt")
+                          for prompt, by_index in rows.items()}
+    finally:
+        model.inference = inference
+    return {"folds": config.folds, "sets": sets}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,12 +328,12 @@ def add_head(preset_dir: pathlib.Path, head, report: dict, variant: str) -> None
     meta.setdefault("variants", {})[variant] = {"inference": {"definition": head.name},
                                                 "description": head.mask_definition.get("description", "")}
     meta.setdefault("provenance", {}).setdefault("heads", {})[head.name] = {
-        k: report[k] for k in ("n", "pairs", "chosen", "cross_validation", "dtype_check", "config")}
+        k: report[k] for k in ("n", "n_training_pairs", "pairs", "chosen", "cross_validation", "dtype_check", "config")}
     write_text_atomic(meta_path, json.dumps(meta, indent=2))
 
 
 def build_head(preset_dir: pathlib.Path, config: HeadConfig, sets: dict, cache, settings) -> dict:
-    """Steps 1-5 on the preset folder `preset_dir` (changed in place); returns the head's evaluation.
+    """Steps 1-6 on the preset folder `preset_dir` (changed in place); returns the head's evaluation.
 
     Args:
         preset_dir: a saved segmenter folder (the base preset).
@@ -275,15 +347,23 @@ def build_head(preset_dir: pathlib.Path, config: HeadConfig, sets: dict, cache, 
     from .model_card import render_folder
     from .preset_evaluation import evaluate_tests
 
+    from tfcxr.data.pairs import load_pairs
+
+    unknown = sorted(set(config.cross_fit) - set(sets["tests"]))
+    if unknown:
+        raise ValueError(f"head {config.name!r}: `cross_fit` names {unknown}, not test sets of the preset "
+                         f"(test sets: {sorted(sets['tests'])})")
     model = load_segmenter(str(preset_dir))
     pairs = training_pairs(sets["train"], config.datasets, preset_dir.parent / "work")
-    head, report = fit_head(model, pairs, config, cache)
+    pooled = {name: load_pairs(sets["tests"][name]) for name in config.cross_fit}
+    head, report = fit_head(model, pairs, config, cache, pooled=pooled, settings=settings)
     variant = f"{preset_dir.name}-{config.name}"
     add_head(preset_dir, head, report, variant)
     packaged = load_segmenter(str(preset_dir))
     packaged.inference = packaged.inference.replace(definition=config.name)
     start = time.time()
-    report["tests"] = evaluate_tests(packaged, sets["tests"], settings, cache, with_flags=True)
+    held_out = {name: spec for name, spec in sets["tests"].items() if name not in pooled}  # the rest trained it
+    report["tests"] = evaluate_tests(packaged, held_out, settings, cache, with_flags=True)
     report["evaluation_s"] = round(time.time() - start, 1)
     report.update(variant=variant, head=config.name, mask_definition=config.mask_definition)
     write_text_atomic(preset_dir / f"evaluation_{config.name}.json", json.dumps(report, indent=1))

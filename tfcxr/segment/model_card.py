@@ -199,38 +199,56 @@ REBUILD_LINES = [
 
 
 def _head_lines(evaluation: dict, head: dict) -> list[str]:
-    """A definition head (``tfcxr.segment.fit_head``): its data, cross-validated choice, test results and QC."""
+    """A definition head (``tfcxr.segment.fit_head``): its data, cross-validated choice, held-out results and QC."""
     chosen, check = head["chosen"], head["dtype_check"]
     folds = head["config"]["folds"]
+    n_train = head.get("n_training_pairs", head["n"])
+    crossed = head.get("cross_fit", {}).get("sets", {})
     rows = [f"| {row['learning_rate']:g} | {row['epochs']} | {row['mean_dice']:.4f} | {row['min_dice']:.3f} |"
             for row in head["cross_validation"].values()]
-    qc = _qc_lines({"flag_dice": evaluation["flag_dice"]}, head["tests"])[1:]
+    held_out = {f"{head['variant']} (out of fold)": crossed} if crossed else {}
+    held_out.update({head["variant"]: head["tests"]} if head["tests"] else {})
+    qc = _qc_lines({"flag_dice": evaluation["flag_dice"]}, {**crossed, **head["tests"]})[1:]
+    if crossed:
+        sizes = ", ".join(f"`{name}` ({next(iter(prompts.values()))['dice']['n']} pairs)"
+                          for name, prompts in crossed.items())
+        fitted = (f"fitted on all {head['n']} pairs: the {n_train} training pairs and the pairs of the test set(s) "
+                  f"{sizes}, with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs. Before that, "
+                  f"those test pairs were scored by {folds}-fold cross-fitting: each by a head with the same setting "
+                  "trained on the training pairs and the other folds, never on it (\"out of fold\" below). The shipped "
+                  "head has seen them, so it is not scored on them again.")
+        tests_title = ("Held-out pairs: the cross-fitted test sets out of fold, the other test sets with the shipped "
+                       "head, once, after the choice:")
+    else:
+        fitted = f"fitted on all {n_train} with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs."
+        tests_title = "Test pairs, scored once after the choice (same pairs and prompts as above):"
     return [
         f"## Head `{head['head']}`: variant `{head['variant']}`",
         f"`load_segmenter(\"{head['variant']}\")` runs this preset's prompting and decodes the final boxes through "
         f"the `{head['head']}` head (mask definition `{head['mask_definition']['name']}`): "
         f"{head['mask_definition'].get('description', '')}",
         "",
-        f"Trained on {head['n']} training pairs of this preset's split (datasets "
+        f"Trained on {n_train} training pairs of this preset's split (datasets "
         f"{', '.join(head['config']['datasets'])}) with the image encoder and the rest of the decoder frozen. "
         f"Learning rate and length were chosen by {folds}-fold cross-validation over those pairs only "
         "(out-of-fold Dice of the head decoding the preset's own refine boxes, 256-px logit frame); the head was then "
-        f"fitted on all {head['n']} with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs. "
-        f"Stored in {head['config']['dtype']}: training-pair Dice {check['float32_mean_dice']:.5f} (float32) vs "
-        f"{check[head['config']['dtype'] + '_mean_dice']:.5f}; largest per-pair change "
+        f"{fitted} Stored in {head['config']['dtype']}: {'fitted' if crossed else 'training'}-pair Dice "
+        f"{check['float32_mean_dice']:.5f} (float32) "
+        f"vs {check[head['config']['dtype'] + '_mean_dice']:.5f}; largest per-pair change "
         f"{check['max_pair_difference']:.1e}.",
         "",
         "| lr | epochs | out-of-fold mean Dice | min |",
         "|---|---|---|---|",
         *rows,
         "",
-        "Test pairs, scored once after the choice (same pairs and prompts as above):",
+        tests_title,
         "",
-        *_table({head["variant"]: head["tests"]}, "model"),
+        *_table(held_out, "model"),
         "",
         *qc,
-        f"Cost: {head['seconds'] / 60:.1f} min to choose and fit, {head['evaluation_s'] / 60:.1f} min to score the "
-        "tests; inference costs one more decoder pass per image than the preset's own masks.",
+        f"Cost: {head['seconds'] / 60:.1f} min to choose{', cross-fit' if crossed else ''} and fit, "
+        f"{head['evaluation_s'] / 60:.1f} min to score the tests; inference costs one more decoder pass per image "
+        "than the preset's own masks.",
         "",
     ]
 

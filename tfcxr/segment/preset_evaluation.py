@@ -35,31 +35,45 @@ def evaluate_tests(model, tests: dict, config, cache, with_flags: bool) -> dict:
         cache: embedding cache folder.
         with_flags: also compute QC flags per image and how many images below ``flag_dice`` carry one.
     """
-    from . import qc
-    from .evaluate import evaluate
     from tfcxr.data.pairs import load_pairs
 
+    return {name: score_pairs(model, load_pairs(spec), config, cache, with_flags) for name, spec in tests.items()}
+
+
+def score_pairs(model, pairs, config, cache, with_flags: bool) -> dict:
+    """``{prompt: summary}`` of :func:`summarise` for `pairs` (see :func:`evaluate_tests`)."""
+    from . import qc
+    from .evaluate import evaluate
+
+    results = evaluate(model, pairs, PROMPTS, model.inference, config.batch_size, cache, keep_masks=with_flags)
     report = {}
-    for name, spec in tests.items():
-        pairs = load_pairs(spec)
-        results = evaluate(model, pairs, PROMPTS, model.inference, config.batch_size, cache, keep_masks=with_flags)
-        report[name] = {}
-        for prompt, result in results.items():
-            rows = result["per_image"]
-            entry = {"dice": bootstrap_summary([r["dice"] for r in rows], config.bootstrap_resamples, config.seed),
-                     "hd95": bootstrap_summary([r["hd95"] for r in rows], config.bootstrap_resamples, config.seed),
-                     "per_image": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                                    for k, v in r.items()} for r in rows]}
-            if with_flags and prompt != "gt":
-                for row, pair, mask, stability in zip(entry["per_image"], pairs, result["masks"], result["stability"]):
-                    stats = qc.mask_stats(mask, pair.image, stability=stability)
-                    row.update(flags=stats["flags"], stability=stats["stability"])
-                failures = [r for r in entry["per_image"] if r["dice"] < config.flag_dice]
-                entry["below_flag_dice"] = len(failures)
-                entry["below_flag_dice_flagged"] = sum(bool(r["flags"]) for r in failures)
-                entry["flagged"] = sum(bool(r["flags"]) for r in entry["per_image"])
-            report[name][prompt] = entry
+    for prompt, result in results.items():
+        rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+                for r in result["per_image"]]
+        flagged = with_flags and prompt != "gt"
+        if flagged:
+            for row, pair, mask, stability in zip(rows, pairs, result["masks"], result["stability"]):
+                stats = qc.mask_stats(mask, pair.image, stability=stability)
+                row.update(flags=stats["flags"], stability=stats["stability"])
+        report[prompt] = summarise(rows, config, flagged)
     return report
+
+
+def summarise(rows, config, with_flags: bool) -> dict:
+    """Dice and HD95 summaries (:func:`bootstrap_summary`) of per-image `rows` (``dice``, ``hd95``, and ``flags``
+    when `with_flags`), the rows themselves and, with flags, how many images below ``config.flag_dice`` carry one."""
+    def values(key):
+        return [np.nan if r[key] is None else r[key] for r in rows]
+
+    entry = {"dice": bootstrap_summary(values("dice"), config.bootstrap_resamples, config.seed),
+             "hd95": bootstrap_summary(values("hd95"), config.bootstrap_resamples, config.seed),
+             "per_image": list(rows)}
+    if with_flags:
+        failures = [r for r in rows if r["dice"] is not None and r["dice"] < config.flag_dice]
+        entry["below_flag_dice"] = len(failures)
+        entry["below_flag_dice_flagged"] = sum(bool(r["flags"]) for r in failures)
+        entry["flagged"] = sum(bool(r["flags"]) for r in rows)
+    return entry
 
 
 def evaluate_preset(packaged, config, tests: dict, cache) -> dict:
