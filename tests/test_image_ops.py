@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfcxr.data import image_ops
 from tfcxr.data.lung_distance import lung_distance
 from tfcxr.data.image_ops import (load_and_mask, mask_and_resize, resize_prepared, resize_to_training,
                                    scale_distance)
@@ -53,6 +54,10 @@ def test_resize_prepared_gives_originals_pixels_and_the_masks_edges_within_a_pix
     assert (distance[~content] > 100).all()  # ...and the zero padding is far away
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("resampled an input already at S")
+
+
 @pytest.mark.parametrize("static", [True, False])
 def test_inputs_already_at_s_skip_resampling_and_keep_the_resized_values(static):
     """At stored size == S the shortcut returns what the full resize paths give (static or dynamic shapes)."""
@@ -71,6 +76,11 @@ def test_inputs_already_at_s_skip_resampling_and_keep_the_resized_values(static)
     np.testing.assert_array_equal(x.numpy(), tf.image.resize_with_pad(as_float, 64, 64, antialias=True).numpy())
     np.testing.assert_array_equal(distance.numpy(), scale_distance(stored, 64).numpy())
     np.testing.assert_array_equal(distance.numpy(), stored.numpy())
+    if static:  # known shapes decide in Python: at S neither resampling op is even built
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(image_ops, "scale_distance", _refuse)
+            patch.setattr(image_ops.tf.image, "resize_with_pad", _refuse)
+            np.testing.assert_array_equal(run(64)[1].numpy(), stored.numpy())
     smaller_x, smaller = run(32)
     assert smaller_x.shape == (32, 32, 1)
     np.testing.assert_array_equal(smaller.numpy(), scale_distance(stored, 32).numpy())  # not at S: resampled

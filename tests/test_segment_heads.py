@@ -168,12 +168,22 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
     assert fit_head.main(["--config", str(yaml_path), "--head", "other", "--out", str(tmp_path / "x")]) != 0
 
     # Cross-fitting a test set: its pairs are scored out of fold, then train the shipped head too.
-    trained, scored = [], []
+    trained, scored = [], []  # (train index, the fit's head rounded as stored); (pair names, definition, head)
     train_head, score_pairs = fit_head.train_head, preset_evaluation.score_pairs
-    monkeypatch.setattr(fit_head, "train_head", lambda m, e, index, *a, **k: (
-        trained.append(np.asarray(index)), train_head(m, e, index, *a, **k))[1])
-    monkeypatch.setattr(preset_evaluation, "score_pairs", lambda m, pairs, *a, **k: (
-        scored.append(([p.name for p in pairs], m.inference.definition)), score_pairs(m, pairs, *a, **k))[1])
+
+    def recording_train_head(m, e, index, *args, **kwargs):
+        decoder, scores = train_head(m, e, index, *args, **kwargs)
+        head = fit_head.stored_head(heads.read_head(decoder, "classic", {}), "float16")
+        trained.append((np.asarray(index), head.arrays))
+        return decoder, scores
+
+    def recording_score_pairs(m, pairs, *args, **kwargs):
+        head = m.heads.get("classic")
+        scored.append(([p.name for p in pairs], m.inference.definition, head and dict(head.arrays)))
+        return score_pairs(m, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(fit_head, "train_head", recording_train_head)
+    monkeypatch.setattr(preset_evaluation, "score_pairs", recording_score_pairs)
     crossed = dataclasses.replace(config, heads=[{**head, "cross_fit": ["classic"]}])
     yaml_path.write_text(yaml.safe_dump(dataclasses.asdict(crossed)))
     assert fit_head.main(["--config", str(yaml_path), "--head", "classic", "--out", str(tmp_path / "cross")]) == 0
@@ -183,14 +193,16 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
     out_of_fold = cross["cross_fit"]["sets"]["classic"]
     assert [r["name"] for r in out_of_fold["refine"]["per_image"]] == [
         r["name"] for r in report["tests"]["classic"]["refine"]["per_image"]] and set(cross["tests"]) == {"v7"}
-    folds = [(pair_names, definition) for pair_names, definition in scored if set(pair_names) <= set(names[3:])]
-    assert len(folds) == 3 and sorted(n for f, _ in folds for n in f) == sorted(names[3:])
-    assert all(definition == "classic" for _, definition in folds)
+    folds = [row for row in scored if set(row[0]) <= set(names[3:])]
+    assert len(folds) == 3 and sorted(n for f, _, _ in folds for n in f) == sorted(names[3:])
     fold_fits = trained[-4:-1]  # after the CV choice's fits, one per fold, then the shipped head's
-    for (pair_names, _), index in zip(folds, fold_fits):
-        assert not set(pair_names) & {names[i] for i in index}  # a fold's head never trained on its pairs
+    for (pair_names, definition, head), (index, fitted) in zip(folds, fold_fits):
+        assert definition == "classic" and set(head) == set(fitted)
+        assert all(np.array_equal(head[key], fitted[key]) for key in fitted)  # scored by that fold's own head
+        assert not set(pair_names) & {names[i] for i in index}  # ... which never trained on its pairs
         assert set(names[:3]) <= {names[i] for i in index}
-    assert len(trained[-1]) == 7  # the shipped head: every pair
+    assert not all(np.array_equal(folds[0][2][k], folds[1][2][k]) for k in folds[0][2])
+    assert len(trained[-1][0]) == 7  # the shipped head: every pair
     assert "(out of fold)" in (tmp_path / "cross" / "tiny-lungs" / "MODEL_CARD.md").read_text()
 
 
@@ -204,6 +216,36 @@ def test_head_config_and_missing_pairs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="train.csv: no training pairs from datasets"):
         fit_head.training_pairs(str(manifest), ["shenzhen_lungs"], tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_cross_fit_sets_must_be_held_out_and_large_enough():
+    from types import SimpleNamespace as Pair
+
+    from tfcxr.segment.head_cross_fit import check_pooled
+
+    config = fit_head.HeadConfig(folds=2, cross_fit="classic")
+    assert config.cross_fit == ["classic"]  # a YAML string names one set
+    train, settings = [Pair(name="a"), Pair(name="b")], object()
+    check_pooled(train, {"classic": [Pair(name="c"), Pair(name="d")]}, config, settings)
+    with pytest.raises(ValueError, match="'classic' has 1 pairs, fewer than `folds`=2"):
+        check_pooled(train, {"classic": [Pair(name="c")]}, config, settings)
+    with pytest.raises(ValueError, match="pair 'a' of cross-fit set 'classic' is also in the training pairs"):
+        check_pooled(train, {"classic": [Pair(name="a"), Pair(name="d")]}, config, settings)
+    with pytest.raises(ValueError, match="pair 'c' of cross-fit set 'v7' is also in cross-fit set 'classic'"):
+        check_pooled(train, {"classic": [Pair(name="c"), Pair(name="d")], "v7": [Pair(name="c"), Pair(name="e")]},
+                     config, settings)
+    with pytest.raises(ValueError, match="needs scoring `settings`"):
+        check_pooled(train, {"classic": [Pair(name="c"), Pair(name="d")]}, config, None)
+
+
+def test_a_removed_head_is_gone(tiny):
+    embeddings, boxes = _inputs(tiny)
+    tiny.add_head(_shifted_head(tiny))
+    tiny.decode(embeddings, boxes, head="classic")
+    tiny.remove_head("classic")
+    tiny.remove_head("classic")  # removing an absent head is a no-op
+    with pytest.raises(ValueError, match="no mask head 'classic'"):
+        tiny.decode(embeddings, boxes, head="classic")
 
 
 def test_a_head_runs_in_the_traced_serving_graph_and_its_variables_are_exported(tmp_path):

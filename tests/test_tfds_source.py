@@ -109,12 +109,15 @@ def test_prepared_source_refuses_a_margin_past_its_distance_maps(prepared):
 
 
 def test_a_build_of_another_version_is_named(prepared, tmp_path):
-    """A masked build of another builder version (e.g. 1.0.0, before `lung_distance`) is an error naming it."""
+    """A masked build of another version (e.g. 1.0.0, before `lung_distance`) is an error naming it."""
     import shutil
+
+    import tensorflow_datasets as tfds
 
     import tfcxr.datasets
 
-    version = str(tfcxr.datasets.register("nih_cxr14").VERSION)
+    tfcxr.datasets.register("nih_cxr14")
+    version = str(tfds.builder("nih_cxr14/masked_256", data_dir=prepared).version)  # the masked configs' own
     old = tmp_path / "tfds"
     shutil.copytree(prepared, old)
     (old / "nih_cxr14" / "masked_256" / version).rename(old / "nih_cxr14" / "masked_256" / "1.0.0")

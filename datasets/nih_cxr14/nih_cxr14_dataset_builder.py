@@ -93,9 +93,20 @@ class NihCxr14Config(tfds.core.BuilderConfig):
         return self.image_size is not None
 
 
+RELEASE_NOTES = {
+    "1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits.",
+    "1.1.0": "masked_* configs: `lung_distance`, the stored mask's distance map (the `full` config is unchanged).",
+}
+MASKED_VERSION = "1.2.0"  # the masked configs' own version: `full` keeps the builder's, so its builds stay valid
+MASKED_RELEASE_NOTES = {
+    **RELEASE_NOTES,
+    MASKED_VERSION: "`lung_distance` stored zlib-compressed instead of as a PNG (faster to decode).",
+}
+
+
 def _masked_config(size):
     return NihCxr14Config(
-        name=f"masked_{size}", image_size=size,
+        name=f"masked_{size}", image_size=size, version=MASKED_VERSION, release_notes=MASKED_RELEASE_NOTES,
         description=f"Images resized to longest side {size} with their cleaned lung masks (same size, 0/255).",
     )
 
@@ -157,12 +168,8 @@ def _is_gray8_png(data):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the curated NIH ChestX-ray14 subset (No Finding or at least one target; patient-level splits)."""
 
-    VERSION = tfds.core.Version("1.2.0")
-    RELEASE_NOTES = {
-        "1.0.0": "Curated subset (No Finding or >= 1 target), all views, patient-level splits.",
-        "1.1.0": "masked_* configs: `lung_distance`, the stored mask's distance map.",
-        "1.2.0": "masked_* configs: `lung_distance` stored zlib-compressed instead of as a PNG (faster to decode).",
-    }
+    VERSION = tfds.core.Version("1.1.0")  # of `full`; the masked configs carry MASKED_VERSION
+    RELEASE_NOTES = RELEASE_NOTES
     BUILDER_CONFIGS = [
         NihCxr14Config(name="full", description="The curated images as downloaded (8-bit gray PNG)."),
         _masked_config(512),

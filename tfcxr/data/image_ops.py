@@ -35,9 +35,9 @@ def resize_to_training(image, size):
     An image already (size, size) is returned clipped, unresampled: the antialiased resize would give the
     same pixels at several times the cost (e.g. `nih_cxr14/masked_512` at S = 512).
     """
-    image = tf.convert_to_tensor(image, tf.float32)
-    image = _unless_at(size, image, lambda: tf.image.resize_with_pad(image, size, size, antialias=True))  # (S, S, C)
-    return tf.clip_by_value(image, 0.0, 1.0)
+    source = tf.convert_to_tensor(image, tf.float32)
+    resized = _unless_at(size, source, lambda: tf.image.resize_with_pad(source, size, size, antialias=True))
+    return tf.clip_by_value(resized, 0.0, 1.0)  # (S, S, C)
 
 
 def _unless_at(size, tensor, resize):
@@ -94,8 +94,10 @@ def resize_prepared(image, lung_distance, size):
         (`tfcxr.data.tfds_source` checks the margin).
     """
     image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
+    distance = tf.convert_to_tensor(lung_distance)
+    distance = distance if distance.dtype == tf.uint8 else tf.saturate_cast(distance, tf.uint8)
     # Stored at S already: the scaling below is the identity, so skip its float work.
-    return image, _unless_at(size, lung_distance, lambda: scale_distance(lung_distance, size))
+    return image, _unless_at(size, distance, lambda: scale_distance(distance, size))
 
 
 def scale_distance(lung_distance, size):

@@ -16,7 +16,7 @@ Steps, all on the base preset's frozen image encoder (embeddings cached) and its
    length in ``epochs``: out-of-fold mean Dice of the head decoding the preset's refine boxes (low-resolution frame);
 4. cross-fit (only for the test sets named in ``cross_fit``): their pairs in ``folds`` seeded folds; each fold is
    scored (full inference, every prompt, QC flags) by a head with the chosen setting trained on the training pairs
-   and the other folds, so every such pair is held out from the head that scores it;
+   and every other cross-fitted pair, so every such pair is held out from the head that scores it;
 5. fit: the chosen setting on all the pairs (the training pairs and the cross-fitted test pairs); the head is
    stored in ``dtype`` and the change of fitted-pair Dice from float32 is checked against ``dtype_tolerance``;
 6. package: the base preset folder plus ``head_<name>.npz``, its entry under ``heads`` and a variant
@@ -73,7 +73,7 @@ class HeadConfig:
         from .heads import check_head_name
 
         check_head_name(self.name)
-        self.cross_fit = list(self.cross_fit or [])
+        self.cross_fit = [self.cross_fit] if isinstance(self.cross_fit, str) else list(self.cross_fit or [])
         if not self.datasets or not self.learning_rates or not self.epochs:
             raise ValueError("`datasets`, `learning_rates` and `epochs` must each list at least one value")
         if any(int(e) < 1 for e in self.epochs) or self.folds < 2:
@@ -198,7 +198,7 @@ def choose_setting(model, examples, config: HeadConfig, n: int) -> tuple[dict, d
 
 
 def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings=None):
-    """Steps 2-4: choose by cross-validation on `pairs`, cross-fit the `pooled` test pairs, fit on all of them, check
+    """Steps 2-5: choose by cross-validation on `pairs`, cross-fit the `pooled` test pairs, fit on all of them, check
     the stored dtype.
 
     Args:
@@ -210,12 +210,19 @@ def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings
 
     Returns:
         (``MaskHead`` in float32, report dict: n, pair names, chosen setting, the CV table, the baseline Dice of the
-        model's own masks on the same pairs, the dtype check, seconds and, with `pooled`, ``cross_fit``).
+        model's own masks on the training pairs, the dtype check on every fitted pair, seconds and, with `pooled`,
+        ``cross_fit``).
+
+    Raises:
+        ValueError: a pooled set has fewer pairs than ``config.folds``, shares a pair name with the training pairs
+            or another pooled set, or comes without `settings`.
     """
+    from .head_cross_fit import check_pooled, cross_fit
     from .heads import copy_decoder, read_head
 
     start = time.time()
     pooled = dict(pooled or {})
+    check_pooled(pairs, pooled, config, settings)
     extra = [pair for part in pooled.values() for pair in part]
     examples = head_examples(model, list(pairs) + extra, cache)
     best, table = choose_setting(model, examples, config, len(pairs))
@@ -226,15 +233,15 @@ def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings
     everything = np.arange(len(pairs) + len(extra))
     decoder, _ = train_head(model, examples, everything, config_final, best["learning_rate"])
     head = read_head(decoder, config.name, config.mask_definition)
-    stored = _stored(head, config.dtype)
+    stored = stored_head(head, config.dtype)
     dice32 = head_dice(model, decoder, examples, everything)
     dice_stored = head_dice(model, copy_decoder(model, stored), examples, everything)
-    own = head_dice(model, model.mask_decoder, examples, everything)
+    own = head_dice(model, model.mask_decoder, examples, np.arange(len(pairs)))
     check = {"float32_mean_dice": float(dice32.mean()), f"{config.dtype}_mean_dice": float(dice_stored.mean()),
              "mean_abs_difference": float(abs(dice_stored.mean() - dice32.mean())),
              "max_pair_difference": float(np.abs(dice_stored - dice32).max())}
     if check["mean_abs_difference"] > config.dtype_tolerance:
-        raise ValueError(f"head {config.name!r}: {config.dtype} moves training-pair Dice by "
+        raise ValueError(f"head {config.name!r}: {config.dtype} moves fitted-pair Dice by "
                          f"{check['mean_abs_difference']:.4f} > {config.dtype_tolerance}")
     report = {"n": len(everything), "n_training_pairs": len(pairs), "pairs": [p.name for p in list(pairs) + extra],
               "chosen": best, "cross_validation": table, "model_own_masks_mean_dice": float(own.mean()),
@@ -243,55 +250,12 @@ def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings
     return head, report
 
 
-def _stored(head, dtype: str):
+def stored_head(head, dtype: str):
     """`head` with its arrays rounded to the stored `dtype` (float32 again), as a saved head loads."""
     from .heads import MaskHead
 
     return MaskHead(head.name, head.mask_definition,
                     {k: v.astype(dtype).astype(np.float32) for k, v in head.arrays.items()})
-
-
-def cross_fit(model, examples, n_train: int, pooled: dict, config: HeadConfig, best: dict, settings, cache) -> dict:
-    """Out-of-fold scores of test pairs that also train the head.
-
-    The pooled pairs (examples ``n_train`` on, in the order of `pooled`) are split into ``config.folds`` seeded
-    folds per test set; for each fold a head with the `best` setting trains on the training pairs and every other
-    pooled pair, is stored in ``config.dtype`` and decodes the fold's pairs through the model's full inference
-    (every prompt, QC flags), as the shipped variant's test scoring does.
-
-    Returns:
-        ``{"folds": k, "sets": {test set: {prompt: summary}}}`` (summaries of
-        :func:`tfcxr.segment.preset_evaluation.summarise` over the out-of-fold rows, in each set's pair order).
-    """
-    from .heads import read_head
-    from .preset_evaluation import score_pairs, summarise
-
-    offsets, start = {}, n_train
-    for name, part in pooled.items():
-        offsets[name], start = np.arange(start, start + len(part)), start + len(part)
-    everything = np.arange(start)
-    definition, inference = config.name, model.inference
-    sets = {}
-    try:
-        model.inference = inference.replace(definition=definition)
-        for name, part in pooled.items():
-            folds = np.array_split(np.random.default_rng(config.seed).permutation(len(part)), config.folds)
-            rows = {}
-            for k, fold in enumerate(folds):
-                held_out = set(offsets[name][fold].tolist())
-                train_index = np.array([i for i in everything if i not in held_out])
-                decoder, _ = train_head(model, examples, train_index, config, best["learning_rate"])
-                model.add_head(_stored(read_head(decoder, config.name, config.mask_definition), config.dtype))
-                scores = score_pairs(model, [part[i] for i in fold], settings, cache, with_flags=True)
-                for prompt, entry in scores.items():
-                    rows.setdefault(prompt, {}).update(zip(fold.tolist(), entry["per_image"]))
-                logger.info("head %s cross-fit %s fold %d/%d: refine mean Dice %.4f", config.name, name, k + 1,
-                            config.folds, scores["refine"]["dice"]["mean"] if "refine" in scores else float("nan"))
-            sets[name] = {prompt: summarise([by_index[i] for i in range(len(part))], settings, prompt != "gt")
-                          for prompt, by_index in rows.items()}
-    finally:
-        model.inference = inference
-    return {"folds": config.folds, "sets": sets}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -379,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tfcxr.segment.fit_head",
         description="Train a mask-definition head on a segmenter preset (cross-validated on its training pairs), "
-                    "add it to a copy of the preset and score the new variant on the preset's test pairs.")
+                    "add it to a copy of the preset and score the new variant on the preset's test pairs (out of "
+                    "fold for the test sets the head's `cross_fit` names).")
     parser.add_argument("--config", required=True, help="the preset's build config (PresetConfig YAML) with `heads`")
     parser.add_argument("--head", required=True, help="name of the head under `heads:` in the config")
     parser.add_argument("--data-root", help="folder of the lung pair sets (overrides the preset config's)")

@@ -304,6 +304,11 @@ class SamLungModel(tf.Module):
         self._head_decode_fns[head.name] = tf.function(
             lambda embeddings, boxes: self._decode_impl(embeddings, boxes, decoder=decoder), autograph=False)
 
+    def remove_head(self, name: str) -> None:
+        """Detach the head `name` (nothing happens when none is attached)."""
+        for table in (self.heads, self._head_decoders, self._head_decode_fns):
+            table.pop(name, None)
+
     def __call__(self, pixel_values, boxes, training=False):
         """``decode(embed(pixel_values), boxes)``; with ``training=True`` runs uncompiled (for GradientTape)."""
         if training:
