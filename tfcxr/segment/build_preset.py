@@ -23,10 +23,13 @@ Steps, each resumable (a rerun skips finished fine-tuning epochs and reuses cach
    (``tfcxr.segment.gate_fit``), its threshold set on validation CXRs, and measured on test inputs;
 8. ``OUT/<name>/evaluation.json`` and ``MODEL_CARD.md``;
 9. heads (when the config lists ``heads``): each mask-definition head is chosen by cross-validation on its
-   training pairs, fitted, added with its variant and scored on the tests (``tfcxr.segment.fit_head``).
+   training pairs, fitted, added with its variant and scored on the tests (``tfcxr.segment.fit_head``); the test
+   sets a head's ``cross_fit`` names are scored out of fold, then join that head's fit.
 ``--install`` copies the folder into the package's presets (``tfcxr/segment/presets/<name>/``).
 
-The test pairs are used in steps 6 and 9 only, to score what was chosen without them.
+The test pairs are used in steps 6 and 9 only, to score what was chosen without them; the preset's weights,
+settings and gate never train on them. Only a head's ``cross_fit`` sets train that head, after their out-of-fold
+scoring (step 9).
 """
 
 from __future__ import annotations

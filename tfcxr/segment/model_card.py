@@ -126,7 +126,7 @@ def _data_lines(evaluation: dict) -> list[str]:
     return [
         "## Data",
         "The shipped weights are those of the evaluated model: trained on the training pairs only, not retrained on "
-        "the validation or test pairs.",
+        "the validation or test pairs (a definition head below says if its own fit used test pairs).",
         *_count_table(pairs.get("counts")),
         f"- Training pairs: `{pairs['train']}`; test sets: "
         + ", ".join(f"`{k}` = `{v}`" for k, v in pairs["tests"].items()) + ".",
