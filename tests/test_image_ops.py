@@ -81,6 +81,8 @@ def test_inputs_already_at_s_skip_resampling_and_keep_the_resized_values(static)
             patch.setattr(image_ops, "scale_distance", _refuse)
             patch.setattr(image_ops.tf.image, "resize_with_pad", _refuse)
             np.testing.assert_array_equal(run(64)[1].numpy(), stored.numpy())
+    wide = tf.cast(stored, tf.int32) + 300 * tf.cast(stored == 255, tf.int32)  # int32, far pixels past 255
+    np.testing.assert_array_equal(resize_prepared(image, wide, 64)[1].numpy(), stored.numpy())  # saturated to uint8
     smaller_x, smaller = run(32)
     assert smaller_x.shape == (32, 32, 1)
     np.testing.assert_array_equal(smaller.numpy(), scale_distance(stored, 32).numpy())  # not at S: resampled

@@ -238,14 +238,39 @@ def test_cross_fit_sets_must_be_held_out_and_large_enough():
         check_pooled(train, {"classic": [Pair(name="c"), Pair(name="d")]}, config, None)
 
 
-def test_a_removed_head_is_gone(tiny):
-    embeddings, boxes = _inputs(tiny)
-    tiny.add_head(_shifted_head(tiny))
-    tiny.decode(embeddings, boxes, head="classic")
-    tiny.remove_head("classic")
-    tiny.remove_head("classic")  # removing an absent head is a no-op
+def test_a_removed_head_is_gone_and_the_model_still_saves(tmp_path):
+    import tensorflow as tf
+
+    model = load_segmenter("tiny")
+    embeddings, boxes = _inputs(model)
+    model.add_head(_shifted_head(model))
+    model.decode(embeddings, boxes, head="classic")
+    model.remove_head("classic")
+    model.remove_head("classic")  # removing an absent head is a no-op
     with pytest.raises(ValueError, match="no mask head 'classic'"):
-        tiny.decode(embeddings, boxes, head="classic")
+        model.decode(embeddings, boxes, head="classic")
+    model.add_head(_shifted_head(model))
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))  # its tracked state is still consistent
+
+
+def test_cross_fitting_hands_back_the_callers_model_as_it_came(tmp_path):
+    from types import SimpleNamespace
+
+    from tfcxr.data.pairs import load_pairs
+    from tfcxr.segment.head_cross_fit import cross_fit
+
+    pairs = load_pairs(str(write_pairs(tmp_path / "pairs", count=5, size=(64, 64))))
+    settings = SimpleNamespace(batch_size=4, bootstrap_resamples=20, seed=0, flag_dice=0.85)
+    config = fit_head.HeadConfig(epochs=[1], folds=2, batch_size=3)
+    for attached in (_shifted_head(load_segmenter("tiny")), None):
+        model = load_segmenter("tiny")
+        if attached is not None:
+            model.add_head(attached)
+        inference = model.inference
+        examples = fit_head.head_examples(model, pairs)
+        report = cross_fit(model, examples, 3, {"held": pairs[3:]}, config, {"learning_rate": 1e-3}, settings, None)
+        assert [r["name"] for r in report["sets"]["held"]["refine"]["per_image"]] == [p.name for p in pairs[3:]]
+        assert model.inference == inference and model.heads.get("classic") is attached
 
 
 def test_a_head_runs_in_the_traced_serving_graph_and_its_variables_are_exported(tmp_path):

@@ -82,7 +82,7 @@ def resize_prepared(image, lung_distance, size):
     Args:
         image: uint8 (H, W, 1), the stored image.
         lung_distance: uint8 (H, W, 1), the stored distance map (pixels of `image` to the nearest lung
-            pixel, 0 on the lung, capped at 255).
+            pixel, 0 on the lung, capped at 255); another integer type is saturated to uint8.
         size: S.
 
     Returns:

@@ -306,8 +306,10 @@ class SamLungModel(tf.Module):
 
     def remove_head(self, name: str) -> None:
         """Detach the head `name` (nothing happens when none is attached)."""
-        for table in (self.heads, self._head_decoders, self._head_decode_fns):
-            table.pop(name, None)
+        self.heads.pop(name, None)
+        self._head_decode_fns.pop(name, None)
+        if name in self._head_decoders:  # a tracked dict: `del` keeps its checkpoint bookkeeping valid, `pop` does not
+            del self._head_decoders[name]
 
     def __call__(self, pixel_values, boxes, training=False):
         """``decode(embed(pixel_values), boxes)``; with ``training=True`` runs uncompiled (for GradientTape)."""

@@ -216,7 +216,8 @@ def _head_lines(evaluation: dict, head: dict) -> list[str]:
                   f"{sizes}, with the chosen lr {chosen['learning_rate']:g}, {chosen['epochs']} epochs. Before that, "
                   f"those test pairs were scored by {folds}-fold cross-fitting: each by a head with the same setting "
                   "trained on the training pairs and the other folds, never on it (\"out of fold\" below). The shipped "
-                  "head has seen them, so it is not scored on them again.")
+                  "head has seen them, so it is not scored on them again; an earlier head may have been scored on "
+                  "them before (see docs/segmentation.md), so these are estimates, not a first look.")
         tests_title = ("Held-out pairs: the cross-fitted test sets out of fold, the other test sets with the shipped "
                        "head, once, after the choice:")
     else:
@@ -228,7 +229,7 @@ def _head_lines(evaluation: dict, head: dict) -> list[str]:
         f"the `{head['head']}` head (mask definition `{head['mask_definition']['name']}`): "
         f"{head['mask_definition'].get('description', '')}",
         "",
-        f"Trained on {n_train} training pairs of this preset's split (datasets "
+        f"{'Chosen on' if crossed else 'Trained on'} {n_train} training pairs of this preset's split (datasets "
         f"{', '.join(head['config']['datasets'])}) with the image encoder and the rest of the decoder frozen. "
         f"Learning rate and length were chosen by {folds}-fold cross-validation over those pairs only "
         "(out-of-fold Dice of the head decoding the preset's own refine boxes, 256-px logit frame); the head was then "
