@@ -251,6 +251,12 @@ def keep_region(image, region, fill):
     return tf.where(region, image, mean)
 
 
+def as_distance_map(lung_distance):
+    """A lung distance map as uint8 (any shape): another integer type is saturated (255 = farther than any margin)."""
+    lung_distance = tf.convert_to_tensor(lung_distance)
+    return lung_distance if lung_distance.dtype == tf.uint8 else tf.saturate_cast(lung_distance, tf.uint8)
+
+
 def mask_by_distance(image, lung_distance, mode, radius, fill):
     """Mask a batch by `mode` from its lung distance maps (prepared data); the arguments are not validated.
 
@@ -270,9 +276,7 @@ def mask_by_distance(image, lung_distance, mode, radius, fill):
     """
     if mode == "original":
         return image
-    lung_distance = tf.convert_to_tensor(lung_distance)
-    if lung_distance.dtype != tf.uint8:
-        lung_distance = tf.saturate_cast(lung_distance, tf.uint8)
+    lung_distance = as_distance_map(lung_distance)
     if mode == "box":
         region = lung_boxes(lung_distance == 0, radius) > 0.5
     elif mode == "tight":

@@ -13,6 +13,7 @@ The saved model's `prepare_image` and Grad-CAM reuse these steps, so serving mat
 import tensorflow as tf
 
 from tfcxr.data.io import decode_image_tf
+from tfcxr.masking import as_distance_map
 
 
 def load_and_mask(image_path, mask_path, config):
@@ -94,8 +95,7 @@ def resize_prepared(image, lung_distance, size):
         (`tfcxr.data.tfds_source` checks the margin).
     """
     image = resize_to_training(tf.image.convert_image_dtype(image, tf.float32), size)  # (S, S, 1)
-    distance = tf.convert_to_tensor(lung_distance)
-    distance = distance if distance.dtype == tf.uint8 else tf.saturate_cast(distance, tf.uint8)
+    distance = as_distance_map(lung_distance)
     # Stored at S already: the scaling below is the identity, so skip its float work.
     return image, _unless_at(size, distance, lambda: scale_distance(distance, size))
 
