@@ -4,6 +4,8 @@
                                                            # loose vs tight masking inside tf.data, by dilation
                                                            # and from a distance map
     python benchmarks/diagnostics.py encoder-stages        # time share of each TinyViT stage of the preset
+    python benchmarks/diagnostics.py encoder-roofline      # the encoder's GFLOP/s vs this CPU's own GEMM rate, and the
+                                                           # time its matmuls and convolutions take on their own
     python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
     python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
     python benchmarks/diagnostics.py distance-decode       # decode of a stored lung distance map: PNG vs zlib
@@ -15,6 +17,7 @@ ratios compare like with like.
 import argparse
 import json
 import logging
+import os
 import pathlib
 import time
 
@@ -130,6 +133,65 @@ def encoder_stages(model="litemedsam-lungs", batch=8) -> dict:
             "share_of_encoder": {k: round(v / total, 3) for k, v in parts.items()}}
 
 
+_DENSE_OPS = ("MatMul", "BatchMatMulV2", "Conv2D", "DepthwiseConv2dNative")
+
+
+def encoder_roofline(model="litemedsam-lungs", batch=8) -> dict:
+    """How far the fp32 TF encoder is from this CPU's limits, measured in one process.
+
+    - `encoder_gflops_per_image`: the TF profiler's float-op count of the frozen encoder graph at batch 1.
+    - `gemm_gflop_per_second`: a 2048^3 float32 matmul, the best case of this CPU's TF/oneDNN kernels.
+    - `dense_ops_seconds`: every MatMul, BatchMatMul, Conv2D and depthwise conv of the encoder at batch `batch`,
+      each timed alone at its own shapes and summed. With every other op (GELU, LayerNorm, softmax, reshapes)
+      free and perfectly fused, the encoder would still take this long with these kernels.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tfcxr.segment import load_segmenter
+
+    encoder = load_segmenter(model).image_encoder
+    size = encoder.config.image_size
+
+    def frozen_graph(n):
+        function = tf.function(encoder).get_concrete_function(tf.TensorSpec([n, size, size, 3], tf.float32))
+        return convert_variables_to_constants_v2(function).graph
+
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    gflops = tf.compat.v1.profiler.profile(frozen_graph(1), options=options).total_float_ops / 1e9
+
+    dense_seconds, counts = 0.0, {}
+    for op in frozen_graph(batch).get_operations():
+        if op.type not in _DENSE_OPS:
+            continue
+        inputs = [tf.random.uniform(t.shape, dtype=t.dtype, seed=0) for t in op.inputs]
+        attrs = {k: op.get_attr(k) for k in ("transpose_a", "transpose_b", "adj_x", "adj_y", "strides", "padding",
+                                             "explicit_paddings", "dilations") if k in op.node_def.attr}
+        raw = getattr(tf.raw_ops, op.type)
+        names = {"MatMul": ("a", "b"), "BatchMatMulV2": ("x", "y"), "Conv2D": ("input", "filter"),
+                 "DepthwiseConv2dNative": ("input", "filter")}[op.type]
+        alone = tf.function(lambda u, v, raw=raw, names=names, attrs=attrs: raw(**dict(zip(names, (u, v))), **attrs))
+        dense_seconds += _median_seconds(alone, *inputs, repeats=3)
+        counts[op.type] = counts.get(op.type, 0) + 1
+
+    a = tf.random.uniform((2048, 2048), seed=0)
+    gemm = 2 * 2048**3 / _median_seconds(tf.function(tf.matmul), a, a, repeats=10) / 1e9
+    encoder_seconds = _median_seconds(tf.function(encoder), tf.random.uniform((batch, size, size, 3), seed=0),
+                                      repeats=3)
+    rate = gflops * batch / encoder_seconds
+    return {"model": model, "batch": batch, "input": [size, size, 3], "cpu_count": os.cpu_count(),
+            "encoder_gflops_per_image": round(gflops, 2),
+            "encoder_seconds": round(encoder_seconds, 3),
+            "encoder_gflop_per_second": round(rate, 1),
+            "gemm_gflop_per_second": round(gemm, 1),
+            "encoder_over_gemm": round(rate / gemm, 3),
+            "dense_ops": counts,
+            "dense_ops_seconds": round(dense_seconds, 3),
+            "dense_ops_share_of_encoder": round(dense_seconds / encoder_seconds, 3),
+            "max_speedup_with_these_kernels": round(encoder_seconds / dense_seconds, 2)}
+
+
 def openvino(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count=16, batch=8) -> dict:
     """Images/s of the whole mask step with the encoder on OpenVINO (f32 and bf16) vs TF, and mask Dice vs TF."""
     import openvino as ov  # optional: not a tfcxr dependency
@@ -236,7 +298,7 @@ def distance_decode(masks="data/lungs_shenzhen_montgomery/masks", size=512, coun
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["dilation", "encoder-stages", "openvino", "bn-drift",
+    parser.add_argument("command", choices=["dilation", "encoder-stages", "encoder-roofline", "openvino", "bn-drift",
                                                      "distance-decode"])
     parser.add_argument("run_dir", nargs="?", help="bn-drift: a tfcxr.train run directory")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
@@ -244,7 +306,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     if args.command == "bn-drift" and not args.run_dir:
         parser.error("bn-drift needs RUN_DIR")
-    result = {"dilation": dilation, "encoder-stages": encoder_stages, "openvino": openvino,
+    result = {"dilation": dilation, "encoder-stages": encoder_stages, "encoder-roofline": encoder_roofline,
+              "openvino": openvino,
               "distance-decode": distance_decode}.get(
         args.command, lambda: bn_drift(args.run_dir))()
     text = json.dumps(result, indent=1)
