@@ -13,9 +13,11 @@ One run, so the ratios compare like with like:
   size uses the smallest prepared config at least as large (224 -> masked_256, 512 -> masked_512).
 
 Every configuration times the training split (batch, augment as in training, prefetch, no cache)
-after one warm-up pass: `--rounds` rounds over all modes of a source and size; the median round is
-reported (all rounds are in the JSON), so a change of machine load hits all modes alike; the masked/original
-ratios are medians of the ratios within each round. Two ways to time:
+after one warm-up pass: `--rounds` rounds over all modes of a source and size, each round starting one mode
+later; the median round is reported (all rounds are in the JSON), so a change of machine load hits all modes alike;
+the masked/original ratios are medians of the ratios within each round. Beside images/s, each row has the process
+CPU time per image (`cpu_ms_per_image`: all of tf.data's threads, so cores a GPU host needs per image/s), and the
+summary its ratio (`<mode>_vs_original_cpu`, original's CPU time over the mode's). Two ways to time:
 
 - `--timing steady` (default): batches of `dataset.repeat()` for at least `--min-seconds`, after a few
   warm-up batches, one iterator alive at a time. This is the rate of a long epoch (NIH's training split
@@ -91,27 +93,28 @@ def build_prepared(manual_dir, data_dir, configs):
 
 
 def time_passes(dataset, passes, min_seconds):
-    """(images/s, images timed) over at least `passes` passes and `min_seconds` seconds."""
-    count, start = 0, time.perf_counter()
+    """(images/s, images timed, process CPU seconds) over at least `passes` passes and `min_seconds` seconds."""
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     done = 0
     while done < passes or time.perf_counter() - start < min_seconds:
         for images, _ in dataset:
             count += int(images.shape[0])
         done += 1
-    return count / (time.perf_counter() - start), count
+    return count / (time.perf_counter() - start), count, time.process_time() - cpu
 
 
 def time_steady(dataset, min_seconds, warmup_batches=8):
-    """(images/s, images timed) of `dataset.repeat()` over at least `min_seconds`, after `warmup_batches`."""
+    """(images/s, images timed, process CPU seconds) of `dataset.repeat()` over at least `min_seconds`, after
+    `warmup_batches`."""
     iterator = iter(dataset.repeat())
     for _ in range(warmup_batches):
         next(iterator)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < min_seconds:
         count += int(next(iterator)[0].shape[0])
-    rate = count / (time.perf_counter() - start)
+    rate, cpu = count / (time.perf_counter() - start), time.process_time() - cpu
     del iterator  # stop its prefetching before the next mode is timed
-    return rate, count
+    return rate, count, cpu
 
 
 def run(args, work):
@@ -140,19 +143,25 @@ def run(args, work):
                 for _ in datasets[mode]:  # warm-up pass: tracing, file cache
                     pass
             # Rounds over all modes, so a change in machine load hits every mode alike; the median is reported.
+            # Each round starts one mode later, so no mode always runs first or after the same one.
             rates, counts = {mode: [] for mode in args.modes}, dict.fromkeys(args.modes, 0)
-            for _ in range(args.rounds):
-                for mode in args.modes:
-                    rate, count = (time_steady(datasets[mode], args.min_seconds) if args.timing == "steady" else
-                                   time_passes(datasets[mode], args.passes, args.min_seconds))
+            cpu_ms = {mode: [] for mode in args.modes}
+            for round_index in range(args.rounds):
+                shift = round_index % len(args.modes)
+                for mode in args.modes[shift:] + args.modes[:shift]:
+                    rate, count, cpu = (time_steady(datasets[mode], args.min_seconds) if args.timing == "steady" else
+                                        time_passes(datasets[mode], args.passes, args.min_seconds))
                     rates[mode].append(rate)
+                    cpu_ms[mode].append(1e3 * cpu / count)
                     counts[mode] += count
             for mode in args.modes:
                 rate = float(np.median(rates[mode]))
                 row = {"source": source, "mask": mode, "image_size": size, "timing": args.timing,
                        "images_per_second": round(rate, 1),
                        "images_per_second_per_core": round(rate / cores(), 1), "images_timed": counts[mode],
-                       "rounds_images_per_second": [round(r, 1) for r in rates[mode]]}
+                       "rounds_images_per_second": [round(r, 1) for r in rates[mode]],
+                       "cpu_ms_per_image": round(float(np.median(cpu_ms[mode])), 3),
+                       "rounds_cpu_ms_per_image": [round(c, 3) for c in cpu_ms[mode]]}
                 if source == "prepared":
                     row["prepared_config"] = prepared_config_for(size)
                 results.append(row)
@@ -179,6 +188,9 @@ def summarise(results):
             ratios = np.asarray(row["rounds_images_per_second"]) / np.asarray(original["rounds_images_per_second"])
             entry[f"{mode}_vs_original"] = round(float(np.median(ratios)), 3)
             entry[f"{mode}_vs_original_rounds"] = [round(float(r), 3) for r in ratios]
+            if "rounds_cpu_ms_per_image" in row:  # CPU time per image, original's over this mode's (>1: cheaper)
+                cpu = np.asarray(original["rounds_cpu_ms_per_image"]) / np.asarray(row["rounds_cpu_ms_per_image"])
+                entry[f"{mode}_vs_original_cpu"] = round(float(np.median(cpu)), 3)
         if ("png", mode, size) in rows:
             entry[f"{mode}_vs_png"] = round(row["images_per_second"] / rows[("png", mode, size)]["images_per_second"], 1)
     return summary
