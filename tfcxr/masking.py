@@ -163,8 +163,9 @@ def lung_boxes(mask, margin_px):
         float32 (batch, height, width, 1) in {0, 1}: union of the two boxes.
     """
     m = mask[..., 0] if mask.dtype == tf.bool else mask[..., 0] > 0.5  # (batch, height, width)
+    lung = tf.cast(m, tf.float32)  # one pass; projections below are matmuls over it, exact for 0/1 sums < 2**24
     height, width = tf.shape(m)[1], tf.shape(m)[2]
-    column_counts = tf.reduce_sum(tf.cast(m, tf.int32), axis=1)  # (batch, width)
+    column_counts = tf.cast(tf.reduce_sum(lung, axis=1), tf.int32)  # (batch, width)
     lo, hi = width // 4, width - width // 4
     cols = tf.range(width)
     central = (cols >= lo) & (cols < hi)
@@ -174,22 +175,22 @@ def lung_boxes(mask, margin_px):
     score = tf.where(central[tf.newaxis], score, tf.int32.max)
     split = tf.argmin(score, axis=1, output_type=tf.int32)  # (batch,)
 
-    rows = tf.range(height)
     left_side = cols[tf.newaxis, :] < split[:, tf.newaxis]  # (batch, width)
-    out = tf.zeros_like(m)
-    for side in (left_side, ~left_side):
-        part = m & side[:, tf.newaxis, :]
-        has_row = tf.reduce_any(part, axis=2)  # (batch, height)
-        has_col = tf.reduce_any(part, axis=1)  # (batch, width)
-        big = tf.int32.max // 2
-        top = tf.reduce_min(tf.where(has_row, rows[tf.newaxis], big), axis=1) - margin_px
-        bottom = tf.reduce_max(tf.where(has_row, rows[tf.newaxis], -big), axis=1) + margin_px
-        left = tf.reduce_min(tf.where(has_col, cols[tf.newaxis], big), axis=1) - margin_px
-        right = tf.reduce_max(tf.where(has_col, cols[tf.newaxis], -big), axis=1) + margin_px
-        in_rows = (rows[tf.newaxis] >= top[:, tf.newaxis]) & (rows[tf.newaxis] <= bottom[:, tf.newaxis])
-        in_cols = (cols[tf.newaxis] >= left[:, tf.newaxis]) & (cols[tf.newaxis] <= right[:, tf.newaxis])
-        out |= in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :]
-    return tf.cast(out, tf.float32)[..., tf.newaxis]
+    sides = tf.stack([left_side, ~left_side], axis=1)  # (batch, 2, width): left, right
+    has_row = tf.matmul(lung, tf.cast(sides, tf.float32), transpose_b=True) > 0  # (batch, height, 2)
+    has_col = sides & (column_counts > 0)[:, tf.newaxis, :]  # (batch, 2, width)
+    big = tf.int32.max // 2
+    rows = tf.range(height)[tf.newaxis, :, tf.newaxis]  # (1, height, 1)
+    top = tf.reduce_min(tf.where(has_row, rows, big), axis=1) - margin_px  # (batch, 2)
+    bottom = tf.reduce_max(tf.where(has_row, rows, -big), axis=1) + margin_px
+    at = cols[tf.newaxis, tf.newaxis, :]  # (1, 1, width)
+    left = tf.reduce_min(tf.where(has_col, at, big), axis=2) - margin_px  # (batch, 2)
+    right = tf.reduce_max(tf.where(has_col, at, -big), axis=2) + margin_px
+    in_rows = (rows >= top[:, tf.newaxis, :]) & (rows <= bottom[:, tf.newaxis, :])  # (batch, height, 2)
+    in_cols = (at >= left[:, :, tf.newaxis]) & (at <= right[:, :, tf.newaxis])  # (batch, 2, width)
+    # The union of the two boxes as one matmul of their row and column indicators: counts 0, 1 or 2 (overlap).
+    boxes = tf.matmul(tf.cast(in_rows, tf.float32), tf.cast(in_cols, tf.float32))  # (batch, height, width)
+    return tf.minimum(boxes, 1.0)[..., tf.newaxis]
 
 
 def _region(lung, mode, radius, fill_lung_holes):
