@@ -235,7 +235,7 @@ def bn_drift(run_dir, images="data/nih_cxr14_384/images", count=64) -> dict:
     import cv2
     import keras
 
-    import tfcxr.models  # noqa: F401  (registers the custom layers for load_model)
+    from tfcxr.models import backbone_layer  # also registers the custom layers for load_model
     from tfcxr.data.io import read_image
     from tfcxr.segment.predict import list_images
 
@@ -243,7 +243,7 @@ def bn_drift(run_dir, images="data/nih_cxr14_384/images", count=64) -> dict:
     size = model.input_shape[1]
     x = np.stack([cv2.resize(read_image(p)[..., 0], (size, size))[..., None]
                   for _, p in list_images(images)[:count]]).astype("float32")
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    backbone = backbone_layer(model)
     batchnorms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     probe = keras.Model(backbone.inputs, [layer.output for layer in batchnorms])
     pixels = model.get_layer("preprocessor")(x)

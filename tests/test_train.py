@@ -75,6 +75,60 @@ def test_interrupted_run_resumes_and_writes_the_run_directory(synthetic, tmp_pat
     assert not_shared(out) == []
 
 
+class _BackboneWeights(keras.callbacks.Callback):
+    """Record the backbone's and the head's weights before training and after every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.head = [], []
+
+    def _record(self):
+        from tfcxr.models import backbone_layer
+
+        self.backbone.append([w.copy() for w in backbone_layer(self.model).get_weights()])
+        self.head.append([w.copy() for w in self.model.get_layer("logits").get_weights()])
+
+    def on_train_begin(self, logs=None):  # once per LP-FT phase: record only the start
+        if not self.backbone:
+            self._record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record()
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_freeze_backbone_epochs_trains_the_head_first_then_every_layer(synthetic, tmp_path):
+    weights = _BackboneWeights()
+    result = train(_config(synthetic, tmp_path / "run", mask="original", epochs=3, freeze_backbone_epochs=2,
+                           augment=False), callbacks=[weights])
+    assert result["status"] == "ok"
+    start, after_1, after_2, after_3 = weights.backbone
+    assert _same(start, after_1) and _same(after_1, after_2)  # frozen, BatchNorm statistics included
+    assert not _same(after_2, after_3)  # the last epoch trains the backbone
+    assert not _same(weights.head[0], weights.head[1])  # the head trains while the backbone is frozen
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0, 1, 2]  # both phases logged
+
+
+def test_freeze_backbone_epochs_resumes_in_the_second_phase(synthetic, tmp_path):
+    out = tmp_path / "run"
+    config = dict(mask="original", epochs=2, freeze_backbone_epochs=1, augment=False)
+    with pytest.raises(KeyboardInterrupt):  # epoch 0 (frozen) done, interrupted in epoch 1
+        train(_config(synthetic, out, **config), callbacks=[_Interrupt()])
+    weights = _BackboneWeights()
+    assert train(_config(synthetic, out, **config), callbacks=[weights])["status"] == "ok"
+    assert len(weights.backbone) == 2  # one phase ran: the resumed epoch 1
+    assert not _same(weights.backbone[0], weights.backbone[1])  # with the backbone trainable
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
+
+
+def test_freeze_backbone_epochs_must_leave_an_epoch_to_fine_tune(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="freeze_backbone_epochs"):
+        _config(synthetic, tmp_path / "run", epochs=2, freeze_backbone_epochs=2)
+
+
 def test_resume_refuses_a_different_config(synthetic, tmp_path):
     (tmp_path / "run").mkdir()
     save_config(_config(synthetic, tmp_path / "run", mask="tight"), tmp_path / "run" / "config.yaml")

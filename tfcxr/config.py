@@ -56,6 +56,9 @@ class TrainConfig:
         dropout: dropout before the sigmoid head.
         bn_momentum: momentum of the backbone's BatchNorm moving statistics (None: the backbone's own,
             0.99 for keras.applications); 0.9 suits short fine-tunes of pretrained backbones.
+        freeze_backbone_epochs: linear probing, then fine-tuning (LP-FT): the first N of `epochs` train the
+            head alone (backbone frozen, its BatchNorm in inference mode), the rest every layer with a fresh
+            optimizer. 0 (default): every layer from the start. Meant for pretrained `weights`.
         augment: augment the training split (small affine, brightness, contrast).
         cache: None, `memory` or a file prefix for tf.data caching.
         seed: global seed (Keras, NumPy, TF, shuffling).
@@ -88,6 +91,7 @@ class TrainConfig:
     loss: str = "bce"
     dropout: float = 0.1
     bn_momentum: float = None
+    freeze_backbone_epochs: int = 0
     augment: bool = True
     cache: str = "memory"
     seed: int = 0
@@ -125,6 +129,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
+        if not 0 <= int(self.freeze_backbone_epochs) < int(self.epochs):
+            raise ValueError(f"`freeze_backbone_epochs` must be in [0, epochs={self.epochs}): the last epochs train "
+                             f"the backbone. Received: freeze_backbone_epochs={self.freeze_backbone_epochs!r}")
         if not float(self.learning_rate) > 0:
             raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
         if isinstance(self.cache, str) and self.cache.strip().lower() in ("", "none", "null"):

@@ -133,11 +133,18 @@ def _load_data(config) -> _Data:
                  not_cxr=records.attrs.get("not_cxr", {}), prepared=prepared)
 
 
-def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks) -> tuple[str, EpochTimer, MacroAUROC]:
-    """Fit `model` with the run's callbacks; returns ("ok" | "nan_loss", the epoch timer, the AUROC callback)."""
+def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks, compile_model
+         ) -> tuple[str, EpochTimer, MacroAUROC]:
+    """Fit `model` with the run's callbacks; returns ("ok" | "nan_loss", the epoch timer, the AUROC callback).
+
+    With `config.freeze_backbone_epochs` = N > 0 the fit has two phases (LP-FT): epochs 1..N with the backbone
+    frozen, then the rest with it trainable, recompiled by `compile_model(model)` (a fresh optimizer). A resumed
+    run skips the phases it has finished; `BackupAndRestore` restores the epoch within a phase.
+    """
     import keras
 
     from tfcxr.data.records import label_matrix
+    from tfcxr.models import backbone_layer
 
     timer = EpochTimer()
     auroc = MacroAUROC(data.validation, label_matrix(data.parts["validation"]))
@@ -146,16 +153,28 @@ def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks) -> t
     best_value = run.best().value if resumed else None
     if best_value is not None:
         checkpoint.best = best_value
+    history = keras.callbacks.CSVLogger(str(run.history_path), append=resumed)
     all_callbacks = [
-        timer, auroc, checkpoint,
-        keras.callbacks.CSVLogger(str(run.history_path), append=resumed),
+        timer, auroc, checkpoint, history,
         *tensorboard_callbacks(run.tensorboard_path),
         keras.callbacks.BackupAndRestore(str(run.checkpoints_path), delete_checkpoint=False),
         NaNGuard(), *callbacks,
     ]
+    frozen = int(config.freeze_backbone_epochs)
+    phases = [(frozen, False), (int(config.epochs), True)] if frozen else [(int(config.epochs), True)]
+    done = run.epochs_run() if resumed else 0
     try:
-        model.fit(data.train, epochs=config.epochs, callbacks=all_callbacks, verbose=1 if sys.stdout.isatty() else 2,
-                  shuffle=False)
+        for last_epoch, backbone_trainable in phases:
+            if done >= last_epoch:
+                continue  # a finished phase of a resumed run
+            if frozen:
+                backbone_layer(model).trainable = backbone_trainable
+                compile_model(model)
+                logger.info("epochs %d-%d: %s", done + 1, last_epoch,
+                            "every layer" if backbone_trainable else "the head alone (backbone frozen)")
+            model.fit(data.train, epochs=last_epoch, callbacks=all_callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
+            done, history.append = last_epoch, True
     except NaNLossError as error:
         logger.error("Training stopped: %s. Kept best.keras and checkpoints/ from the last good epoch in %s. "
                      "Try a lower --learning-rate or --precision float32.", error, run.path)
@@ -222,13 +241,18 @@ def train(config, callbacks=()):
     data = _load_data(config)
     strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
+
+    def compile_model(m):  # also between the LP-FT phases, in the strategy's scope
+        with strategy.scope():
+            compile_classifier(m, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
+
     with strategy.scope():
         model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout,
                                  bn_momentum=config.bn_momentum)
-        compile_classifier(model, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
+    compile_model(model)
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
-    status, timer, auroc = _fit(config, run, resumed, model, data, callbacks)
+    status, timer, auroc = _fit(config, run, resumed, model, data, callbacks, compile_model)
     best = run.best()
     result = {"out": str(run.path), "status": status, "best_val_macro_auroc": best.value, "best_epoch": best.epoch,
               "not_cxr_flagged": data.not_cxr}
@@ -261,6 +285,8 @@ def build_parser():
     parser.add_argument("--loss", choices=LOSSES)
     parser.add_argument("--bn-momentum", type=float,
                         help="backbone BatchNorm momentum (default: the backbone's own; 0.9 for short fine-tunes)")
+    parser.add_argument("--freeze-backbone-epochs", type=int, metavar="N",
+                        help="LP-FT: train the head alone for the first N epochs, then every layer (default 0)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--exclude-not-cxr", action=argparse.BooleanOptionalAction, default=None,
                         help="leave out of train/validation the images the mask QC flagged not_cxr")

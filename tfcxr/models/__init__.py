@@ -5,7 +5,7 @@ Importing this package registers the custom layers and losses, so
 """
 
 from tfcxr.models.backbones import WeightsUnavailableError, build_backbone, tiny_backbone
-from tfcxr.models.classifier import build_classifier, compile_classifier
+from tfcxr.models.classifier import backbone_layer, build_classifier, compile_classifier
 from tfcxr.models.losses import LOSSES, WeightedBinaryCrossentropy, build_loss, positive_weights
 from tfcxr.models.preprocessor import CxrPreprocessor
 from tfcxr.models.presets import BACKBONE_PRESETS, BACKBONES, get_preset
@@ -17,6 +17,7 @@ __all__ = [
     "CxrPreprocessor",
     "WeightedBinaryCrossentropy",
     "WeightsUnavailableError",
+    "backbone_layer",
     "build_backbone",
     "build_classifier",
     "build_loss",

@@ -104,6 +104,14 @@ def build_classifier(backbone="tiny", image_size=None, weights="none", dropout=0
     return model
 
 
+def backbone_layer(model):
+    """The backbone (a nested `keras.Model`) of a classifier from `build_classifier`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"{model.name}: no backbone (nested keras.Model) among its layers")
+
+
 def compile_classifier(model, loss="bce", learning_rate=1e-3, train_labels=None, steps_per_execution=1):
     """Compile with the defaults: Adam, the chosen loss, Keras multi-label AUC.
 
