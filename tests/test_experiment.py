@@ -115,6 +115,24 @@ def test_seeds_and_a_labelled_weights_axis_make_one_run_per_cell_and_seed(tmp_pa
     assert experiment.parse_experiment({"grid": {"mask": ["tight"]}}).cells()[0][0] == "tight"  # no seeds: as before
 
 
+def test_a_variant_axis_sets_several_fields_per_cell(tmp_path):
+    values = {"out": str(tmp_path / "runs"), "seeds": [3],
+              "grid": {"mask": ["original", "tight"],
+                       "variant": {"random": {"weights": "none"},
+                                   "ssl_lpft": {"weights": "pre/backbone.weights.h5", "freeze_backbone_epochs": 2}}},
+              "train": {"epochs": 4}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    runs = dict(exp.cells())
+    assert list(runs) == ["original-random-seed3", "original-ssl_lpft-seed3", "tight-random-seed3",
+                          "tight-ssl_lpft-seed3"]
+    assert runs["tight-ssl_lpft-seed3"]["freeze_backbone_epochs"] == 2
+    assert runs["tight-ssl_lpft-seed3"]["weights"] == "pre/backbone.weights.h5"
+    assert "freeze_backbone_epochs" not in runs["tight-random-seed3"] and "variant" not in runs["tight-random-seed3"]
+    for name, overrides in exp.cells():
+        config = experiment._resolve(exp, name, overrides)  # each a valid TrainConfig
+        assert config.freeze_backbone_epochs == (2 if "lpft" in name else 0) and config.mask == name.split("-")[0]
+
+
 def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
     from tfcxr.config import save_config
 
@@ -140,6 +158,11 @@ def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
     ({"grid": {"mask": ["tight"], "seed": [1]}, "seeds": [0]}, "`seed` is set in `grid`"),
     ({"grid": {"weights": {}}}, "grid `weights` must be a non-empty list or a mapping"),
     ({"grid": {"weights": {"a/b": "none"}}}, "labels must be unique, non-empty and without '/'"),
+    ({"grid": {"variant": {"a": "none"}}}, "grid `variant` 'a' must be a non-empty mapping"),
+    ({"grid": {"variant": {"a": {"epoch": 2}}}}, r"grid `variant` 'a' has unknown or reserved key\(s\) \['epoch'\]"),
+    ({"grid": {"mask": ["tight"], "variant": {"a": {"mask": "loose"}}}}, r"sets \['mask'\], which are grid axes"),
+    ({"grid": {"variant": {"a": {"epochs": 2}}}, "train": {"epochs": 3}}, "both in `grid` and `train`"),
+    ({"grid": {"variant": {"a": {"seed": 2}}}, "seeds": [0]}, "`seed` is set in `grid`"),
 ])
 def test_bad_seeds_and_axes_name_the_file(tmp_path, values, match):
     path = _write(tmp_path, values)

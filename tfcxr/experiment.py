@@ -17,7 +17,13 @@ The YAML has these sections (an unknown key anywhere is an error naming it and t
       bootstrap: 1000
 
 A grid axis is a list of values (the cell name shows each value, "/" as "_") or a mapping
-label -> value (the cell name shows the label). Without `seeds` every cell trains once with
+label -> value (the cell name shows the label). The axis `variant` maps labels to groups of
+TrainConfig fields that change together, e.g. a pretrained init with its own fine-tuning recipe:
+
+    grid:
+      variant:
+        random: {weights: none}
+        ssl_lpft: {weights: runs/pretrain/backbone.weights.h5, freeze_backbone_epochs: 3} Without `seeds` every cell trains once with
 `train.seed` (default 0) in OUT/<cell>, as before; with `seeds` the training seed comes only
 from that list (`seed` in `grid` or `train` is then an error).
 
@@ -42,6 +48,7 @@ from tfcxr.rundir import RunDir
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("name", "out", "grid", "seeds", "train", "evaluate")
+VARIANT = "variant"  # the grid axis whose values are groups of TrainConfig fields
 EVALUATE_OPTIONS = {
     "bootstrap": int,
     "seed": int,
@@ -85,7 +92,8 @@ class Experiment:
         for pairs in itertools.product(*(self.grid[k] for k in keys)):
             cell = "-".join(label for label, _ in pairs)
             overrides = dict(self.train)
-            overrides.update(zip(keys, (value for _, value in pairs)))
+            for key, (_, value) in zip(keys, pairs):
+                overrides.update(value if key == VARIANT else {key: value})
             for seed in self.seeds if self.seeds is not None else (None,):
                 name = cell if seed is None else f"{cell}-seed{seed}"
                 run = dict(overrides, out=str(self.out / name))
@@ -128,7 +136,7 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
         if not sep:
             raise ValueError(f"`--set` must look like key=value. Received: {item!r}")
         train[key.strip()] = yaml.safe_load(text)
-    for section, mapping in (("grid", grid), ("train", train)):
+    for section, mapping in (("grid", {k: v for k, v in grid.items() if k != VARIANT}), ("train", train)):
         bad = sorted(set(mapping) - set(FIELDS) | ({"out"} & set(mapping)))
         if bad:
             raise ValueError(
@@ -138,10 +146,13 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
     if not grid:
         raise ValueError(f"{source}: `grid` is empty; give at least one field, e.g. grid: {{mask: [original, tight]}}")
     grid = {key: _axis(source, key, axis) for key, axis in grid.items()}
-    both = sorted(set(grid) & set(train))
+    varied = set(grid) - {VARIANT}
+    if VARIANT in grid:
+        varied |= _variant_fields(source, grid[VARIANT], FIELDS, set(grid))
+    both = sorted(varied & set(train))
     if both:
         raise ValueError(f"{source}: key(s) {both} are both in `grid` and `train`; keep each in one place")
-    seeds = _seeds(source, values.get("seeds"), grid, train)
+    seeds = _seeds(source, values.get("seeds"), varied, train)
     bad = sorted(set(evaluate) - set(EVALUATE_OPTIONS))
     if bad:
         raise ValueError(f"{source}: unknown `evaluate` key(s) {bad}. Known: {', '.join(EVALUATE_OPTIONS)}")
@@ -167,6 +178,23 @@ def _axis(source, key, axis):
     if bad:
         raise ValueError(f"{source}: grid `{key}` labels must be unique, non-empty and without '/'. Received: {bad}")
     return pairs
+
+
+def _variant_fields(source, pairs, fields, axes):
+    """The TrainConfig fields the `variant` axis sets; raise ValueError for a malformed variant."""
+    varied = set()
+    for label, value in pairs:
+        if not isinstance(value, dict) or not value:
+            raise ValueError(f"{source}: grid `variant` {label!r} must be a non-empty mapping of TrainConfig fields. "
+                             f"Received: {value!r}")
+        bad = sorted(set(value) - set(fields) | ({"out"} & set(value)))
+        if bad:
+            raise ValueError(f"{source}: grid `variant` {label!r} has unknown or reserved key(s) {bad}")
+        clash = sorted(set(value) & axes)
+        if clash:
+            raise ValueError(f"{source}: grid `variant` {label!r} sets {clash}, which are grid axes too")
+        varied |= set(value)
+    return varied
 
 
 def _seeds(source, seeds, grid, train):
