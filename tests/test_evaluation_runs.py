@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from evaluation_fakes import make_run, write_images
-from tfcxr.evaluation.runs import (check_same_test_images, differing_keys, group_cells, load_run, load_runs, run_seed,
-                                   short_value)
+from tfcxr.evaluation.runs import (
+    check_same_test_images, differing_keys, differing_settings, group_cells, load_run, load_runs, run_seed,
+    short_value,
+)
 from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.rundir import best_of
 
@@ -66,6 +68,16 @@ def test_group_cells_pairs_seeds_and_labels_the_settings_that_vary():
     assert differing_keys(cells[0], cells[2]) == ["lr", "mask"]  # `masks` follows the mask mode
     assert differing_keys(cells[0], cells[1]) == []
     assert run_seed(_fake(backbone="b")) is None
+
+
+def test_linked_keys_count_as_one_setting():
+    cells = group_cells([_fake(backbone="b", mask="tight", weights="none", freeze=0, out="x"),
+                         _fake(backbone="b", mask="tight", weights="ssl.h5", freeze=3, out="y"),
+                         _fake(backbone="b", mask="loose", weights="ssl.h5", freeze=3, out="z")])
+    assert differing_settings(cells[0], cells[1]) == ["freeze", "weights"]  # two settings: not compared
+    assert differing_settings(cells[0], cells[1], [["weights", "freeze"]]) == ["freeze+weights"]  # one variant
+    assert differing_settings(cells[0], cells[2], [["weights", "freeze"]]) == ["freeze+weights", "mask"]
+    assert differing_settings(cells[1], cells[2], [["weights", "freeze"]]) == ["mask"]
 
 
 def test_short_value_names_pretraining_runs_by_folder():

@@ -128,6 +128,8 @@ def test_a_variant_axis_sets_several_fields_per_cell(tmp_path):
     assert runs["tight-ssl_lpft-seed3"]["freeze_backbone_epochs"] == 2
     assert runs["tight-ssl_lpft-seed3"]["weights"] == "pre/backbone.weights.h5"
     assert "freeze_backbone_epochs" not in runs["tight-random-seed3"] and "variant" not in runs["tight-random-seed3"]
+    assert exp.linked() == [["freeze_backbone_epochs", "weights"]]  # the report compares variants as one setting
+    assert experiment.parse_experiment({"grid": {"mask": ["tight"]}}).linked() == []
     for name, overrides in exp.cells():
         config = experiment._resolve(exp, name, overrides)  # each a valid TrainConfig
         assert config.freeze_backbone_epochs == (2 if "lpft" in name else 0) and config.mask == name.split("-")[0]
@@ -159,6 +161,7 @@ def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
     ({"grid": {"weights": {}}}, "grid `weights` must be a non-empty list or a mapping"),
     ({"grid": {"weights": {"a/b": "none"}}}, "labels must be unique, non-empty and without '/'"),
     ({"grid": {"variant": {"a": "none"}}}, "grid `variant` 'a' must be a non-empty mapping"),
+    ({"grid": {"variant": [{"weights": "none"}]}}, "grid `variant` must be a mapping label"),
     ({"grid": {"variant": {"a": {"epoch": 2}}}}, r"grid `variant` 'a' has unknown or reserved key\(s\) \['epoch'\]"),
     ({"grid": {"mask": ["tight"], "variant": {"a": {"mask": "loose"}}}}, r"sets \['mask'\], which are grid axes"),
     ({"grid": {"variant": {"a": {"epochs": 2}}}, "train": {"epochs": 3}}, "both in `grid` and `train`"),

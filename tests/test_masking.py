@@ -71,6 +71,42 @@ def test_box_covers_each_lung_bounding_box_plus_margin():
     np.testing.assert_array_equal(box, expected)
 
 
+def _boxes_by_loops(mask, margin):
+    """`lung_boxes` written out with NumPy loops, one image at a time: bool (height, width) -> float (height, width)."""
+    height, width = mask.shape
+    counts = mask.sum(axis=0)
+    central = range(width // 4, width - width // 4)
+    split = min(central, key=lambda c: (counts[c], abs(2 * c - width)))  # emptiest, then nearest the centre
+    out = np.zeros((height, width))
+    for first, last in ((0, split), (split, width)):
+        rows, cols = np.nonzero(mask[:, first:last])
+        if rows.size:
+            top, bottom = max(rows.min() - margin, 0), rows.max() + margin
+            left, right = max(cols.min() + first - margin, 0), cols.max() + first + margin
+            out[top : bottom + 1, left : right + 1] = 1
+    return out
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (90, 40)])
+def test_lung_boxes_match_a_loop_over_each_image(shape):
+    from tfcxr.masking import lung_boxes
+
+    rng = np.random.default_rng(sum(shape))
+    masks = np.zeros((5, *shape), bool)
+    height, width = shape
+    for i in range(1, 5):  # image 0 stays empty
+        for side in range(2 if i != 2 else 1):  # image 2: one lung only
+            top, left = rng.integers(0, height // 2), rng.integers(side * width // 2, (side + 1) * width // 2 - 4)
+            masks[i, top : top + rng.integers(3, height // 2), left : left + rng.integers(2, width // 3)] = True
+        masks[i] &= rng.random(shape) > 0.2  # ragged edges, holes
+    for margin in (0, 3, 200):  # 200: boxes past the image edge
+        for dtype in (bool, np.float32):
+            boxes = lung_boxes(tf.constant(masks[..., None].astype(dtype)), tf.constant(margin)).numpy()
+            assert boxes.shape == (5, *shape, 1) and boxes.dtype == np.float32
+            for mask, box in zip(masks, boxes):
+                np.testing.assert_array_equal(box[..., 0], _boxes_by_loops(mask, margin))
+
+
 def test_fill_mean_uses_image_mean():
     image, lungs = random_image(), two_lungs()
     out = apply_mask(image, lungs, "tight", fill="mean").numpy()

@@ -112,16 +112,32 @@ def test_freeze_backbone_epochs_trains_the_head_first_then_every_layer(synthetic
     assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0, 1, 2]  # both phases logged
 
 
-def test_freeze_backbone_epochs_resumes_in_the_second_phase(synthetic, tmp_path):
+class _RecordAndInterrupt(_BackboneWeights):
+    """`_BackboneWeights`, then the interruption of `_Interrupt` (in the second epoch)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+@pytest.mark.parametrize("frozen", [1, 2])  # interrupted in epoch 2 of 3: after the frozen phase, or inside it
+def test_freeze_backbone_epochs_resumes_in_its_phase(synthetic, tmp_path, frozen):
     out = tmp_path / "run"
-    config = dict(mask="original", epochs=2, freeze_backbone_epochs=1, augment=False)
-    with pytest.raises(KeyboardInterrupt):  # epoch 0 (frozen) done, interrupted in epoch 1
-        train(_config(synthetic, out, **config), callbacks=[_Interrupt()])
+    config = dict(mask="original", epochs=3, freeze_backbone_epochs=frozen, augment=False)
+    first = _RecordAndInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(synthetic, out, **config), callbacks=[first])
     weights = _BackboneWeights()
     assert train(_config(synthetic, out, **config), callbacks=[weights])["status"] == "ok"
-    assert len(weights.backbone) == 2  # one phase ran: the resumed epoch 1
-    assert not _same(weights.backbone[0], weights.backbone[1])  # with the backbone trainable
-    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
+    start, after_2, after_3 = weights.backbone  # resumed after epoch 1, then epochs 2 and 3
+    assert _same(weights.head[0], first.head[1])  # restored from the backup, not a fresh start
+    assert _same(start, first.backbone[1])
+    assert _same(start, after_2) == (frozen == 2)  # epoch 2 is still frozen only when N = 2
+    assert not _same(after_2, after_3)  # epoch 3 trains the backbone
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1, 2]
 
 
 def test_freeze_backbone_epochs_must_leave_an_epoch_to_fine_tune(synthetic, tmp_path):

@@ -58,7 +58,8 @@ class TrainConfig:
             0.99 for keras.applications); 0.9 suits short fine-tunes of pretrained backbones.
         freeze_backbone_epochs: linear probing, then fine-tuning (LP-FT): the first N of `epochs` train the
             head alone (backbone frozen, its BatchNorm in inference mode), the rest every layer with a fresh
-            optimizer. 0 (default): every layer from the start. Meant for pretrained `weights`.
+            optimizer; both phases use `learning_rate`. 0 (default): every layer from the start. Meant for
+            pretrained `weights`.
         augment: augment the training split (small affine, brightness, contrast).
         cache: None, `memory` or a file prefix for tf.data caching.
         seed: global seed (Keras, NumPy, TF, shuffling).

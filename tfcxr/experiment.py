@@ -1,4 +1,4 @@
-"""Run the paper's experiment grid (backbones x mask modes [x weights] x seeds) and write one comparison report.
+"""Run the paper's experiment grid (backbones x mask modes [x weights or variants] x seeds) and write one report.
 
     python -m tfcxr.experiment --config configs/paper.yaml [--out DIR] [--set epochs=2] [--dry-run]
 
@@ -23,9 +23,10 @@ TrainConfig fields that change together, e.g. a pretrained init with its own fin
     grid:
       variant:
         random: {weights: none}
-        ssl_lpft: {weights: runs/pretrain/backbone.weights.h5, freeze_backbone_epochs: 3} Without `seeds` every cell trains once with
-`train.seed` (default 0) in OUT/<cell>, as before; with `seeds` the training seed comes only
-from that list (`seed` in `grid` or `train` is then an error).
+        ssl_lpft: {weights: runs/pretrain/backbone.weights.h5, freeze_backbone_epochs: 3}
+
+Without `seeds` every cell trains once with `train.seed` (default 0) in OUT/<cell>; with `seeds`
+the training seed comes only from that list (`seed` in `grid` or `train` is then an error).
 
 Each run calls `tfcxr.train.train`. A run whose directory is complete
 (`tfcxr.rundir.RunDir.is_complete`) with the same config is skipped, and an
@@ -67,7 +68,8 @@ class Experiment:
     Attributes:
         name: title of the report.
         out: root folder of the cells and the report.
-        grid: ordered dict TrainConfig field -> list of (label, value) pairs.
+        grid: ordered dict TrainConfig field (or `variant`) -> list of (label, value) pairs; a variant's
+            value is a dict of TrainConfig fields.
         train: TrainConfig fields shared by all cells.
         evaluate: keyword arguments of `write_report` (bootstrap -> num_resamples).
         source: the YAML path (for messages).
@@ -81,6 +83,11 @@ class Experiment:
     evaluate: dict
     source: str = "<dict>"
     seeds: list = None
+
+    def linked(self):
+        """The config keys the `variant` axis sets, as one group (the report compares its cells as one setting)."""
+        fields = {key for _, value in self.grid.get(VARIANT, ()) for key in value}
+        return [sorted(fields)] if fields else []
 
     def cells(self):
         """List of (run name, TrainConfig overrides) in grid order, seeds innermost.
@@ -137,7 +144,7 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
             raise ValueError(f"`--set` must look like key=value. Received: {item!r}")
         train[key.strip()] = yaml.safe_load(text)
     for section, mapping in (("grid", {k: v for k, v in grid.items() if k != VARIANT}), ("train", train)):
-        bad = sorted(set(mapping) - set(FIELDS) | ({"out"} & set(mapping)))
+        bad = _bad_fields(mapping, FIELDS)
         if bad:
             raise ValueError(
                 f"{source}: unknown or reserved `{section}` key(s) {bad}. Known TrainConfig fields: "
@@ -145,6 +152,9 @@ def parse_experiment(values, source="<dict>", out=None, sets=()):
             )
     if not grid:
         raise ValueError(f"{source}: `grid` is empty; give at least one field, e.g. grid: {{mask: [original, tight]}}")
+    if VARIANT in grid and not isinstance(grid[VARIANT], dict):
+        raise ValueError(f"{source}: grid `variant` must be a mapping label -> {{field: value, ...}}. "
+                         f"Received: variant={grid[VARIANT]!r}")
     grid = {key: _axis(source, key, axis) for key, axis in grid.items()}
     varied = set(grid) - {VARIANT}
     if VARIANT in grid:
@@ -180,6 +190,11 @@ def _axis(source, key, axis):
     return pairs
 
 
+def _bad_fields(mapping, fields):
+    """Sorted keys of `mapping` that are not TrainConfig `fields`, or are `out` (set by the experiment)."""
+    return sorted(set(mapping) - set(fields) | ({"out"} & set(mapping)))
+
+
 def _variant_fields(source, pairs, fields, axes):
     """The TrainConfig fields the `variant` axis sets; raise ValueError for a malformed variant."""
     varied = set()
@@ -187,7 +202,7 @@ def _variant_fields(source, pairs, fields, axes):
         if not isinstance(value, dict) or not value:
             raise ValueError(f"{source}: grid `variant` {label!r} must be a non-empty mapping of TrainConfig fields. "
                              f"Received: {value!r}")
-        bad = sorted(set(value) - set(fields) | ({"out"} & set(value)))
+        bad = _bad_fields(value, fields)
         if bad:
             raise ValueError(f"{source}: grid `variant` {label!r} has unknown or reserved key(s) {bad}")
         clash = sorted(set(value) & axes)
@@ -296,7 +311,7 @@ def run_experiment(experiment, dry_run=False):
     if done:
         report = experiment.out / "report"
         result = write_report(load_runs(done), report, title=f"{experiment.name} ({len(done)} of {len(cells)} cells complete)",
-                              **experiment.evaluate)
+                              linked=experiment.linked(), **experiment.evaluate)
         from tfcxr.evaluate import summary_table
 
         print(summary_table(result))

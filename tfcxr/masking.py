@@ -163,9 +163,9 @@ def lung_boxes(mask, margin_px):
         float32 (batch, height, width, 1) in {0, 1}: union of the two boxes.
     """
     m = mask[..., 0] if mask.dtype == tf.bool else mask[..., 0] > 0.5  # (batch, height, width)
-    lung = tf.cast(m, tf.float32)  # one pass; projections below are matmuls over it, exact for 0/1 sums < 2**24
+    lung = tf.cast(m, tf.float32)  # one pass; the projections below are matmuls over it
     height, width = tf.shape(m)[1], tf.shape(m)[2]
-    column_counts = tf.cast(tf.reduce_sum(lung, axis=1), tf.int32)  # (batch, width)
+    column_counts = tf.cast(tf.reduce_sum(lung, axis=1), tf.int32)  # (batch, width); float sums exact < 2**24
     lo, hi = width // 4, width - width // 4
     cols = tf.range(width)
     central = (cols >= lo) & (cols < hi)

@@ -226,6 +226,24 @@ class RunDir:
         history = self.history()
         return 0 if history is None else len(history)
 
+    def epochs_backed_up(self) -> int:
+        """Epochs finished in the `BackupAndRestore` backup (checkpoints/training_metadata.json; 0 without one): where
+        a resumed fit starts.
+
+        Raises:
+            ValueError: the metadata file is unreadable or has no integer `epoch` (names the file).
+        """
+        path = self.checkpoints_path / "training_metadata.json"
+        if not path.is_file():
+            return 0
+        try:
+            epoch = json.loads(path.read_text(encoding="utf-8"))["epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: unreadable training metadata ({error})") from error
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"{path}: `epoch` must be a non-negative integer. Received: {epoch!r}")
+        return epoch
+
     # test_predictions.csv
 
     def write_predictions(self, frame, probs):

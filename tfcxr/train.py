@@ -135,11 +135,15 @@ def _load_data(config) -> _Data:
 
 def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks, compile_model
          ) -> tuple[str, EpochTimer, MacroAUROC]:
-    """Fit `model` with the run's callbacks; returns ("ok" | "nan_loss", the epoch timer, the AUROC callback).
+    """Compile (`compile_model(model)`) and fit `model` with the run's callbacks.
 
-    With `config.freeze_backbone_epochs` = N > 0 the fit has two phases (LP-FT): epochs 1..N with the backbone
-    frozen, then the rest with it trainable, recompiled by `compile_model(model)` (a fresh optimizer). A resumed
-    run skips the phases it has finished; `BackupAndRestore` restores the epoch within a phase.
+    With `config.freeze_backbone_epochs` = N > 0 the fit has two phases (LP-FT), both at `config.learning_rate`:
+    epochs 1..N with the backbone frozen, then the rest with it trainable, recompiled (a fresh optimizer: Keras
+    warns "Skipping variable loading for optimizer" when the second phase restores the first phase's backup). A
+    resumed run starts at the epoch of its `BackupAndRestore` backup and skips a first phase it has finished.
+
+    Returns:
+        ("ok" | "nan_loss", the epoch timer, the AUROC callback).
     """
     import keras
 
@@ -162,19 +166,18 @@ def _fit(config, run: RunDir, resumed: bool, model, data: _Data, callbacks, comp
     ]
     frozen = int(config.freeze_backbone_epochs)
     phases = [(frozen, False), (int(config.epochs), True)] if frozen else [(int(config.epochs), True)]
-    done = run.epochs_run() if resumed else 0
+    if frozen and resumed and run.epochs_backed_up() >= frozen:
+        phases = phases[1:]  # the backbone-frozen phase is done
     try:
         for last_epoch, backbone_trainable in phases:
-            if done >= last_epoch:
-                continue  # a finished phase of a resumed run
             if frozen:
                 backbone_layer(model).trainable = backbone_trainable
-                compile_model(model)
-                logger.info("epochs %d-%d: %s", done + 1, last_epoch,
+                logger.info("up to epoch %d: %s", last_epoch,
                             "every layer" if backbone_trainable else "the head alone (backbone frozen)")
+            compile_model(model)
             model.fit(data.train, epochs=last_epoch, callbacks=all_callbacks,
                       verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
-            done, history.append = last_epoch, True
+            history.append = True  # the next phase adds to the same history.csv
     except NaNLossError as error:
         logger.error("Training stopped: %s. Kept best.keras and checkpoints/ from the last good epoch in %s. "
                      "Try a lower --learning-rate or --precision float32.", error, run.path)
@@ -242,14 +245,13 @@ def train(config, callbacks=()):
     strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
 
-    def compile_model(m):  # also between the LP-FT phases, in the strategy's scope
+    def compile_model(m):  # in the strategy's scope; `_fit` calls it (again between the LP-FT phases)
         with strategy.scope():
             compile_classifier(m, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
 
     with strategy.scope():
         model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout,
                                  bn_momentum=config.bn_momentum)
-    compile_model(model)
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
     status, timer, auroc = _fit(config, run, resumed, model, data, callbacks, compile_model)

@@ -30,7 +30,7 @@ from tfcxr.evaluation.columns import COLUMNS, MACRO, no_finding_scores
 from tfcxr.evaluation.figures import report_figures
 from tfcxr.evaluation.report_markdown import fmt as _fmt  # noqa: F401  tfcxr.evaluate imports _fmt from here
 from tfcxr.evaluation.report_markdown import markdown
-from tfcxr.evaluation.runs import check_same_test_images, differing_keys, group_cells, run_seed
+from tfcxr.evaluation.runs import check_same_test_images, differing_settings, group_cells, run_seed
 from tfcxr.labels import NO_FINDING, TARGETS
 from tfcxr.rundir import best_of
 
@@ -106,7 +106,7 @@ def _evaluate_one(run, num_resamples, seed, level, specificity, method):
 
 
 def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0.9,
-                  no_finding_score=None, require_same_test_set=True):
+                  no_finding_score=None, require_same_test_set=True, linked=()):
     """All metrics of the report as one JSON-ready dict.
 
     Args:
@@ -120,6 +120,8 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
             `no_finding_score` (`Run.no_finding_score`, "max" for older runs).
         require_same_test_set: raise when two runs differ in test images; False skips
             the comparisons of those pairs instead (with a note).
+        linked: groups of config keys that count as one setting when cells are compared (cells are compared
+            when they differ in at most one setting), e.g. the fields of an experiment's `variant` axis.
 
     Returns:
         dict with "settings", "runs" (one entry per run) and "comparisons" (one per pair).
@@ -141,7 +143,7 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
     cells = group_cells(runs)
     index = {id(run): k for k, run in enumerate(runs)}
     comparisons, by_pair = [], {}
-    for i, j in _run_pairs(runs, cells, index):
+    for i, j in _run_pairs(runs, cells, index, linked):
         entry = _compare(runs[i], runs[j], results[i], results[j], macro_boots[i], macro_boots[j], ci_level,
                          require_same_test_set)
         comparisons.append(entry)
@@ -149,8 +151,9 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
     cell_results = [_cell_summary(cell, [results[index[id(r)]] for r in cell.runs]) for cell in cells]
     cell_comparisons = []
     for ca, cb in itertools.combinations(cells, 2):
-        if len(differing_keys(ca, cb)) <= 1:
-            entry = _compare_cells(ca, cb, results, index, by_pair, macro_boots, ci_level, seed)
+        differs_in = differing_settings(ca, cb, linked)
+        if len(differs_in) <= 1:
+            entry = _compare_cells(ca, cb, differs_in, results, index, by_pair, macro_boots, ci_level, seed)
             if entry is not None:
                 cell_comparisons.append(entry)
     return {"settings": _settings(num_resamples, seed, ci_level, specificity), "runs": results,
@@ -158,12 +161,12 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
             "shortcut_probe": _shortcut_probe(cells, cell_results, cell_comparisons)}
 
 
-def _run_pairs(runs, cells, index):
+def _run_pairs(runs, cells, index, linked=()):
     """Index pairs of the runs to compare: with several seeds, same-seed runs of cells that differ in one
-    setting; otherwise every pair of runs, as for a single-seed grid."""
+    setting (`linked` groups count as one); otherwise every pair of runs, as for a single-seed grid."""
     if any(len(cell.runs) > 1 for cell in cells):
         return [(index[id(ra)], index[id(rb)])
-                for ca, cb in itertools.combinations(cells, 2) if len(differing_keys(ca, cb)) <= 1
+                for ca, cb in itertools.combinations(cells, 2) if len(differing_settings(ca, cb, linked)) <= 1
                 for ra in ca.runs for rb in cb.runs if run_seed(ra) == run_seed(rb)]
     return list(itertools.combinations(range(len(runs)), 2))
 
@@ -252,8 +255,9 @@ def _over_seeds(diffs):
     return out
 
 
-def _compare_cells(cell_a, cell_b, results, index, by_pair, macro_boots, ci_level, seed):
-    """Compare two cells over their shared seeds (None when they share none or their test sets differ)."""
+def _compare_cells(cell_a, cell_b, differs_in, results, index, by_pair, macro_boots, ci_level, seed):
+    """Compare two cells (differing in the settings `differs_in`) over their shared seeds (None when they share
+    none or their test sets differ)."""
     seeds_b = {run_seed(r): r for r in cell_b.runs}
     pairs = [(ra, seeds_b[run_seed(ra)]) for ra in cell_a.runs if run_seed(ra) in seeds_b]
     if not pairs:
@@ -273,7 +277,7 @@ def _compare_cells(cell_a, cell_b, results, index, by_pair, macro_boots, ci_leve
         both = np.nanmean(diffs[drawn, np.arange(diffs.shape[1])[:, None]], axis=1)  # (B,)
     ci = bootstrap.percentile_ci(both, ci_level)
     return {
-        "cell_a": cell_a.label, "cell_b": cell_b.label, "differs_in": differing_keys(cell_a, cell_b),
+        "cell_a": cell_a.label, "cell_b": cell_b.label, "differs_in": differs_in,
         "seeds": [run_seed(ra) for ra, _ in pairs],
         "macro_auroc_diff": _over_seeds(macro),
         "macro_auroc_diff_patients_seeds_ci": [ci["low"], ci["high"]],
@@ -331,7 +335,7 @@ def _json_ready(obj):
 
 def write_report(runs, out_dir, num_resamples=1000, seed=0, ci_level=0.95, specificity=0.9,
                  no_finding_score=None, require_same_test_set=True, gradcam_images=4,
-                 title="tfcxr evaluation report"):
+                 title="tfcxr evaluation report", linked=()):
     """Evaluate `runs` and write the report folder.
 
     Args:
@@ -347,7 +351,7 @@ def write_report(runs, out_dir, num_resamples=1000, seed=0, ci_level=0.95, speci
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate_runs(runs, num_resamples, seed, ci_level, specificity, no_finding_score,
-                           require_same_test_set)
+                           require_same_test_set, linked)
     notes = []
     figures = report_figures(runs, result, out_dir, gradcam_images, notes)
     result["figures"] = {caption: path.name for caption, path in figures}

@@ -162,6 +162,18 @@ def differing_keys(cell_a, cell_b):
     return sorted(k for k in keys if cell_a.config.get(k) != cell_b.config.get(k))
 
 
+def differing_settings(cell_a, cell_b, linked=()):
+    """`differing_keys`, with the keys of each group in `linked` (e.g. the fields of an experiment's `variant`
+    axis, which change together) counted as one setting, named by its keys joined with "+"."""
+    keys = differing_keys(cell_a, cell_b)
+    settings = []
+    for group in linked:
+        if set(group) & set(keys):
+            settings.append("+".join(sorted(group)))
+            keys = [key for key in keys if key not in set(group)]
+    return sorted(settings + keys)
+
+
 def load_runs(run_dirs):
     """Load several runs and label them by cell: "backbone / mask[, key=value]", plus ", seed k" for a cell with
     several seeds; " (dirname)" is added when two runs still share a label."""
