@@ -90,3 +90,21 @@ def test_prod_run_is_exported_and_evaluated_with_prod(tmp_path):
     assert result["classes"]["No Finding"]["auroc"] == pytest.approx(expected)
     override = report.evaluate_runs(load_runs([path]), num_resamples=20, no_finding_score="max")["runs"][0]
     assert override["no_finding_score"] == "max"  # the report's override still wins
+
+
+@pytest.mark.parametrize("text, error", [
+    (None, None), ('{"epoch": 4, "batch": -1}', None), ("{broken", "unreadable training metadata"),
+    ('{"batch": 0}', "unreadable training metadata"), ('{"epoch": "4"}', "non-negative integer"),
+    ('{"epoch": -1}', "non-negative integer"),
+])
+def test_epochs_backed_up_reads_the_backup_metadata(tmp_path, text, error):
+    run = RunDir(tmp_path / "run")
+    if text is not None:
+        run.checkpoints_path.mkdir(parents=True)
+        (run.checkpoints_path / "training_metadata.json").write_text(text)
+    if error:
+        with pytest.raises(ValueError, match=error) as info:
+            run.epochs_backed_up()
+        assert "training_metadata.json" in str(info.value)
+    else:
+        assert run.epochs_backed_up() == (4 if text else 0)
