@@ -162,3 +162,20 @@ def test_weights_axis_labels_cells_by_pretraining_folder(tmp_path, images):
     (comparison,) = result["cell_comparisons"]
     assert comparison["differs_in"] == ["weights"] and not math.isnan(comparison["no_finding_auroc_diff"]["mean"])
     assert short_value("weights", "x/w.weights.h5") == "w.weights.h5" and short_value("mask", "tight") == "tight"
+
+
+def test_linked_keys_make_a_variant_pair_one_comparison(tmp_path, images):
+    import yaml
+
+    dirs = _grid(tmp_path / "a", images, ("original",), (0, 1)) + _grid(tmp_path / "b", images, ("original",), (0, 1))
+    for d, (weights, frozen) in zip(dirs, [("none", 0)] * 2 + [("runs/pre/backbone.weights.h5", 3)] * 2):
+        config = yaml.safe_load((d / "config.yaml").read_text())
+        config.update(weights=weights, freeze_backbone_epochs=frozen)
+        (d / "config.yaml").write_text(yaml.safe_dump(config))
+    assert report.evaluate_runs(load_runs(dirs), num_resamples=20)["cell_comparisons"] == []  # two settings differ
+    result = report.write_report(load_runs(dirs), tmp_path / "report", num_resamples=20, gradcam_images=0,
+                                 linked=[["weights", "freeze_backbone_epochs"]])
+    (comparison,) = result["cell_comparisons"]
+    assert comparison["differs_in"] == ["freeze_backbone_epochs+weights"] and comparison["seeds"] == [0, 1]
+    assert len(result["comparisons"]) == 2  # the same-seed run pairs, one per seed
+    assert "| freeze_backbone_epochs+weights | 2 |" in (tmp_path / "report" / "report.md").read_text()

@@ -29,6 +29,9 @@ def build_parser():
                         help="error when runs differ in test images (else skip those DeLong pairs)")
     parser.add_argument("--gradcam-images", type=int, default=4,
                         help="test images in the mask and Grad-CAM grids (0: none)")
+    parser.add_argument("--link", action="append", default=[], metavar="KEY+KEY",
+                        help="config keys that count as one setting when cells are compared, e.g. "
+                             "weights+freeze_backbone_epochs (an experiment's `variant` axis); repeatable")
     parser.add_argument("--title", default="tfcxr evaluation report")
     return cli.add_log_level(parser)
 
@@ -67,7 +70,7 @@ def _main(args) -> int:
     result = run(args.run_dirs, args.out, num_resamples=args.bootstrap, seed=args.seed,
                  ci_level=args.ci_level, specificity=args.specificity, no_finding_score=args.no_finding_score,
                  require_same_test_set=args.require_same_test_set, gradcam_images=args.gradcam_images,
-                 title=args.title)
+                 title=args.title, linked=[link.split("+") for link in args.link])
     print(summary_table(result))
     print(f"Report: {args.out}/report.md")
     return 0

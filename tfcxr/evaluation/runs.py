@@ -163,8 +163,17 @@ def differing_keys(cell_a, cell_b):
 
 
 def differing_settings(cell_a, cell_b, linked=()):
-    """`differing_keys`, with the keys of each group in `linked` (e.g. the fields of an experiment's `variant`
-    axis, which change together) counted as one setting, named by its keys joined with "+"."""
+    """The settings in which two cells differ: `differing_keys`, with each group of `linked` keys counted as one.
+
+    Args:
+        cell_a, cell_b: `Cell`s of `group_cells`.
+        linked: groups (lists) of config keys that change together, e.g. the fields of an experiment's `variant`
+            axis.
+
+    Returns:
+        sorted list of str: the differing keys outside every group, and for each group with a differing key the
+        whole group's keys joined with "+" (e.g. "freeze_backbone_epochs+weights"), which is not a config key.
+    """
     keys = differing_keys(cell_a, cell_b)
     settings = []
     for group in linked:
