@@ -110,6 +110,10 @@ def test_freeze_backbone_epochs_trains_the_head_first_then_every_layer(synthetic
     assert not _same(after_2, after_3)  # the last epoch trains the backbone
     assert not _same(weights.head[0], weights.head[1])  # the head trains while the backbone is frozen
     assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0, 1, 2]  # both phases logged
+    again = train(_config(synthetic, tmp_path / "run", mask="original", epochs=3, freeze_backbone_epochs=2,
+                          augment=False))  # a finished run, rerun: nothing is trained twice
+    assert again["status"] == "ok" and again["test_macro_auroc"] == pytest.approx(result["test_macro_auroc"])
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0, 1, 2]
 
 
 class _RecordAndInterrupt(_BackboneWeights):
