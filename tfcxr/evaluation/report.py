@@ -142,31 +142,37 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
 
     cells = group_cells(runs)
     index = {id(run): k for k, run in enumerate(runs)}
+    comparable = _comparable_cells(cells, linked)
     comparisons, by_pair = [], {}
-    for i, j in _run_pairs(runs, cells, index, linked):
+    for i, j in _run_pairs(runs, cells, index, comparable):
         entry = _compare(runs[i], runs[j], results[i], results[j], macro_boots[i], macro_boots[j], ci_level,
                          require_same_test_set)
         comparisons.append(entry)
         by_pair[(i, j)] = entry
     cell_results = [_cell_summary(cell, [results[index[id(r)]] for r in cell.runs]) for cell in cells]
     cell_comparisons = []
-    for ca, cb in itertools.combinations(cells, 2):
-        differs_in = differing_settings(ca, cb, linked)
-        if len(differs_in) <= 1:
-            entry = _compare_cells(ca, cb, differs_in, results, index, by_pair, macro_boots, ci_level, seed)
-            if entry is not None:
-                cell_comparisons.append(entry)
+    for ca, cb, differs_in in comparable:
+        entry = _compare_cells(ca, cb, differs_in, results, index, by_pair, macro_boots, ci_level, seed)
+        if entry is not None:
+            cell_comparisons.append(entry)
     return {"settings": _settings(num_resamples, seed, ci_level, specificity), "runs": results,
             "comparisons": comparisons, "cells": cell_results, "cell_comparisons": cell_comparisons,
             "shortcut_probe": _shortcut_probe(cells, cell_results, cell_comparisons)}
 
 
-def _run_pairs(runs, cells, index, linked=()):
-    """Index pairs of the runs to compare: with several seeds, same-seed runs of cells that differ in one
-    setting (`linked` groups count as one); otherwise every pair of runs, as for a single-seed grid."""
+def _comparable_cells(cells, linked):
+    """(cell_a, cell_b, the settings they differ in) for every pair of cells that differ in at most one setting
+    (`linked` groups of keys count as one, see `differing_settings`)."""
+    pairs = ((ca, cb, differing_settings(ca, cb, linked)) for ca, cb in itertools.combinations(cells, 2))
+    return [(ca, cb, differs_in) for ca, cb, differs_in in pairs if len(differs_in) <= 1]
+
+
+def _run_pairs(runs, cells, index, comparable):
+    """Index pairs of the runs to compare: with several seeds, same-seed runs of the `comparable` cell pairs
+    (`_comparable_cells`); otherwise every pair of runs, as for a single-seed grid."""
     if any(len(cell.runs) > 1 for cell in cells):
         return [(index[id(ra)], index[id(rb)])
-                for ca, cb in itertools.combinations(cells, 2) if len(differing_settings(ca, cb, linked)) <= 1
+                for ca, cb, _ in comparable
                 for ra in ca.runs for rb in cb.runs if run_seed(ra) == run_seed(rb)]
     return list(itertools.combinations(range(len(runs)), 2))
 
