@@ -133,7 +133,9 @@ def encoder_stages(model="litemedsam-lungs", batch=8) -> dict:
             "share_of_encoder": {k: round(v / total, 3) for k, v in parts.items()}}
 
 
-_DENSE_OPS = ("MatMul", "BatchMatMulV2", "Conv2D", "DepthwiseConv2dNative")
+# The dense ops of the encoder graph, with the names of their two tensor inputs in tf.raw_ops.
+_DENSE_OPS = {"MatMul": ("a", "b"), "BatchMatMulV2": ("x", "y"), "Conv2D": ("input", "filter"),
+              "DepthwiseConv2dNative": ("input", "filter")}
 
 
 def encoder_roofline(model="litemedsam-lungs", batch=8) -> dict:
@@ -168,9 +170,7 @@ def encoder_roofline(model="litemedsam-lungs", batch=8) -> dict:
         inputs = [tf.random.uniform(t.shape, dtype=t.dtype, seed=0) for t in op.inputs]
         attrs = {k: op.get_attr(k) for k in ("transpose_a", "transpose_b", "adj_x", "adj_y", "strides", "padding",
                                              "explicit_paddings", "dilations") if k in op.node_def.attr}
-        raw = getattr(tf.raw_ops, op.type)
-        names = {"MatMul": ("a", "b"), "BatchMatMulV2": ("x", "y"), "Conv2D": ("input", "filter"),
-                 "DepthwiseConv2dNative": ("input", "filter")}[op.type]
+        raw, names = getattr(tf.raw_ops, op.type), _DENSE_OPS[op.type]
         alone = tf.function(lambda u, v, raw=raw, names=names, attrs=attrs: raw(**dict(zip(names, (u, v))), **attrs))
         dense_seconds += _median_seconds(alone, *inputs, repeats=3)
         counts[op.type] = counts.get(op.type, 0) + 1

@@ -245,9 +245,11 @@ def train(config, callbacks=()):
     strategy, device, precision = device_and_strategy(config.precision)
     logger.info("device: %s, precision: %s", device, precision)
 
+    train_labels = label_matrix(data.parts["train"])  # (examples, 5), for `weighted_bce`
+
     def compile_model(m):  # in the strategy's scope; `_fit` calls it (again between the LP-FT phases)
         with strategy.scope():
-            compile_classifier(m, config.loss, config.learning_rate, train_labels=label_matrix(data.parts["train"]))
+            compile_classifier(m, config.loss, config.learning_rate, train_labels=train_labels)
 
     with strategy.scope():
         model = build_classifier(config.backbone, config.image_size, config.weights, dropout=config.dropout,
