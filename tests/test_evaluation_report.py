@@ -26,6 +26,15 @@ def _grid(root, images, modes, seeds, noise=None):
             for mode in modes for seed in seeds]
 
 
+def _assert_tables_are_well_formed(md):
+    """Every markdown table's delimiter row has one cell per header column (else it does not render)."""
+    lines = md.splitlines()
+    delimiters = [i for i, line in enumerate(lines) if line.startswith("|---")]
+    assert delimiters
+    for i in delimiters:
+        assert lines[i].count("|---") == lines[i - 1].count(" | ") + 1, lines[i - 1]
+
+
 def test_report_folder_end_to_end(tmp_path, images):
     image_paths, mask_paths = images
     dirs = [make_run(tmp_path / "runs" / f"tiny_{mode}", image_paths, mask_paths, mask=mode, seed=i, nested=i == 1)
@@ -111,6 +120,7 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     assert low <= comparison["macro_auroc_diff"]["mean"] <= high
     assert 0 <= comparison["per_seed"][0]["delong_p"]["No Finding"] <= 1
     md = (out / "report.md").read_text()
+    _assert_tables_are_well_formed(md)
     assert "## Seed variance per cell" in md and "## Cell comparisons over seeds" in md
     assert "| tiny / original | 3 |" in md and " ± " in md and "validation macro (best epoch)" in md
     assert "smallest two-sided exact Wilcoxon p: with 3 seeds 0.25." in md  # the floor of the p it reports
@@ -142,6 +152,7 @@ def test_shortcut_probe_inverse_vs_original_vs_tight(tmp_path, images):
     assert "signal outside the lungs (devices, markers, body habitus)" in md and "Mask of truth" in md
     assert "| inverse | 1 |" in md and "## Seed variance" not in md  # single-seed grid: no seed tables
     assert len(saved["comparisons"]) == 6  # single seed: every pair of runs, as before
+    _assert_tables_are_well_formed(md)
 
 
 def test_weights_axis_labels_cells_by_pretraining_folder(tmp_path, images):

@@ -20,7 +20,6 @@ def _write(tmp_path, values):
 @pytest.mark.parametrize("name, backbones", [
     ("paper.yaml", ("resnet50", "efficientnetb0")),
     ("paper_small.yaml", ("resnet50", "efficientnetb0")),
-    ("paper_small_nih.yaml", ("tiny", "resnet50", "efficientnetb0")),
 ])
 def test_shipped_configs_parse_into_the_grid(name, backbones):
     exp = experiment.load_experiment(REPO / "configs" / name)
@@ -30,6 +29,33 @@ def test_shipped_configs_parse_into_the_grid(name, backbones):
         config = experiment._resolve(exp, cell, overrides)  # every cell is a valid TrainConfig
         assert config.out == str(exp.out / cell)
     assert exp.evaluate["num_resamples"] == 1000
+
+
+def test_the_small_nih_grid_has_every_mode_both_inits_and_three_seeds_per_backbone():
+    exp = experiment.load_experiment(REPO / "configs" / "paper_small_nih.yaml")
+    runs = {name: experiment._resolve(exp, name, overrides) for name, overrides in exp.cells()}
+    assert len(runs) == 3 * 4 * 2 * 3
+    for backbone in ("tiny", "resnet50", "efficientnetb0"):
+        for mask in ("original", "tight", "loose", "inverse"):
+            for seed in (0, 1, 2):
+                ssl = runs[f"{backbone}-{mask}-ssl-seed{seed}"]
+                assert ssl.weights == f"runs/pretrain_{backbone}_nih/backbone.weights.h5" and ssl.seed == seed
+                assert runs[f"{backbone}-{mask}-random-seed{seed}"].weights == "none"
+    pretrain = {backbone: yaml.safe_load((REPO / "configs" / f"pretrain_{backbone}_nih.yaml").read_text())
+                for backbone in ("tiny", "resnet50", "efficientnetb0")}
+    for backbone, values in pretrain.items():  # each backbone's pretraining config writes what the grid loads
+        assert values["backbone"] == backbone and values["exclude_splits"] == ["test"]
+        assert values["exclude_split_of"] == "configs/paper_small_nih.yaml"
+    assert pretrain["resnet50"]["out"] == "runs/pretrain_resnet50_nih"
+    assert pretrain["efficientnetb0"]["out"] == "runs/pretrain_efficientnetb0_nih"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
+                                        if "grid" in yaml.safe_load(p.read_text())))
+def test_every_shipped_experiment_config_resolves_every_cell(path):
+    exp = experiment.load_experiment(REPO / "configs" / path)
+    for name, overrides in exp.cells():
+        assert experiment._resolve(exp, name, overrides).out == str(exp.out / name)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +159,58 @@ def test_a_variant_axis_sets_several_fields_per_cell(tmp_path):
     for name, overrides in exp.cells():
         config = experiment._resolve(exp, name, overrides)  # each a valid TrainConfig
         assert config.freeze_backbone_epochs == (2 if "lpft" in name else 0) and config.mask == name.split("-")[0]
+
+
+def test_a_grid_value_names_the_cells_backbone_and_only_picks_cells(tmp_path):
+    values = {"out": str(tmp_path / "runs"), "seeds": [0, 1],
+              "grid": {"backbone": ["tiny", "resnet50"], "mask": ["original", "tight"],
+                       "weights": {"random": "none", "ssl": "pre/{backbone}_{mask}/backbone.weights.h5"}},
+              "train": {"data": "demo", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    runs = dict(exp.cells())
+    assert runs["resnet50-tight-ssl-seed1"]["weights"] == "pre/resnet50_tight/backbone.weights.h5"
+    assert runs["tiny-original-ssl-seed0"]["weights"] == "pre/tiny_original/backbone.weights.h5"
+    assert runs["tiny-original-random-seed0"]["weights"] == "none"
+    only = experiment.parse_only(exp, ["backbone=tiny", "weights=ssl,random", "mask=tight"])
+    assert [name for name, _ in exp.cells(only)] == [f"tiny-tight-{w}-seed{s}" for w in ("random", "ssl")
+                                                     for s in (0, 1)]
+    assert len(exp.cells()) == 16  # the whole grid, still what the report is written over
+    for item, match in [("seed=0", "'seed' is not a grid axis; axes: backbone, mask, weights"),
+                        ("backbone=vit", r"unknown backbone label\(s\) \['vit'\]; known: tiny, resnet50"),
+                        ("backbone", "must look like axis=label")]:
+        with pytest.raises(ValueError, match=match):
+            experiment.parse_only(exp, [item])
+    bad = dict(values, grid={"weights": {"ssl": "pre/{backbon}/w.h5"}})
+    with pytest.raises(ValueError, match=r"cell 'ssl': cannot fill 'pre/\{backbon\}/w.h5'"):
+        experiment.load_experiment(_write(tmp_path, bad)).cells()
+
+
+def test_only_trains_the_chosen_cells_and_reports_every_complete_one(tmp_path, monkeypatch):
+    from tfcxr.config import save_config
+
+    values = {"out": str(tmp_path / "runs"), "grid": {"mask": ["original", "tight", "loose"]},
+              "train": {"data": "demo", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    trained, reported = [], []
+
+    def fake_train(config):  # the cell "trains": its run directory becomes complete
+        out = pathlib.Path(config.out)
+        save_config(config, out / "config.yaml")
+        for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
+            (out / done).write_text("x")
+        trained.append(out.name)
+        return {"status": "ok"}
+
+    monkeypatch.setattr(experiment, "run_cell", fake_train)
+    monkeypatch.setattr("tfcxr.evaluation.runs.load_runs", lambda paths: [p.name for p in paths])
+    monkeypatch.setattr("tfcxr.evaluation.report.write_report",
+                        lambda runs, out, **kw: reported.append((runs, kw["title"])) or {})
+    monkeypatch.setattr("tfcxr.evaluate.summary_table", lambda result: "")
+    experiment.run_experiment(exp, only=experiment.parse_only(exp, ["mask=loose"]))
+    assert trained == ["loose"] and reported[-1] == (["loose"], "exp (1 of 3 cells complete)")
+    outcome = experiment.run_experiment(exp, only=experiment.parse_only(exp, ["mask=original,loose"]))
+    assert trained == ["loose", "original"] and outcome["cells"]["tight"] == "new"
+    assert reported[-1] == (["original", "loose"], "exp (2 of 3 cells complete)")
 
 
 def test_each_cell_and_seed_resumes_on_its_own(tmp_path):

@@ -1,6 +1,7 @@
 """Run the paper's experiment grid (backbones x mask modes [x weights or variants] x seeds) and write one report.
 
-    python -m tfcxr.experiment --config configs/paper.yaml [--out DIR] [--set epochs=2] [--dry-run]
+    python -m tfcxr.experiment --config configs/paper.yaml [--out DIR] [--set epochs=2] [--only backbone=tiny]
+        [--dry-run]
 
 The YAML has these sections (an unknown key anywhere is an error naming it and the file):
 
@@ -9,7 +10,7 @@ The YAML has these sections (an unknown key anywhere is an error naming it and t
     grid:                            # TrainConfig fields -> lists; the grid is their product
       backbone: [resnet50, efficientnetb0]
       mask: [original, tight, loose]
-      weights: {random: none, ssl: runs/pretrain_tiny_nih/backbone.weights.h5}   # a mapping names its values
+      weights: {random: none, ssl: "runs/pretrain_{backbone}_nih/backbone.weights.h5"}   # a mapping names its values
     seeds: [0, 1, 2]                 # optional: every cell once per seed, in OUT/<cell>-seed<k>
     train:                           # TrainConfig fields shared by every cell (tfcxr/config.py)
       data: ...
@@ -17,7 +18,8 @@ The YAML has these sections (an unknown key anywhere is an error naming it and t
       bootstrap: 1000
 
 A grid axis is a list of values (the cell name shows each value, "/" as "_") or a mapping
-label -> value (the cell name shows the label). The axis `variant` maps labels to groups of
+label -> value (the cell name shows the label). A string value may name the cell's other fields in
+braces, as `{backbone}` above: each backbone then loads its own pretrained weights. The axis `variant` maps labels to groups of
 TrainConfig fields that change together, e.g. a pretrained init with its own fine-tuning recipe:
 
     grid:
@@ -27,6 +29,8 @@ TrainConfig fields that change together, e.g. a pretrained init with its own fin
 
 Without `seeds` every cell trains once with `train.seed` (default 0) in OUT/<cell>; with `seeds`
 the training seed comes only from that list (`seed` in `grid` or `train` is then an error).
+`--only AXIS=LABEL[,LABEL]` trains a part of the grid (e.g. the small backbones here, `resnet50` on
+a GPU host); the report covers every complete cell, whichever machine trained it.
 
 Each run calls `tfcxr.train.train`. A run whose directory is complete
 (`tfcxr.rundir.RunDir.is_complete`) with the same config is skipped, and an
@@ -89,18 +93,31 @@ class Experiment:
         fields = {key for _, value in self.grid.get(VARIANT, ()) for key in value}
         return [sorted(fields)] if fields else []
 
-    def cells(self):
+    def cells(self, only=None):
         """List of (run name, TrainConfig overrides) in grid order, seeds innermost.
 
-        Names are "<cell>" without `seeds` (e.g. "resnet50-tight") and "<cell>-seed<k>" with them.
+        Names are "<cell>" without `seeds` (e.g. "resnet50-tight") and "<cell>-seed<k>" with them. A grid
+        value may name the cell's other fields in braces, e.g. `runs/pretrain_{backbone}/backbone.weights.h5`.
+
+        Args:
+            only: optional dict axis -> set of labels (`parse_only`); cells with another label on an axis
+                are left out.
+
+        Raises:
+            ValueError: a braced name in a grid value is not one of the cell's fields.
         """
         keys = list(self.grid)
         cells = []
         for pairs in itertools.product(*(self.grid[k] for k in keys)):
+            if only and any(label not in only.get(key, {label}) for key, (label, _) in zip(keys, pairs)):
+                continue
             cell = "-".join(label for label, _ in pairs)
             overrides = dict(self.train)
             for key, (_, value) in zip(keys, pairs):
                 overrides.update(value if key == VARIANT else {key: value})
+            gridded = {field for key, (_, value) in zip(keys, pairs) for field in (value if key == VARIANT else [key])}
+            for field in gridded:
+                overrides[field] = self._fill(cell, overrides[field], overrides)
             for seed in self.seeds if self.seeds is not None else (None,):
                 name = cell if seed is None else f"{cell}-seed{seed}"
                 run = dict(overrides, out=str(self.out / name))
@@ -108,6 +125,45 @@ class Experiment:
                     run["seed"] = seed
                 cells.append((name, run))
         return cells
+
+    def _fill(self, cell, value, fields):
+        """A grid value with `{field}` names filled from the cell's fields (other values unchanged)."""
+        if not isinstance(value, str) or "{" not in value:
+            return value
+        try:
+            return value.format_map(fields)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"{self.source}: cell {cell!r}: cannot fill {value!r} from the cell's fields "
+                             f"({type(err).__name__}: {err}); known: {', '.join(sorted(fields))}") from None
+
+
+def parse_only(experiment, items):
+    """`--only` filters -> dict axis -> set of labels.
+
+    Args:
+        experiment: `Experiment`.
+        items: strings "axis=label[,label...]", e.g. "backbone=tiny,efficientnetb0".
+
+    Raises:
+        ValueError: malformed item, an axis that is not in the grid, or a label the axis does not have.
+    """
+    only = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not text.strip():
+            raise ValueError(f"`--only` must look like axis=label[,label...]. Received: {item!r}")
+        if key not in experiment.grid:
+            raise ValueError(f"{experiment.source}: `--only {item}`: {key!r} is not a grid axis; axes: "
+                             f"{', '.join(experiment.grid)}")
+        labels = {label.strip() for label in text.split(",")}
+        known = [label for label, _ in experiment.grid[key]]
+        unknown = sorted(labels - set(known))
+        if unknown:
+            raise ValueError(f"{experiment.source}: `--only {item}`: unknown {key} label(s) {unknown}; known: "
+                             f"{', '.join(known)}")
+        only[key] = only.get(key, set()) | labels
+    return only
 
 
 def parse_experiment(values, source="<dict>", out=None, sets=()):
@@ -275,13 +331,21 @@ def run_cell(config):
         keras.backend.clear_session()
 
 
-def run_experiment(experiment, dry_run=False):
+def run_experiment(experiment, dry_run=False, only=None):
     """Train the missing cells, then write the report.
+
+    Args:
+        experiment: `Experiment`.
+        dry_run: list the cells and their state only.
+        only: optional `parse_only` filter: train only these cells. The report still covers every complete
+            run of the grid, so a grid split over machines (e.g. `--only backbone=resnet50` on a GPU host)
+            reports as one.
 
     Returns:
         dict {"cells": {name: state or status}, "report": path or None, "failed": [names]}.
     """
     cells = [(name, _resolve(experiment, name, overrides)) for name, overrides in experiment.cells()]
+    chosen = {name for name, _ in experiment.cells(only)} if only else {name for name, _ in cells}
     states = {name: cell_state(config) for name, config in cells}
     for name, config in cells:
         logger.info("cell %-28s %-8s %s", name, states[name], config.out)
@@ -291,6 +355,9 @@ def run_experiment(experiment, dry_run=False):
     for index, (name, config) in enumerate(cells, 1):
         if states[name] == "complete":
             logger.info("[%d/%d] %s: complete, skipped", index, len(cells), name)
+            continue
+        if name not in chosen:
+            logger.info("[%d/%d] %s: not in --only, skipped", index, len(cells), name)
             continue
         logger.info("[%d/%d] %s: training (%s)", index, len(cells), name, states[name])
         try:
@@ -325,6 +392,9 @@ def build_parser():
     parser.add_argument("--out", help="root folder of the cells and the report (overrides `out`)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a shared `train` field, e.g. --set epochs=2 (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]",
+                        help="train only the cells with these labels, e.g. --only backbone=tiny,efficientnetb0 "
+                             "(repeatable; the report still covers every complete cell)")
     parser.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                         help="list the cells and their state without training")
     return cli.add_log_level(parser)
@@ -337,7 +407,7 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     experiment = load_experiment(args.config, args.out, args.set)
-    outcome = run_experiment(experiment, dry_run=args.dry_run)
+    outcome = run_experiment(experiment, dry_run=args.dry_run, only=parse_only(experiment, args.only))
     if outcome["failed"]:
         logger.error("failed cells: %s", ", ".join(outcome["failed"]))
         return 1

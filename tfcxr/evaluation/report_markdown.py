@@ -33,6 +33,11 @@ def fmt_p(p):
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def table_header(*columns):
+    """A markdown table's header and delimiter lines, with one delimiter cell per column."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def markdown(result, figures, notes, title):
     """report.md of the metrics dict `result`, its `figures` ((caption, path) pairs) and `notes`."""
     lines = [f"# {title}", ""]
@@ -61,8 +66,7 @@ def _auroc_section(result):
         "",
         "## Mask-mode comparison: AUROC (95% CI)",
         "",
-        "| run (backbone / mask) | test images (patients) | " + " | ".join(TARGETS) + " | macro | No Finding |",
-        "|---" * (len(TARGETS) + 4) + "|",
+        *table_header("run (backbone / mask)", "test images (patients)", *TARGETS, "macro", "No Finding"),
     ]
     for r in runs:
         cells = [fmt_ci(r["classes"][t]) for t in TARGETS] + [fmt_ci(r[MACRO]), fmt_ci(r["classes"][NO_FINDING])]
@@ -74,14 +78,14 @@ def _auprc_sensitivity_section(result):
     """AUPRC table, then sensitivity at the operating specificity."""
     runs = result["runs"]
     lines = ["", "## AUPRC (95% CI)", "",
-             "| run | " + " | ".join(TARGETS) + " | macro | No Finding |", "|---" * (len(TARGETS) + 3) + "|"]
+             *table_header("run", *TARGETS, "macro", "No Finding")]
     for r in runs:
         cells = [fmt_ci(r["classes"][t], "auprc") for t in TARGETS]
         cells += [fmt_ci(r[MACRO], "auprc"), fmt_ci(r["classes"][NO_FINDING], "auprc")]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     spec = result["settings"]["specificity"]
     lines += ["", f"## Sensitivity at {spec:.0%} specificity", "",
-              "| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+              *table_header("run", *COLUMNS)]
     for r in runs:
         lines.append(f"| {r['label']} | " + " | ".join(fmt(r["classes"][c]["sensitivity_at_spec"]) for c in COLUMNS) + " |")
     return lines
@@ -92,8 +96,7 @@ def _comparisons_section(comparisons):
     if not comparisons:
         return []
     lines = ["", "## Paired comparisons (DeLong p-values; macro: paired bootstrap)", "",
-             "| run A | run B | " + " | ".join(COLUMNS) + " | macro diff A-B (95% CI) | macro p |",
-             "|---" * (len(COLUMNS) + 4) + "|"]
+             *table_header("run A", "run B", *COLUMNS, "macro diff A-B (95% CI)", "macro p")]
     for c in comparisons:
         if "skipped" in c:
             lines.append(f"| {c['run_a']} | {c['run_b']} | skipped: {c['skipped']} |")
@@ -111,8 +114,8 @@ def _comparisons_section(comparisons):
 def _efficiency_section(runs):
     """Training efficiency of each run (efficiency.json and the best epoch)."""
     lines = ["", "## Training efficiency", "",
-             "| run | device | precision | s/epoch | train img/s | epochs run | epochs to best val AUROC | best val AUROC |",
-             "|---" * 8 + "|"]
+             *table_header("run", "device", "precision", "s/epoch", "train img/s", "epochs run",
+                           "epochs to best val AUROC", "best val AUROC")]
     for r in runs:
         e = r["efficiency"]
         lines.append(
@@ -158,8 +161,7 @@ def _probe_markdown(probe):
     lines = ["", "## Shortcut probe: inverse vs original vs tight", "", probe[0]["interpretation"], ""]
     for entry in probe:
         lines += [f"### {entry['context']}", "",
-                  "| mask | seeds | " + " | ".join(TARGETS) + " | macro | No Finding |",
-                  "|---" * (len(TARGETS) + 4) + "|"]
+                  *table_header("mask", "seeds", *TARGETS, "macro", "No Finding")]
         for mode in entry["modes"]:
             auroc = entry["auroc"][mode]
             per_seed = auroc["per_seed"]
@@ -176,9 +178,8 @@ def _probe_markdown(probe):
             lines += ["", f"`inverse` keeps {share:.0%} of the `original` macro AUROC's margin above chance "
                           "((inverse - 0.5) / (original - 0.5))."]
         if entry["tests"]:
-            lines += ["", "| A | B | seeds | macro diff A-B | DeLong p per seed: " + ", ".join(COLUMNS)
-                      + " | macro p per seed (bootstrap) | over seeds: t-test p, Wilcoxon p |",
-                      "|---" * 6 + "|"]
+            lines += ["", *table_header("A", "B", "seeds", "macro diff A-B", "DeLong p per seed: " + ", ".join(COLUMNS),
+                                        "macro p per seed (bootstrap)", "over seeds: t-test p, Wilcoxon p")]
             for t in entry["tests"]:
                 delong_cells = " / ".join(", ".join(fmt_p(e["delong_p"][c]) for c in COLUMNS) for e in t["per_seed"])
                 boot = ", ".join(fmt_p(e["macro_bootstrap_p"]) for e in t["per_seed"])
@@ -198,9 +199,9 @@ def _seed_markdown(cells, cell_comparisons):
              "Mean ± SD (min to max) over the training seeds; per seed the value and its patient-level 95% CI. "
              "Choose settings on the validation column (each run's best-epoch validation macro AUROC), not on "
              "the test.", "",
-             "| cell | seeds | validation macro (best epoch): mean ± SD (min to max) | macro: mean ± SD (min to max) "
-             "| macro per seed (95% CI) | No Finding: mean ± SD (min to max) | No Finding per seed (95% CI) |",
-             "|---" * 7 + "|"]
+             *table_header("cell", "seeds", "validation macro (best epoch): mean ± SD (min to max)",
+                           "macro: mean ± SD (min to max)", "macro per seed (95% CI)",
+                           "No Finding: mean ± SD (min to max)", "No Finding per seed (95% CI)")]
     for c in cells:
         validation = fmt_spread(c["best_val_auroc"]) if "best_val_auroc" in c else "n/a"
         lines.append(f"| {c['label']} | {len(c['per_seed'])} | {validation} | {fmt_spread(c['macro_auroc'])} | "
@@ -211,9 +212,10 @@ def _seed_markdown(cells, cell_comparisons):
                   "Cells that differ in one setting, paired by seed. Seed variance: paired t-test and Wilcoxon "
                   "signed-rank test of the per-seed differences, and a bootstrap resampling patients and seeds. "
                   "Per seed: DeLong p of No Finding and the patient-bootstrap p of the macro difference.", "",
-                  "| cell A | cell B | differs in | seeds | macro diff A-B: mean ± SD (min to max) | t-test p | Wilcoxon p "
-                  "| patients+seeds bootstrap 95% CI, p | No Finding diff: mean ± SD | t-test p | per seed: No Finding "
-                  "DeLong p | per seed: macro bootstrap p |", "|---" * 12 + "|"]
+                  *table_header("cell A", "cell B", "differs in", "seeds", "macro diff A-B: mean ± SD (min to max)",
+                                "t-test p", "Wilcoxon p", "patients+seeds bootstrap 95% CI, p",
+                                "No Finding diff: mean ± SD", "t-test p", "per seed: No Finding DeLong p",
+                                "per seed: macro bootstrap p")]
         for c in cell_comparisons:
             m, nf = c["macro_auroc_diff"], c["no_finding_auroc_diff"]
             low, high = c["macro_auroc_diff_patients_seeds_ci"]
