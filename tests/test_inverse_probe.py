@@ -1,13 +1,13 @@
 """The `inverse` mask mode as a shortcut probe, on the synthetic demo (tfcxr.data.synthetic).
 
 A logistic regression on downsampled inverse-masked pixels (the lungs removed) is scored on held-out
-patients. The synthetic findings are drawn inside the lungs only and its distractors outside the lungs
-are label-unrelated, so the probe must find nothing there; once a label-correlated cue is painted
-outside the lungs (a shortcut, like a portable-film marker), it must find it.
+patients. The demo draws every finding inside the lungs; outside them it draws label-unrelated distractors
+and an endotracheal tube that goes with Edema and Pneumonia (`tube_rate`). So without the lungs the probe
+must still find those two findings (the shortcut), and nothing once the demo draws no tube.
+The same probe with tfcxr's classifier is `configs/probe_synthetic.yaml`.
 """
 
 import numpy as np
-import pytest
 
 from tfcxr.data import synthetic
 from tfcxr.data.lung_distance import lung_distance
@@ -15,19 +15,20 @@ from tfcxr.labels import TARGETS
 from tfcxr.mask_spec import MaskSpec
 
 SIZE = 64
+TUBE = [TARGETS.index(t) for t in synthetic.TUBE_FINDINGS]
+OTHERS = [k for k in range(len(TARGETS)) if k not in TUBE]
 
 
-@pytest.fixture(scope="module")
-def demo():
-    images, masks, labels, cases = synthetic.generate_arrays(
-        synthetic.SyntheticConfig(num_images=240, image_size=SIZE, seed=2))
+def _demo(tube_rate):
+    config = synthetic.SyntheticConfig(num_images=800, image_size=SIZE, seed=2, tube_rate=tube_rate)
+    images, masks, labels, cases = synthetic.generate_arrays(config)
     images = images.astype(np.float32)[..., None] / 255.0  # (n, 64, 64, 1) in [0, 1]
     held_out = np.array([case.patient_id % 3 == 0 for case in cases])
     return images, masks[..., None], labels, held_out
 
 
-def _macro_auroc(inputs, labels, held_out):
-    """Macro AUROC of one logistic regression per target on 16x16 mean-pooled pixels, fitted on the rest."""
+def _aurocs(inputs, labels, held_out):
+    """AUROC per target of one logistic regression each on 16x16 mean-pooled pixels, fitted on the rest."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
@@ -39,39 +40,25 @@ def _macro_auroc(inputs, labels, held_out):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         model.fit(features[~held_out], labels[~held_out, k])
         aucs.append(roc_auc_score(labels[held_out, k], model.predict_proba(features[held_out])[:, 1]))
-    return float(np.mean(aucs)), aucs
+    return np.array(aucs)
 
 
-def _with_shortcut(images, masks, labels, seed=0):
-    """Paint, for each target, a faint 6x6 patch in its own spot along the bottom border, on 80% of its positives
-    and 10% of its negatives, and only where it lies outside the lungs."""
-    rng = np.random.default_rng(seed)
-    out = images.copy()
-    for k in range(len(TARGETS)):
-        shown = np.where(labels[:, k] == 1, rng.random(len(labels)) < 0.8, rng.random(len(labels)) < 0.1)
-        x = 2 + 12 * k
-        patch = out[shown, SIZE - 8 : SIZE - 2, x : x + 6]
-        outside = masks[shown, SIZE - 8 : SIZE - 2, x : x + 6] == 0
-        out[shown, SIZE - 8 : SIZE - 2, x : x + 6] = np.where(outside, np.clip(patch + 0.25, 0, 1), patch)
-    return out
-
-
-def test_inverse_probe_finds_a_shortcut_outside_the_lungs_and_nothing_without_one(demo):
-    images, masks, labels, held_out = demo
-    spec = MaskSpec("inverse", margin=0.05, image_size=SIZE)  # the complement of `loose`
+def _masked(spec, images, masks):
     distances = np.stack([lung_distance(m > 0) for m in masks.reshape(masks.shape[:3])])[..., None]
-    inverse = spec.apply_at_training(images, distances).numpy()
-    assert np.all(inverse[masks.astype(bool)] == 0)  # the lungs are gone
+    return spec.apply_at_training(images, distances).numpy()
 
-    # The demo puts every label's signal inside the lungs: without the lungs the probe is at chance,
-    # while the whole image carries the labels.
-    plain, _ = _macro_auroc(inverse, labels, held_out)
-    assert 0.35 < plain < 0.62, plain
-    assert _macro_auroc(images, labels, held_out)[0] > 0.62
 
-    shortcut = _with_shortcut(images, masks, labels)
-    probed, aucs = _macro_auroc(spec.apply_at_training(shortcut, distances).numpy(), labels, held_out)
-    assert probed > 0.6 and probed > plain + 0.1, dict(zip(TARGETS, np.round(aucs, 3)))
-    tight, _ = _macro_auroc(MaskSpec("tight", 0, image_size=SIZE).apply_at_training(shortcut, distances).numpy(),
-                            labels, held_out)
-    assert tight < probed  # `tight` removes the cue that `inverse` keeps
+def test_inverse_probe_finds_the_demos_tube_shortcut_and_nothing_without_it():
+    spec = MaskSpec("inverse", margin=0.05, image_size=SIZE)  # the complement of `loose`
+    probed = {}
+    for tube_rate in (synthetic.SyntheticConfig().tube_rate, 0.0):  # the demo as it ships, and with no tube
+        images, masks, labels, held_out = _demo(tube_rate)
+        inverse = _masked(spec, images, masks)
+        assert np.all(inverse[masks.astype(bool)] == 0)  # the lungs are gone
+        probed[tube_rate] = aucs = _aurocs(inverse, labels, held_out)
+        shown = dict(zip(TARGETS, np.round(aucs, 3)))
+        assert all(0.35 < aucs[k] < 0.65 for k in OTHERS), shown  # their signal is inside the lungs only
+        assert _aurocs(images, labels, held_out).mean() > 0.62  # the whole image carries the labels
+    with_tube, without = probed.values()
+    assert with_tube[TUBE].min() > 0.65 and with_tube[TUBE].mean() > with_tube[OTHERS].mean() + 0.15, with_tube
+    assert without.max() < 0.62 and 0.4 < without.mean() < 0.6, without  # no tube: at chance

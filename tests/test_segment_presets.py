@@ -19,7 +19,7 @@ def phantom():
     """One seeded synthetic radiograph (float32 (256, 256, 1) in [0, 1]) and its exact lung mask."""
     from tfcxr.data.synthetic import SyntheticConfig, generate_arrays
 
-    images, masks, _, _ = generate_arrays(SyntheticConfig(num_images=1, image_size=256, seed=11))
+    images, masks, _, _ = generate_arrays(SyntheticConfig(num_images=1, image_size=256, seed=11, tube_rate=0.0))
     return images[0][..., None].astype(np.float32) / 255.0, masks[0]
 
 

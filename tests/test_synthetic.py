@@ -1,5 +1,6 @@
 """Tests of tfcxr.data.synthetic: config, cases, files and CLI, determinism, exact masks, learnability, pinned output."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -145,14 +146,15 @@ def test_cli(tmp_path):
 # sha256 of generate_arrays' (images, masks, labels) bytes and of render_case's boxes (repr of floats), recorded with
 # this repository's numpy/OpenCV before the phantom drawing was split out of this module. Both sets hold all five
 # findings, AP and PA views and follow-ups. A drawing change must bump GENERATOR_VERSION and update these.
+# Version 5 added the endotracheal tube; with `tube_rate=0` it draws version 4's sets to the byte.
 _PINNED_OUTPUT = [
     (
-        dict(num_images=8, image_size=64, seed=0, prevalence=0.5),
+        dict(num_images=8, image_size=64, seed=0, prevalence=0.5, tube_rate=0.0),
         "e4dcb161ed51d883e2d0fe16c7137629719d1e0234b72c1fb06e051b92c92445",
         "705e863a0c900d098f990298a8d9993ca48988f4b69bdc16471e252acaf00334",
     ),
     (
-        dict(num_images=6, image_size=96, seed=3, prevalence=0.7, distractors=False, num_patients=2),
+        dict(num_images=6, image_size=96, seed=3, prevalence=0.7, distractors=False, num_patients=2, tube_rate=0.0),
         "d5dc70f92255dafaa1d1a95e50539a1234242a8ef3d3a02a230e516206207080",
         "73a9f9aff51b1ee8175371c99048cabb16ffdbe1c6eda5e548774b23cf9f2e5b",
     ),
@@ -161,7 +163,7 @@ _PINNED_OUTPUT = [
 
 @pytest.mark.parametrize("fields,arrays_sha256,boxes_sha256", _PINNED_OUTPUT)
 def test_output_bit_identical_to_pinned_hash(fields, arrays_sha256, boxes_sha256):
-    assert synthetic.GENERATOR_VERSION == 4
+    assert synthetic.GENERATOR_VERSION == 5
     config = synthetic.SyntheticConfig(**fields)
     images, masks, labels, cases = synthetic.generate_arrays(config)
     digest = hashlib.sha256()
@@ -173,3 +175,23 @@ def test_output_bit_identical_to_pinned_hash(fields, arrays_sha256, boxes_sha256
         _, _, case_boxes = synthetic.render_case(case, config, return_boxes=True)
         boxes.update(repr([(label, float(x), float(y), float(w), float(h)) for label, x, y, w, h in case_boxes]).encode())
     assert boxes.hexdigest() == boxes_sha256
+
+
+def test_tubes_go_with_edema_and_pneumonia_lie_outside_the_lungs_and_change_nothing_else():
+    config = synthetic.SyntheticConfig(num_images=400, image_size=64, seed=1)
+    cases = synthetic.sample_cases(config)
+    tube = np.array([c.tube for c in cases])
+    icu = np.array([any(t in c.findings for t in synthetic.TUBE_FINDINGS) for c in cases])
+    assert 0.7 < tube[icu].mean() < 0.9 and tube[~icu].mean() < 0.15  # tube_rate 0.8, a tenth of it otherwise
+    none = synthetic.sample_cases(dataclasses.replace(config, tube_rate=0.0))
+    assert not any(c.tube for c in none)
+    assert [dataclasses.replace(c, tube=False) for c in cases] == none  # the other draws are unchanged
+    shown = [c for c in cases if c.tube][:3]
+    for case in shown:
+        image, mask = synthetic.render_case(case, config)
+        plain, same_mask = synthetic.render_case(dataclasses.replace(case, tube=False), config)
+        assert np.array_equal(mask, same_mask) and np.array_equal(image[mask], plain[mask])  # lungs untouched
+        assert (image.astype(int) - plain).max() > 60  # a bright tube outside them
+    with pytest.raises(ValueError, match="tube_rate"):
+        synthetic.SyntheticConfig(tube_rate=1.5)
+    assert synthetic.build_parser().parse_args(["--tube-rate", "0"]).tube_rate == 0.0

@@ -1,18 +1,19 @@
 """One synthetic radiograph and its exact lung mask, from a case's seeds.
 
 The image is the patient's finding-free anatomy (`tfcxr.data.phantom_anatomy`, shifted per follow-up), plus the
-findings multiplied by the hard lung mask (`tfcxr.data.phantom_findings`), plus distractors outside the lungs
-(`tfcxr.data.phantom_distractors`), plus pixel noise, then the patient's gamma. Each part draws from its own
-seeded stream, `numpy.random.default_rng([seed, stream, index])`:
+findings multiplied by the hard lung mask (`tfcxr.data.phantom_findings`), plus distractors and, on some cases, an
+endotracheal tube outside the lungs (`tfcxr.data.phantom_distractors`), plus pixel noise, then the patient's gamma.
+Each part draws from its own seeded stream, `numpy.random.default_rng([seed, stream, index])`:
 
     1 anatomy parameters (per patient)   2 vessel texture (per patient)   3 findings
     4 distractors                        5 noise                          6 follow-up shift
+    8 the tube's course (stream 7 is the tube draw of `tfcxr.data.synthetic.sample_cases`)
 """
 
 import numpy as np
 
 from tfcxr.data.phantom_anatomy import draw_anatomy, patient_anatomy, shift_anatomy
-from tfcxr.data.phantom_distractors import draw_distractors
+from tfcxr.data.phantom_distractors import draw_distractors, draw_tube
 from tfcxr.data.phantom_findings import draw_findings
 
 
@@ -20,7 +21,7 @@ def render_case(case, config, findings=None, return_boxes=False):
     """Draw one synthetic radiograph and its exact lung mask.
 
     Args:
-        case: a `tfcxr.data.synthetic.Case` (index, patient_id, view, findings).
+        case: a `tfcxr.data.synthetic.Case` (index, patient_id, view, findings, tube).
         config: the `tfcxr.data.synthetic.SyntheticConfig` (image size, seed, noise, distractors).
         findings: override `case.findings` (e.g. `()` for the same image without
             findings: identical pixels outside the lung mask).
@@ -42,6 +43,8 @@ def render_case(case, config, findings=None, return_boxes=False):
     image = base + layer * union
     if config.distractors:
         image += draw_distractors(case.view, union, size, np.random.default_rng([config.seed, 4, case.index]))
+    if case.tube:
+        image += draw_tube(union, size, np.random.default_rng([config.seed, 8, case.index]))
     noise_rng = np.random.default_rng([config.seed, 5, case.index])
     image += config.noise_std * noise_rng.standard_normal((size, size), dtype=np.float32)
     # AP films: a little less contrast. Gamma through a lookup table (fast).

@@ -15,11 +15,18 @@ the hard mask), so masking to the lungs can never remove a label's signal:
 - Edema: diffuse bilateral perihilar haze with a few Kerley B lines at the bases.
 - Pneumonia: one focal patchy haze in one zone (lobe) of one lung.
 
-Label-unrelated distractors (ring-shaped ECG electrodes, wires and tubes, a
-side marker) are drawn OUTSIDE the lungs only (at least one pixel away), so
-`original` images carry bright nuisance context that tight masking removes and
-loose masking partly keeps. This makes the demo favour masking by design: read
-mask-mode comparisons on synthetic data as a pipeline check, not as evidence.
+Label-unrelated distractors (ring-shaped ECG electrodes, wires, a side marker)
+are drawn OUTSIDE the lungs only (at least one pixel away), so `original` images
+carry bright nuisance context that tight masking removes and loose masking
+partly keeps. This makes the demo favour masking by design: read mask-mode
+comparisons on synthetic data as a pipeline check, not as evidence.
+
+One piece of outside context does follow the labels, as in real ICU films: an
+endotracheal tube down the mediastinum on `tube_rate` (default 0.8) of the
+images with Edema or Pneumonia and a tenth of that rate on the others. It is a
+shortcut outside the lungs: the `inverse` mask mode (lungs removed) can still
+detect those two findings, which is what that shortcut probe is for. `tube_rate=0`
+draws no tube.
 
 Labels are independent Bernoulli draws per image and target (default
 prevalence 0.2, so about a third of images are "No Finding"); a few images also
@@ -67,9 +74,10 @@ METADATA_NAME = "Data_Entry_2017.csv"
 BBOX_NAME = "BBox_List_2017.csv"
 CONFIG_NAME = "config.json"
 # Bump when the drawing changes, so cached demo sets are regenerated.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 _OTHER_FINDINGS = tuple(name for name in NIH_FINDINGS if name not in TARGETS)
+TUBE_FINDINGS = ("Edema", "Pneumonia")  # the targets an endotracheal tube goes with (intubated ICU patients)
 
 
 @dataclasses.dataclass
@@ -87,6 +95,8 @@ class SyntheticConfig:
             NIH finding (not drawn), to exercise curation.
         ap_fraction: fraction of AP views (larger heart, lower contrast); the rest are PA.
         distractors: draw label-unrelated electrodes, wires and a marker outside the lungs.
+        tube_rate: probability of an endotracheal tube (outside the lungs) on an image with Edema or
+            Pneumonia; other images get one with a tenth of it. 0 draws none.
         noise_std: std of the pixel noise on the [0, 1] intensity scale.
     """
 
@@ -98,6 +108,7 @@ class SyntheticConfig:
     other_finding_rate: float = 0.05
     ap_fraction: float = 0.4
     distractors: bool = True
+    tube_rate: float = 0.8
     noise_std: float = 0.02
 
     def __post_init__(self):
@@ -110,7 +121,7 @@ class SyntheticConfig:
                 f"`num_patients` must be in [1, num_images={self.num_images}] or None. "
                 f"Received: num_patients={self.num_patients}"
             )
-        for name in ("prevalence", "other_finding_rate", "ap_fraction"):
+        for name in ("prevalence", "other_finding_rate", "ap_fraction", "tube_rate"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
@@ -134,7 +145,7 @@ class Case:
     """One synthetic image: its metadata and the seeds that draw it.
 
     `findings` are the targets drawn inside the lungs (TARGETS order);
-    `other_findings` are listed in the CSV only.
+    `other_findings` are listed in the CSV only; `tube`: an endotracheal tube is drawn (outside the lungs).
     """
 
     index: int
@@ -146,6 +157,7 @@ class Case:
     view: str
     findings: tuple
     other_findings: tuple = ()
+    tube: bool = False
 
     @property
     def finding_labels(self):
@@ -174,6 +186,9 @@ def sample_cases(config):
     has_other = rng.random(num_images) < config.other_finding_rate
     other_pick = rng.integers(0, len(_OTHER_FINDINGS), size=num_images)
     age_steps = rng.integers(0, 2, size=num_images)
+    # Its own stream, so the draws above (and every image without a tube) stay as they were before tubes.
+    tube_chance = np.where(labels[:, [TARGETS.index(t) for t in TUBE_FINDINGS]].any(axis=1), 1.0, 0.1)
+    tubes = np.random.default_rng([config.seed, 7]).random(num_images) < tube_chance * config.tube_rate
     cases = []
     index = 0
     for patient in range(num_patients):
@@ -191,6 +206,7 @@ def sample_cases(config):
                     view=str(views[index]),
                     findings=tuple(t for t, on in zip(TARGETS, labels[index]) if on),
                     other_findings=(_OTHER_FINDINGS[other_pick[index]],) if has_other[index] else (),
+                    tube=bool(tubes[index]),
                 )
             )
             index += 1
@@ -321,6 +337,8 @@ def build_parser():
     parser.add_argument("--other-finding-rate", type=float, default=defaults.other_finding_rate)
     parser.add_argument("--ap-fraction", type=float, default=defaults.ap_fraction)
     parser.add_argument("--distractors", action=argparse.BooleanOptionalAction, default=defaults.distractors)
+    parser.add_argument("--tube-rate", type=float, default=defaults.tube_rate,
+                        help="endotracheal tubes on images with Edema or Pneumonia (others: a tenth of it); 0: none")
     parser.add_argument("--noise-std", type=float, default=defaults.noise_std)
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False)
     return cli.add_log_level(parser)
@@ -342,6 +360,7 @@ def _main(args) -> int:
         other_finding_rate=args.other_finding_rate,
         ap_fraction=args.ap_fraction,
         distractors=args.distractors,
+        tube_rate=args.tube_rate,
         noise_std=args.noise_std,
     )
     out = generate(args.out, config, overwrite=args.overwrite)
