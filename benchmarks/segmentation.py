@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from tfcxr.segment.presets import DEFAULT_PRESET
+
 logger = logging.getLogger("benchmarks.segmentation")
 
 
@@ -330,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cache-dir", help="embedding cache folder (shared with fine-tuning and evaluation)")
     sweep.add_argument("--json", help="write the results here")
     speed = sub.add_parser("speed", help="images/s at batch 1 and 8, peak memory")
-    speed.add_argument("--model", default="litemedsam")
+    speed.add_argument("--model", default=DEFAULT_PRESET,
+                       help="preset name or saved segmenter dir (default %(default)s; litemedsam: zero-shot)")
     speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--json", help="write the results here")

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from tfcxr.segment.presets import DEFAULT_PRESET
+
 logger = logging.getLogger("benchmarks.serving")
 
 
@@ -39,7 +41,8 @@ def build_parser():
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--iterations", type=int, default=20, help="timed calls per (runtime, batch)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
-    parser.add_argument("--segmenter", default="litemedsam", help="embedded segmenter: litemedsam, tiny or a dir")
+    parser.add_argument("--segmenter", default=DEFAULT_PRESET,
+                        help="embedded segmenter: a preset name (default %(default)s; litemedsam: zero-shot) or a dir")
     parser.add_argument(
         "--e2e", action=argparse.BooleanOptionalAction, default=True, help="also time the embedded-segmenter graph"
     )
