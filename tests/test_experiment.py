@@ -50,12 +50,19 @@ def test_the_small_nih_grid_has_every_mode_both_inits_and_three_seeds_per_backbo
     assert pretrain["efficientnetb0"]["out"] == "runs/pretrain_efficientnetb0_nih"
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
-                                        if "grid" in yaml.safe_load(p.read_text())))
+def _is_experiment(path):
+    values = yaml.safe_load(path.read_text())
+    return isinstance(values, dict) and "grid" in values
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if _is_experiment(p)))
 def test_every_shipped_experiment_config_resolves_every_cell(path):
     exp = experiment.load_experiment(REPO / "configs" / path)
+    assert exp.cells()
     for name, overrides in exp.cells():
-        assert experiment._resolve(exp, name, overrides).out == str(exp.out / name)
+        config = experiment._resolve(exp, name, overrides)
+        unfilled = {k: v for k, v in vars(config).items() if isinstance(v, str) and "{" in v}
+        assert not unfilled, f"{path}: cell {name}: braces left in {unfilled}"
 
 
 @pytest.mark.parametrize(
@@ -180,9 +187,63 @@ def test_a_grid_value_names_the_cells_backbone_and_only_picks_cells(tmp_path):
                         ("backbone", "must look like axis=label")]:
         with pytest.raises(ValueError, match=match):
             experiment.parse_only(exp, [item])
-    bad = dict(values, grid={"weights": {"ssl": "pre/{backbon}/w.h5"}})
-    with pytest.raises(ValueError, match=r"cell 'ssl': cannot fill 'pre/\{backbon\}/w.h5'"):
-        experiment.load_experiment(_write(tmp_path, bad)).cells()
+
+
+@pytest.mark.parametrize("weights, match", [
+    ("pre/{backbon}/w.h5", r"cell 'tiny-tight-ssl': `weights: pre/\{backbon\}/w.h5`: \{backbon\} is not one of"),
+    ("pre/{}/w.h5", r"\{\} is not a bare field name"),
+    ("pre/{0}/w.h5", r"\{0\} is not a bare field name"),
+    ("pre/{backbone.real}/w.h5", r"\{backbone.real\} is not a bare field name"),
+    ("pre/{backbone[0]}/w.h5", r"\{backbone\[0\]\} is not a bare field name"),
+    ("pre/{backbone!r}/w.h5", r"\{backbone\} is not a bare field name"),
+    ("pre/{backbone/w.h5", "malformed braces"),
+    ("pre/{data}/w.h5", r"\{data\} names a value that has braces itself \('d/\{mask\}'\)"),
+])
+def test_a_bad_placeholder_is_an_error_naming_the_file_the_cell_and_the_field(tmp_path, weights, match):
+    values = {"grid": {"backbone": ["tiny"], "mask": ["tight"], "weights": {"ssl": weights}},
+              "train": {"data": "d/{mask}", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    with pytest.raises(ValueError, match=match) as err:
+        exp.cells()
+    assert str(tmp_path / "exp.yaml") in str(err.value)
+
+
+def test_placeholders_fill_train_and_set_values_the_same_way_on_every_call(tmp_path):
+    values = {"out": str(tmp_path / "runs"), "grid": {"backbone": ["tiny", "resnet50"], "mask": ["tight"]},
+              "train": {"data": "demo", "masks": "masks/{mask}", "epochs": 1}}
+    path = _write(tmp_path, values)
+    exp = experiment.load_experiment(path, sets=["weights=pre/{backbone}_{{x}}/w.h5"])
+    runs = dict(exp.cells())
+    assert runs["resnet50-tight"]["weights"] == "pre/resnet50_{x}/w.h5"  # {{ is a literal brace
+    assert runs["tiny-tight"]["masks"] == "masks/tight"
+    assert exp.cells() == exp.cells()
+    for _, run in exp.cells():  # nothing left to fill in any field
+        assert not any(isinstance(v, str) and "{" in v for k, v in run.items() if k != "weights")
+
+
+def test_only_adds_labels_on_one_axis_and_intersects_axes(tmp_path, caplog):
+    values = {"out": str(tmp_path / "runs"), "grid": {"backbone": ["tiny", "resnet50"], "mask": ["original", "tight"]},
+              "train": {"data": "demo", "epochs": 1}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    union = experiment.parse_only(exp, ["backbone=tiny", "backbone=resnet50", "mask=tight"])
+    assert union == {"backbone": {"tiny", "resnet50"}, "mask": {"tight"}}
+    assert [name for name, _ in exp.cells(union)] == ["tiny-tight", "resnet50-tight"]
+    assert experiment.parse_only(exp, []) == {} and len(exp.cells({})) == 4
+    for item, match in [("mask=tight,", "an empty label"), ("seeds=0", "seeds are not an axis")]:
+        with pytest.raises(ValueError, match=match):
+            experiment.parse_only(exp, [item])
+    with caplog.at_level("INFO", logger="tfcxr.experiment"):
+        experiment.run_experiment(exp, dry_run=True, only=union)
+    skipped = [line for line in caplog.messages if "(not in --only)" in line]
+    assert [line.split()[1] for line in skipped] == ["tiny-original", "resnet50-original"]
+
+
+def test_the_cli_rejects_an_unknown_only_label_with_exit_2_naming_the_file(tmp_path, caplog):
+    path = _write(tmp_path, {"out": str(tmp_path / "runs"), "grid": {"mask": ["original", "tight"]},
+                             "train": {"data": "demo", "epochs": 1}})
+    with caplog.at_level("ERROR"):
+        assert experiment.main(["--config", str(path), "--only", "mask=bogus"]) == 2
+    assert any(str(path) in line and "bogus" in line for line in caplog.messages)
 
 
 def test_only_trains_the_chosen_cells_and_reports_every_complete_one(tmp_path, monkeypatch):

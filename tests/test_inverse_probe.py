@@ -50,9 +50,10 @@ def _masked(spec, images, masks):
 
 def test_inverse_probe_finds_the_demos_tube_shortcut_and_nothing_without_it():
     spec = MaskSpec("inverse", margin=0.05, image_size=SIZE)  # the complement of `loose`
-    probed = {}
+    probed, tight = {}, {}
     for tube_rate in (synthetic.SyntheticConfig().tube_rate, 0.0):  # the demo as it ships, and with no tube
         images, masks, labels, held_out = _demo(tube_rate)
+        tight[tube_rate] = images * masks
         inverse = _masked(spec, images, masks)
         assert np.all(inverse[masks.astype(bool)] == 0)  # the lungs are gone
         probed[tube_rate] = aucs = _aurocs(inverse, labels, held_out)
@@ -60,5 +61,6 @@ def test_inverse_probe_finds_the_demos_tube_shortcut_and_nothing_without_it():
         assert all(0.35 < aucs[k] < 0.65 for k in OTHERS), shown  # their signal is inside the lungs only
         assert _aurocs(images, labels, held_out).mean() > 0.62  # the whole image carries the labels
     with_tube, without = probed.values()
+    assert np.array_equal(*tight.values())  # `tight` removes the tube: its inputs are the same with and without
     assert with_tube[TUBE].min() > 0.65 and with_tube[TUBE].mean() > with_tube[OTHERS].mean() + 0.15, with_tube
     assert without.max() < 0.62 and 0.4 < without.mean() < 0.6, without  # no tube: at chance

@@ -18,9 +18,10 @@ The YAML has these sections (an unknown key anywhere is an error naming it and t
       bootstrap: 1000
 
 A grid axis is a list of values (the cell name shows each value, "/" as "_") or a mapping
-label -> value (the cell name shows the label). A string value may name the cell's other fields in
-braces, as `{backbone}` above: each backbone then loads its own pretrained weights. The axis `variant` maps labels to groups of
-TrainConfig fields that change together, e.g. a pretrained init with its own fine-tuning recipe:
+label -> value (the cell name shows the label). A string value in `grid`, `train` or `--set` may name
+the cell's fields in braces, as `{backbone}` above: each backbone then loads its own pretrained weights.
+The axis `variant` maps labels to groups of TrainConfig fields that change together, e.g. a pretrained
+init with its own fine-tuning recipe:
 
     grid:
       variant:
@@ -44,6 +45,7 @@ import dataclasses
 import itertools
 import logging
 import pathlib
+import string
 
 import yaml
 
@@ -96,15 +98,18 @@ class Experiment:
     def cells(self, only=None):
         """List of (run name, TrainConfig overrides) in grid order, seeds innermost.
 
-        Names are "<cell>" without `seeds` (e.g. "resnet50-tight") and "<cell>-seed<k>" with them. A grid
-        value may name the cell's other fields in braces, e.g. `runs/pretrain_{backbone}/backbone.weights.h5`.
+        Names are "<cell>" without `seeds` (e.g. "resnet50-tight") and "<cell>-seed<k>" with them. A string
+        value in `grid` or `train` may name the cell's other fields in braces, e.g.
+        `runs/pretrain_{backbone}/backbone.weights.h5`; the names are filled from the cell's values as given,
+        so a value that itself holds braces cannot be named.
 
         Args:
             only: optional dict axis -> set of labels (`parse_only`); cells with another label on an axis
                 are left out.
 
         Raises:
-            ValueError: a braced name in a grid value is not one of the cell's fields.
+            ValueError: a braced name is not one of the cell's fields, names a field whose value has braces
+                too, or is not a bare field name (`{a.b}`, `{a[0]}`, `{}`, `{a!r}`).
         """
         keys = list(self.grid)
         cells = []
@@ -112,12 +117,10 @@ class Experiment:
             if only and any(label not in only.get(key, {label}) for key, (label, _) in zip(keys, pairs)):
                 continue
             cell = "-".join(label for label, _ in pairs)
-            overrides = dict(self.train)
+            fields = dict(self.train)
             for key, (_, value) in zip(keys, pairs):
-                overrides.update(value if key == VARIANT else {key: value})
-            gridded = {field for key, (_, value) in zip(keys, pairs) for field in (value if key == VARIANT else [key])}
-            for field in gridded:
-                overrides[field] = self._fill(cell, overrides[field], overrides)
+                fields.update(value if key == VARIANT else {key: value})
+            overrides = {key: self._fill(cell, key, value, fields) for key, value in fields.items()}
             for seed in self.seeds if self.seeds is not None else (None,):
                 name = cell if seed is None else f"{cell}-seed{seed}"
                 run = dict(overrides, out=str(self.out / name))
@@ -126,15 +129,28 @@ class Experiment:
                 cells.append((name, run))
         return cells
 
-    def _fill(self, cell, value, fields):
-        """A grid value with `{field}` names filled from the cell's fields (other values unchanged)."""
+    def _fill(self, cell, key, value, fields):
+        """`value` with its `{field}` names filled from the cell's `fields` (a value without braces unchanged)."""
         if not isinstance(value, str) or "{" not in value:
             return value
+
+        def fail(problem):
+            raise ValueError(f"{self.source}: cell {cell!r}: `{key}: {value}`: {problem}; the cell's fields: "
+                             f"{', '.join(sorted(fields))}")
+
         try:
-            return value.format_map(fields)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"{self.source}: cell {cell!r}: cannot fill {value!r} from the cell's fields "
-                             f"({type(err).__name__}: {err}); known: {', '.join(sorted(fields))}") from None
+            names = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                     if name is not None]
+        except ValueError as err:
+            fail(f"malformed braces ({err})")
+        for name, spec, conversion in names:
+            if not name.isidentifier() or spec or conversion:
+                fail(f"{{{name}}} is not a bare field name (write `{{field}}`; `{{{{` for a literal brace)")
+            if name not in fields:
+                fail(f"{{{name}}} is not one of the cell's fields")
+            if isinstance(fields[name], str) and "{" in fields[name]:
+                fail(f"{{{name}}} names a value that has braces itself ({fields[name]!r})")
+        return value.format_map(fields)
 
 
 def parse_only(experiment, items):
@@ -142,7 +158,11 @@ def parse_only(experiment, items):
 
     Args:
         experiment: `Experiment`.
-        items: strings "axis=label[,label...]", e.g. "backbone=tiny,efficientnetb0".
+        items: strings "axis=label[,label...]", e.g. "backbone=tiny,efficientnetb0". Items on one axis
+            add up (union); items on different axes must all hold (intersection).
+
+    Returns:
+        dict axis -> set of labels; {} when `items` is empty (every cell).
 
     Raises:
         ValueError: malformed item, an axis that is not in the grid, or a label the axis does not have.
@@ -154,9 +174,12 @@ def parse_only(experiment, items):
         if not sep or not text.strip():
             raise ValueError(f"`--only` must look like axis=label[,label...]. Received: {item!r}")
         if key not in experiment.grid:
+            hint = " (seeds are not an axis: every chosen cell trains all of `seeds`)" if key in ("seed", "seeds") else ""
             raise ValueError(f"{experiment.source}: `--only {item}`: {key!r} is not a grid axis; axes: "
-                             f"{', '.join(experiment.grid)}")
+                             f"{', '.join(experiment.grid)}{hint}")
         labels = {label.strip() for label in text.split(",")}
+        if "" in labels:
+            raise ValueError(f"{experiment.source}: `--only {item}`: an empty label; write axis=label[,label...]")
         known = [label for label, _ in experiment.grid[key]]
         unknown = sorted(labels - set(known))
         if unknown:
@@ -291,6 +314,7 @@ def load_experiment(path, out=None, sets=()):
 
 
 def _resolve(experiment, name, overrides):
+    """The cell's `TrainConfig`; a ValueError names the experiment file and the cell."""
     from tfcxr.config import resolve_config
 
     try:
@@ -348,7 +372,8 @@ def run_experiment(experiment, dry_run=False, only=None):
     chosen = {name for name, _ in experiment.cells(only)} if only else {name for name, _ in cells}
     states = {name: cell_state(config) for name, config in cells}
     for name, config in cells:
-        logger.info("cell %-28s %-8s %s", name, states[name], config.out)
+        skipped = "" if name in chosen or states[name] == "complete" else " (not in --only)"
+        logger.info("cell %-28s %-8s %s%s", name, states[name], config.out, skipped)
     if dry_run:
         return {"cells": states, "report": None, "failed": []}
     failed = []
@@ -387,6 +412,7 @@ def run_experiment(experiment, dry_run=False, only=None):
 
 
 def build_parser():
+    """The command-line parser of `python -m tfcxr.experiment`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.experiment", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/paper.yaml")
     parser.add_argument("--out", help="root folder of the cells and the report (overrides `out`)")
@@ -401,6 +427,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0 done, 1 a cell failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

@@ -32,7 +32,7 @@ def draw_distractors(view, union, size, rng):
         center = (int(x * 16), int(y * 16))
         cv2.circle(layer, center, int(radius * 16), 0.45, max(1, int(round(0.006 * s))), cv2.LINE_AA, 4)
         cv2.circle(layer, center, int(radius * 0.35 * 16), 0.7, -1, cv2.LINE_AA, 4)
-    for _ in range(int(rng.integers(0, 3))):  # wires and tubes
+    for _ in range(int(rng.integers(0, 3))):  # ECG wires (the endotracheal tube is `draw_tube`)
         xs = np.cumsum(rng.normal(0, 0.04, size=8)) * s + rng.uniform(0.2, 0.8) * s
         ys = np.linspace(rng.uniform(0, 0.3), rng.uniform(0.6, 1.0), 8) * s
         cv2.polylines(layer, [polyline_points(xs, ys)], False, 0.25, max(1, int(round(0.008 * s))), cv2.LINE_AA, 4)

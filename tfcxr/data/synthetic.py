@@ -94,7 +94,7 @@ class SyntheticConfig:
         other_finding_rate: probability that an image also lists one non-target
             NIH finding (not drawn), to exercise curation.
         ap_fraction: fraction of AP views (larger heart, lower contrast); the rest are PA.
-        distractors: draw label-unrelated electrodes, wires and a marker outside the lungs.
+        distractors: draw label-unrelated electrodes, wires and a marker outside the lungs (not the tube).
         tube_rate: probability of an endotracheal tube (outside the lungs) on an image with Edema or
             Pneumonia; other images get one with a tenth of it. 0 draws none.
         noise_std: std of the pixel noise on the [0, 1] intensity scale.
@@ -336,7 +336,9 @@ def build_parser():
     parser.add_argument("--prevalence", type=float, default=defaults.prevalence, help="per-target probability")
     parser.add_argument("--other-finding-rate", type=float, default=defaults.other_finding_rate)
     parser.add_argument("--ap-fraction", type=float, default=defaults.ap_fraction)
-    parser.add_argument("--distractors", action=argparse.BooleanOptionalAction, default=defaults.distractors)
+    parser.add_argument("--distractors", action=argparse.BooleanOptionalAction, default=defaults.distractors,
+                        help="label-unrelated electrodes, wires and a marker outside the lungs (the tube is "
+                             "--tube-rate: --no-distractors --tube-rate 0 leaves the outside of the lungs plain)")
     parser.add_argument("--tube-rate", type=float, default=defaults.tube_rate,
                         help="endotracheal tubes on images with Edema or Pneumonia (others: a tenth of it); 0: none")
     parser.add_argument("--noise-std", type=float, default=defaults.noise_std)
