@@ -299,6 +299,7 @@ def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
     ({"grid": {"mask": ["tight"], "seed": [1]}, "seeds": [0]}, "`seed` is set in `grid`"),
     ({"grid": {"weights": {}}}, "grid `weights` must be a non-empty list or a mapping"),
     ({"grid": {"weights": {"a/b": "none"}}}, "labels must be unique, non-empty and without '/'"),
+    ({"grid": {"weights": {"a,b": "none"}}}, "without '/' or ','"),
     ({"grid": {"variant": {"a": "none"}}}, "grid `variant` 'a' must be a non-empty mapping"),
     ({"grid": {"variant": [{"weights": "none"}]}}, "grid `variant` must be a mapping label"),
     ({"grid": {"variant": {"a": {"epoch": 2}}}}, r"grid `variant` 'a' has unknown or reserved key\(s\) \['epoch'\]"),

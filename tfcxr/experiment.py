@@ -263,9 +263,10 @@ def _axis(source, key, axis):
         raise ValueError(f"{source}: grid `{key}` must be a non-empty list or a mapping label -> value. "
                          f"Received: {key}={axis!r}")
     labels = [label for label, _ in pairs]
-    bad = sorted({label for label in labels if labels.count(label) > 1 or not label or "/" in label})
+    bad = sorted({label for label in labels if labels.count(label) > 1 or not label or "/" in label or "," in label})
     if bad:
-        raise ValueError(f"{source}: grid `{key}` labels must be unique, non-empty and without '/'. Received: {bad}")
+        raise ValueError(f"{source}: grid `{key}` labels must be unique, non-empty and without '/' or ',' "
+                         f"(`--only` lists labels with commas). Received: {bad}")
     return pairs
 
 
