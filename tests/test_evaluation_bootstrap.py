@@ -91,3 +91,47 @@ def test_percentile_ci_ignores_nan_and_needs_two_values():
     assert ci == {"low": pytest.approx(5.0), "high": pytest.approx(95.0), "valid_resamples": 101}
     few = bootstrap.percentile_ci([0.7, math.nan])
     assert math.isnan(few["low"]) and math.isnan(few["high"]) and few["valid_resamples"] == 1
+
+
+def test_bootstrap_p_is_never_zero_and_two_sided():
+    assert bootstrap.bootstrap_p(np.full(999, 0.1)) == pytest.approx(2 / 1000)  # no resample at or below 0
+    assert bootstrap.bootstrap_p(-np.full(999, 0.1)) == pytest.approx(2 / 1000)
+    assert bootstrap.bootstrap_p(np.linspace(-1, 1, 101)) == 1.0
+    assert bootstrap.bootstrap_p(np.r_[np.full(9, 0.1), -0.1, np.nan]) == pytest.approx(2 * 2 / 11)
+    assert math.isnan(bootstrap.bootstrap_p([np.nan]))
+
+
+def test_seeds_and_patients_interval_is_the_t_interval_without_patient_noise():
+    """Three positive per-seed differences and a test set with no sampling error: the interval is the one-sample
+    t interval with 2 df, which holds 0, where resampling the 3 seeds would give [0.01, 0.10]."""
+    from scipy import stats
+
+    diffs = np.array([0.01, 0.05, 0.10])
+    out = bootstrap.seeds_and_patients_interval(diffs, np.repeat(diffs[:, None], 200, axis=1))
+    t = stats.ttest_1samp(diffs, 0.0)
+    low, high = t.confidence_interval(0.95)
+    assert out["ci"] == pytest.approx([low, high]) and out["p"] == pytest.approx(t.pvalue)
+    assert out["df"] == pytest.approx(2) and out["se_patients"] == 0 and out["ci"][0] < 0 < out["ci"][1]
+
+
+def test_seeds_and_patients_interval_adds_the_patient_variance():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.02, size=500)  # the test set's error, shared by every seed's run
+    same = np.full(4, 0.05)  # no training variance: a normal interval on the patient term alone
+    out = bootstrap.seeds_and_patients_interval(same, same[:, None] + noise)
+    assert out["df"] == math.inf and out["se_seeds"] == 0
+    assert out["se_patients"] == pytest.approx(noise.std(ddof=1))
+    assert out["ci"] == pytest.approx([0.05 - 1.959964 * out["se"], 0.05 + 1.959964 * out["se"]], rel=1e-5)
+    spread = np.array([0.02, 0.04, 0.06, 0.08])  # both terms: wider than either alone
+    both = bootstrap.seeds_and_patients_interval(spread, spread[:, None] + noise)
+    assert both["se"] == pytest.approx(math.hypot(spread.std(ddof=1) / 2, noise.std(ddof=1)))
+    assert 3 < both["df"] < math.inf and both["ci"][1] - both["ci"][0] > out["ci"][1] - out["ci"][0]
+
+
+def test_seeds_and_patients_interval_needs_two_seeds_and_matching_shapes():
+    one = bootstrap.seeds_and_patients_interval([0.1], np.full((1, 50), 0.1))
+    assert one["mean"] == pytest.approx(0.1) and math.isnan(one["ci"][0]) and math.isnan(one["p"])
+    nan_resamples = np.full((2, 50), np.nan)
+    assert math.isnan(bootstrap.seeds_and_patients_interval([0.1, 0.2], nan_resamples)["se"])
+    with pytest.raises(ValueError, match=r"\(seeds, resamples\) for 2 seeds.*\(3, 50\)"):
+        bootstrap.seeds_and_patients_interval([0.1, 0.2], np.zeros((3, 50)))

@@ -116,8 +116,11 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     assert comparison["macro_auroc_diff"]["mean"] == pytest.approx(sum(diffs) / 3)
     assert min(diffs) > 0  # tight is noisier in every seed
     assert 0 < comparison["macro_auroc_diff"]["t_test_p"] <= 1 and comparison["macro_auroc_diff"]["wilcoxon_p"] == 0.25
-    low, high = comparison["macro_auroc_diff_patients_seeds_ci"]
-    assert low <= comparison["macro_auroc_diff"]["mean"] <= high
+    both = comparison["macro_auroc_diff_seeds_patients"]
+    low, high = both["ci"]
+    assert comparison["macro_auroc_diff"]["mean"] == pytest.approx(both["mean"]) and low <= both["mean"] <= high
+    assert both["df"] >= 2 and both["se"] >= both["se_seeds"] > 0 and 0 < both["p"] <= 1
+    assert both["se"] ** 2 == pytest.approx(both["se_seeds"] ** 2 + both["se_patients"] ** 2)
     assert 0 <= comparison["per_seed"][0]["delong_p"]["No Finding"] <= 1
     md = (out / "report.md").read_text()
     _assert_tables_are_well_formed(md)

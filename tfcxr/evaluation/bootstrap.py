@@ -162,3 +162,68 @@ def percentile_ci(values, level=0.95):
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(v, [tail, 100.0 - tail])
     return {"low": float(low), "high": float(high), "valid_resamples": int(v.size)}
+
+
+def bootstrap_p(diffs):
+    """Two-sided bootstrap p-value that the paired difference is 0, ignoring NaN resamples.
+
+    Counts the resamples on the far side of 0 with the usual +1 correction, 2 (1 + k) / (B + 1), so the
+    smallest p that B resamples can give is about 2 / B, never 0.
+
+    Args:
+        diffs: (B,) bootstrap values of a difference.
+
+    Returns:
+        float in (0, 1], NaN when no resample is valid.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return math.nan
+    beyond = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
+    return float(min(1.0, 2.0 * (1 + beyond) / (d.size + 1)))
+
+
+def seeds_and_patients_interval(per_seed, boot, level=0.95):
+    """Interval for a difference averaged over training seeds, with the error of both the seeds and the patients.
+
+    The seeds' runs share one test set, so the spread of their differences measures training variance only, and
+    the patient bootstrap of one run measures test-set variance only. The variance of the seed mean adds the two:
+    s^2 / n (s: SD of the per-seed differences, ddof=1) plus the variance over the shared patient resamples of the
+    seed-averaged difference. The interval is t-based with Welch-Satterthwaite degrees of freedom, so with few
+    seeds it widens as the t distribution with n - 1 df does (about 4.3 SE at 3 seeds), and with many seeds or a
+    dominant patient term it tends to the normal one.
+
+    Args:
+        per_seed: (n,) the runs' paired differences, one per seed.
+        boot: (n, B) the same differences on the shared patient resamples; NaN where undefined.
+        level: coverage, e.g. 0.95.
+
+    Returns:
+        dict {"mean", "se", "se_seeds", "se_patients", "df", "ci": [low, high], "p"}; NaN (but "mean") when
+        fewer than 2 seeds or no valid resample.
+    """
+    from scipy import stats
+
+    d = np.asarray(per_seed, dtype=np.float64)
+    b = np.asarray(boot, dtype=np.float64)
+    if b.ndim != 2 or b.shape[0] != d.shape[0]:
+        raise ValueError(f"`boot` must be (seeds, resamples) for {d.shape[0]} seeds. Received shape {b.shape}")
+    keep = np.isfinite(d)
+    d, b = d[keep], b[keep]
+    out = {"mean": float(d.mean()) if d.size else math.nan, "se": math.nan, "se_seeds": math.nan,
+           "se_patients": math.nan, "df": math.nan, "ci": [math.nan, math.nan], "p": math.nan}
+    valid = b[:, np.all(np.isfinite(b), axis=0)]
+    if d.size < 2 or valid.shape[1] < 2:
+        return out
+    var_seeds = float(d.var(ddof=1)) / d.size
+    var_patients = float(valid.mean(axis=0).var(ddof=1))
+    var = var_seeds + var_patients
+    df = math.inf if var_seeds == 0 else var**2 / (var_seeds**2 / (d.size - 1))
+    out.update(se=math.sqrt(var), se_seeds=math.sqrt(var_seeds), se_patients=math.sqrt(var_patients), df=df)
+    if var == 0:
+        return out
+    half = float(stats.t.ppf(0.5 + level / 2.0, df)) * out["se"]
+    out["ci"] = [out["mean"] - half, out["mean"] + half]
+    out["p"] = float(2.0 * stats.t.sf(abs(out["mean"]) / out["se"], df))
+    return out

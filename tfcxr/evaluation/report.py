@@ -45,14 +45,6 @@ PROBE_SENTENCE = (
 )
 
 
-def _p_two_sided(diffs):
-    d = np.asarray(diffs, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return math.nan
-    return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
-
-
 def _evaluate_one(run, num_resamples, seed, level, specificity, method):
     y = run.labels()  # (N, 5)
     p = run.probabilities()  # (N, 5)
@@ -152,7 +144,7 @@ def evaluate_runs(runs, num_resamples=1000, seed=0, ci_level=0.95, specificity=0
     cell_results = [_cell_summary(cell, [results[index[id(r)]] for r in cell.runs]) for cell in cells]
     cell_comparisons = []
     for ca, cb, differs_in in comparable:
-        entry = _compare_cells(ca, cb, differs_in, results, index, by_pair, macro_boots, ci_level, seed)
+        entry = _compare_cells(ca, cb, differs_in, results, index, by_pair, macro_boots, ci_level)
         if entry is not None:
             cell_comparisons.append(entry)
     return {"settings": _settings(num_resamples, seed, ci_level, specificity), "runs": results,
@@ -187,8 +179,9 @@ def _settings(num_resamples, seed, ci_level, specificity):
         "macro": "mean AUROC over the targets with positives and negatives in the test set",
         "delong": "fast DeLong (Sun & Xu 2014), two-sided, paired on image_id",
         "seeds": "cells group runs whose configs differ only in the training seed; SD with ddof=1; over seeds: "
-                 "paired t-test and Wilcoxon signed-rank test of the per-seed AUROC differences, and a bootstrap "
-                 "that resamples patients (shared resamples) and seeds",
+                 "paired t-test and Wilcoxon signed-rank test of the per-seed AUROC differences, and a t interval "
+                 "(Welch-Satterthwaite df) whose variance adds the seed term s^2/n to the patient-bootstrap "
+                 "variance of the seed-averaged difference",
     }
 
 
@@ -212,7 +205,7 @@ def _compare(a, b, result_a, result_b, boot_a, boot_b, ci_level, require_same_te
         "delong": tests,
         "macro_auroc_diff": result_a[MACRO]["auroc"] - result_b[MACRO]["auroc"],
         "macro_auroc_diff_ci": [ci["low"], ci["high"]],
-        "macro_auroc_diff_bootstrap_p": _p_two_sided(diff),
+        "macro_auroc_diff_bootstrap_p": bootstrap.bootstrap_p(diff),
     }
 
 
@@ -261,7 +254,7 @@ def _over_seeds(diffs):
     return out
 
 
-def _compare_cells(cell_a, cell_b, differs_in, results, index, by_pair, macro_boots, ci_level, seed):
+def _compare_cells(cell_a, cell_b, differs_in, results, index, by_pair, macro_boots, ci_level):
     """Compare two cells (differing in the settings `differs_in`) over their shared seeds (None when they share
     none or their test sets differ)."""
     seeds_b = {run_seed(r): r for r in cell_b.runs}
@@ -274,20 +267,13 @@ def _compare_cells(cell_a, cell_b, differs_in, results, index, by_pair, macro_bo
     res = [(results[index[id(ra)]], results[index[id(rb)]]) for ra, rb in pairs]
     macro = [a[MACRO]["auroc"] - b[MACRO]["auroc"] for a, b in res]
     no_finding = [a["classes"][NO_FINDING]["auroc"] - b["classes"][NO_FINDING]["auroc"] for a, b in res]
-    # Bootstrap over patients and seeds: each resample draws patients (the shared resample b) and seeds.
+    # Seed and patient error of the seed mean: the per-seed spread plus the shared patient resamples.
     diffs = np.stack([macro_boots[index[id(ra)]] - macro_boots[index[id(rb)]] for ra, rb in pairs])  # (seeds, B)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, len(pairs), size=(diffs.shape[1], len(pairs)))  # (B, seeds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        both = np.nanmean(diffs[drawn, np.arange(diffs.shape[1])[:, None]], axis=1)  # (B,)
-    ci = bootstrap.percentile_ci(both, ci_level)
     return {
         "cell_a": cell_a.label, "cell_b": cell_b.label, "differs_in": differs_in,
         "seeds": [run_seed(ra) for ra, _ in pairs],
         "macro_auroc_diff": _over_seeds(macro),
-        "macro_auroc_diff_patients_seeds_ci": [ci["low"], ci["high"]],
-        "macro_auroc_diff_patients_seeds_p": _p_two_sided(both),
+        "macro_auroc_diff_seeds_patients": bootstrap.seeds_and_patients_interval(macro, diffs, ci_level),
         "no_finding_auroc_diff": _over_seeds(no_finding),
         "per_seed": [{"seed": run_seed(ra), "macro_auroc_diff": m, "macro_bootstrap_p": e["macro_auroc_diff_bootstrap_p"],
                       "delong_p": {name: e["delong"][name]["p_value"] for name in COLUMNS}}
