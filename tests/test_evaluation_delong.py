@@ -80,3 +80,62 @@ def test_delong_input_errors_and_no_negatives():
         delong.delong_covariance(np.ones(4, int), np.arange(4.0))
     out = delong.delong_test(np.ones(3, int), np.arange(3.0), np.arange(3.0))
     assert out["undefined"] == "no negatives in the test set" and math.isnan(out["auc_a"])
+
+
+def test_clustered_delong_is_delong_with_one_image_per_patient():
+    y, sa = toy_scores(60, seed=2, ties=True)
+    sb = sa + np.random.default_rng(3).normal(0, 0.7, y.size)
+    plain = delong.delong_test(y, sa, sb)
+    singletons = delong.delong_test(y, sa, sb, clusters=[f"p{k}" for k in range(y.size)])
+    assert singletons["p_value"] == pytest.approx(plain["p_value"]) and singletons["z"] == pytest.approx(plain["z"])
+
+
+def test_clustered_delong_counts_a_patients_copies_once():
+    """Every image twice under one patient: the AUROCs stay, the clustered variance is that of one copy, and the
+    unclustered test, which takes the copies as independent, shrinks the variance by half (z grows by sqrt 2)."""
+    y, sa = toy_scores(50, seed=6)
+    sb = sa + np.random.default_rng(7).normal(0, 0.8, y.size)
+    twice = [np.r_[v, v] for v in (y, sa, sb)]
+    patients = np.r_[np.arange(y.size), np.arange(y.size)]
+    one = delong.delong_covariance(y, np.stack([sa, sb]))
+    clustered = delong.delong_covariance(twice[0], np.stack(twice[1:]), clusters=patients)
+    np.testing.assert_allclose(clustered[0], one[0])
+    np.testing.assert_allclose(clustered[1], one[1], rtol=1e-10)
+    naive = delong.delong_test(*twice)
+    fair = delong.delong_test(*twice, clusters=patients)
+    assert fair["z"] == pytest.approx(delong.delong_test(y, sa, sb)["z"])
+    assert naive["z"] == pytest.approx(fair["z"] * math.sqrt(2), rel=0.05)
+
+
+def test_clustered_delong_variance_matches_the_patient_bootstrap():
+    """Patients with 1-5 images and a per-patient error in model a's scores: the clustered variance of the AUROC
+    difference agrees with the variance over patient-bootstrap resamples (tfcxr.evaluation.bootstrap); the
+    unclustered one, taking the images as independent, falls well short."""
+    from tfcxr.evaluation import bootstrap
+
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 6, size=120)
+    patients = np.repeat(np.arange(sizes.size), sizes)
+    frailty = rng.normal(0, 1.0, sizes.size)[patients]  # labels cluster by patient
+    y = (frailty + rng.normal(0, 0.5, patients.size) > 0.3).astype(int)
+    sa = y + rng.normal(0, 1.0, sizes.size)[patients] + rng.normal(0, 0.3, y.size)
+    sb = y + rng.normal(0, 1.0, y.size)
+    _, cov = delong.delong_covariance(y, np.stack([sa, sb]), clusters=patients)
+    var_clustered = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    _, naive = delong.delong_covariance(y, np.stack([sa, sb]))
+    counts, image_patient = bootstrap.patient_resample_counts(patients, 2000, seed=0)
+    weights = counts[:, image_patient].astype(np.float64)
+    diff = bootstrap.weighted_auroc(y, sa, weights) - bootstrap.weighted_auroc(y, sb, weights)
+    assert var_clustered == pytest.approx(np.var(diff, ddof=1), rel=0.1)
+    assert naive[0, 0] + naive[1, 1] - 2 * naive[0, 1] < 0.7 * var_clustered
+
+
+def test_delong_without_spread_or_with_bad_clusters_is_undefined_or_an_error():
+    y = np.array([1, 0, 0, 0])
+    out = delong.delong_test(y, np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.2, 0.1, 0.3, 0.4]))
+    assert math.isnan(out["p_value"]) and out["undefined"].startswith("fewer than 2 patients")
+    y2 = np.array([1, 1, 0, 0])
+    out = delong.delong_test(y2, np.array([0.9, 0.8, 0.1, 0.2]), np.array([0.9, 0.8, 0.1, 0.2]), clusters=[0, 0, 1, 1])
+    assert math.isnan(out["p_value"]) and out["auc_a"] == 1.0
+    with pytest.raises(ValueError, match=r"`clusters` must be \(4,\), one patient per image. Received shape \(3,\)"):
+        delong.delong_covariance(y2, np.arange(4.0), clusters=[0, 1, 2])

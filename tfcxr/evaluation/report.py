@@ -177,7 +177,8 @@ def _settings(num_resamples, seed, ci_level, specificity):
                       "interval": "percentile"},
         "specificity": specificity,
         "macro": "mean AUROC over the targets with positives and negatives in the test set",
-        "delong": "fast DeLong (Sun & Xu 2014), two-sided, paired on image_id",
+        "delong": "fast DeLong (Sun & Xu 2014), clustered by patient (Obuchowski 1997), two-sided, paired on "
+                  "image_id",
         "seeds": "cells group runs whose configs differ only in the training seed; SD with ddof=1; over seeds: "
                  "paired t-test and Wilcoxon signed-rank test of the per-seed AUROC differences, and a t interval "
                  "(Welch-Satterthwaite df) whose variance adds the seed term s^2/n to the patient-bootstrap "
@@ -196,7 +197,9 @@ def _compare(a, b, result_a, result_b, boot_a, boot_b, ci_level, require_same_te
     scores_a = np.concatenate([a.probabilities(), no_finding_scores(a.probabilities(), result_a["no_finding_score"])[:, None]], 1)
     scores_b = np.concatenate([b.probabilities(), no_finding_scores(b.probabilities(), result_b["no_finding_score"])[:, None]], 1)
     y_all = np.concatenate([a.labels(), a.no_finding_labels()[:, None]], 1)
-    tests = {name: delong.delong_test(y_all[:, k], scores_a[:, k], scores_b[:, k]) for k, name in enumerate(COLUMNS)}
+    patients = a.predictions["patient_id"].to_numpy()
+    tests = {name: delong.delong_test(y_all[:, k], scores_a[:, k], scores_b[:, k], patients)
+             for k, name in enumerate(COLUMNS)}
     diff = boot_a - boot_b
     ci = bootstrap.percentile_ci(diff, ci_level)
     return {

@@ -96,6 +96,8 @@ def _comparisons_section(comparisons):
     if not comparisons:
         return []
     lines = ["", "## Paired comparisons (DeLong p-values; macro: paired bootstrap)", "",
+             "DeLong's covariance is clustered by patient (Obuchowski 1997), so follow-up images of one patient "
+             "do not count as independent; the bootstrap resamples patients.", "",
              *table_header("run A", "run B", *COLUMNS, "macro diff A-B (95% CI)", "macro p")]
     for c in comparisons:
         if "skipped" in c:
