@@ -110,5 +110,10 @@ def test_check_same_test_images_compares_ids_and_labels(tmp_path, images):
     frame.to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"disagree on the labels of 1 test images \(e.g. \['00000000_000.png'\]\)"):
         check_same_test_images(a, load_run(tmp_path / "b"))
+    frame.loc[frame["image_id"] == a.predictions["image_id"][0], f"y_{TARGETS[0]}"] ^= 1  # labels agree again
+    frame.loc[frame["image_id"] == a.predictions["image_id"][1], "patient_id"] = 999999
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"disagree on the patient of 1 test images \(e.g. \['00000001_000.png'\]\)"):
+        check_same_test_images(a, load_run(tmp_path / "b"))
     with pytest.raises(ValueError, match="different test images: 0 only in the first.*1 only in the second"):
         check_same_test_images(a.__class__(**{**vars(a), "predictions": a.predictions.iloc[1:]}), b)

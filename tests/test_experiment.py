@@ -291,6 +291,35 @@ def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
                                                                      "original-seed1": "complete"}
 
 
+def test_a_complete_run_of_other_epochs_is_extended_or_refused(tmp_path):
+    """More epochs than the complete run has: "partial" (train resumes it); fewer: an error naming config.yaml,
+    never a silent skip that would put the old run in the report as if it were the cell's."""
+    from tfcxr.config import save_config
+
+    values = {"out": str(tmp_path / "runs"), "grid": {"mask": ["original"]}, "train": {"data": "demo", "epochs": 3}}
+    exp = experiment.load_experiment(_write(tmp_path, values))
+    name, overrides = exp.cells()[0]
+    config = experiment._resolve(exp, name, overrides)
+    out = pathlib.Path(config.out)
+    save_config(config, out / "config.yaml")
+    for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
+        (out / done).write_text("x")
+    assert experiment.cell_state(config) == "complete"
+    longer = experiment._resolve(exp, name, dict(overrides, epochs=5))
+    assert experiment.cell_state(longer) == "partial"
+    shorter = experiment._resolve(exp, name, dict(overrides, epochs=2))
+    with pytest.raises(ValueError, match=r"config.yaml: complete run of 3 epochs, the cell asks for 2"):
+        experiment.cell_state(shorter)
+
+
+def test_cells_whose_labels_join_to_the_same_name_are_an_error(tmp_path):
+    values = {"out": str(tmp_path / "runs"), "grid": {"backbone": {"a-b": "tiny", "a": "tiny"},
+                                                      "mask": {"c": "tight", "b-c": "loose"}},
+              "train": {"data": "demo"}}
+    with pytest.raises(ValueError, match=r"exp\.yaml: cells .*'a-b-c'.* share one run directory"):
+        experiment.load_experiment(_write(tmp_path, values)).cells()
+
+
 @pytest.mark.parametrize("values, match", [
     ({"grid": {"mask": ["tight"]}, "seeds": [0, 0]}, "`seeds` has duplicates"),
     ({"grid": {"mask": ["tight"]}, "seeds": []}, "`seeds` must be a non-empty list of integers"),

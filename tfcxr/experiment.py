@@ -90,6 +90,14 @@ class Experiment:
     source: str = "<dict>"
     seeds: list = None
 
+    def __post_init__(self):
+        names = ["-".join(labels) for labels in itertools.product(*([label for label, _ in axis]
+                                                                     for axis in self.grid.values()))]
+        shared = sorted({name for name in names if names.count(name) > 1})
+        if shared:
+            raise ValueError(f"{self.source}: cells {shared} share one run directory (their labels join with "
+                             "'-' to the same name); rename a label")
+
     def linked(self):
         """The config keys the `variant` axis sets, as one group (the report compares its cells as one setting)."""
         fields = {key for _, value in self.grid.get(VARIANT, ()) for key in value}
@@ -327,8 +335,12 @@ def _resolve(experiment, name, overrides):
 def cell_state(config):
     """"complete", "partial" (resumable) or "new" for the run directory of `config`.
 
+    A complete run trained for fewer epochs than `config` asks is "partial": `tfcxr.train` resumes it from its
+    last epoch up to the new count, as it would by hand.
+
     Raises:
-        ValueError: a complete run directory holds a different config (names the keys).
+        ValueError: a complete run directory holds a different config (names the keys), or more epochs than
+            `config` asks (a finished run cannot be cut short).
     """
     run = RunDir(config.out)
     if not run.is_complete():
@@ -340,6 +352,12 @@ def cell_state(config):
             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
             f"delete {run.path} or choose another --out"
         )
+    trained, asked = int(run.config.epochs), int(config.epochs)
+    if asked > trained:
+        return "partial"
+    if asked < trained:
+        raise ValueError(f"{run.config_path}: complete run of {trained} epochs, the cell asks for {asked}; "
+                         f"delete {run.path} or choose another --out")
     return "complete"
 
 

@@ -12,4 +12,4 @@ def no_finding_scores(probs, method):
     """(N,) float64 No Finding score of (N, 5) target probabilities ("max" or "prod")."""
     from tfcxr.scoring import no_finding_score
 
-    return np.asarray(no_finding_score(probs.astype(np.float32), method), dtype=np.float64)
+    return np.asarray(no_finding_score(np.asarray(probs, dtype=np.float64), method), dtype=np.float64)

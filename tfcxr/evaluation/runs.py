@@ -202,7 +202,8 @@ def load_runs(run_dirs):
 
 
 def check_same_test_images(run_a, run_b):
-    """Raise ValueError when two runs were not evaluated on the same labelled test images."""
+    """Raise ValueError when two runs were not evaluated on the same labelled test images of the same patients
+    (the paired bootstrap and the clustered DeLong test group images by patient)."""
     ids_a = set(run_a.predictions["image_id"])
     ids_b = set(run_b.predictions["image_id"])
     if ids_a != ids_b:
@@ -219,5 +220,13 @@ def check_same_test_images(run_a, run_b):
         rows = np.flatnonzero((ya != yb).any(axis=1))
         raise ValueError(
             f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the labels of "
+            f"{rows.size} test images (e.g. {run_a.predictions['image_id'].iloc[rows[:3]].tolist()})"
+        )
+    pa = run_a.predictions["patient_id"].astype(str).to_numpy()
+    pb = run_b.predictions["patient_id"].astype(str).to_numpy()
+    if not np.array_equal(pa, pb):
+        rows = np.flatnonzero(pa != pb)
+        raise ValueError(
+            f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the patient of "
             f"{rows.size} test images (e.g. {run_a.predictions['image_id'].iloc[rows[:3]].tolist()})"
         )
