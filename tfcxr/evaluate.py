@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser():
+    """The command-line parser of `python -m tfcxr.evaluate`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUNDIR", help="run directories written by tfcxr.train")
     parser.add_argument("--out", required=True, metavar="REPORTDIR", help="report folder to write")
@@ -60,6 +61,7 @@ def run(run_dirs, out, **kwargs):
 
 
 def main(argv=None):
+    """Run `python -m tfcxr.evaluate` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

@@ -312,6 +312,7 @@ def _write_yaml(values, path):
 
 
 def build_parser():
+    """The command-line parser of `python -m tfcxr.pretrain`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=pathlib.Path, help="YAML config (flags override it), e.g. configs/pretrain_tiny_nih.yaml")
     parser.add_argument("--images", nargs="+", help="folder(s) of unlabelled PNG/JPEG X-rays (recursive)")
@@ -344,6 +345,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.pretrain` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

@@ -267,6 +267,7 @@ def train(config, callbacks=()):
 
 
 def build_parser():
+    """The command-line parser of `python -m tfcxr.train`."""
     parser = argparse.ArgumentParser(
         prog="python -m tfcxr.train",
         description="Train a lung-masked chest X-ray classifier (defaults: CPU demo on synthetic data).",
@@ -313,6 +314,7 @@ def _overrides(args):
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.train` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

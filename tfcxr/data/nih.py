@@ -149,6 +149,7 @@ def to_markdown(table):
 
 
 def build_parser():
+    """The command-line parser of `python -m tfcxr.data.nih`."""
     parser = argparse.ArgumentParser(
         prog="python -m tfcxr.data.nih",
         description="NIH ChestX-ray14 metadata, curation into the five-target subset and patient-level splits.",
@@ -173,6 +174,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run `python -m tfcxr.data.nih` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

@@ -23,6 +23,7 @@ FP16_TOLERANCE = 1e-2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.export`."""
     from tfcxr.export.tensorrt import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="python -m tfcxr.export", description=__doc__.split("\n")[0])
@@ -78,6 +79,7 @@ def _random_images(image_size, count=4, seed=0):
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.export` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

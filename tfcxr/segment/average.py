@@ -115,6 +115,7 @@ def average_run(run_dir, out, epochs=None, last: int = 0) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.average`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="fine-tuning output folder (with checkpoints/ and a saved model)")
     parser.add_argument("--out", required=True, help="folder for the averaged segmenter")
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.segment.average` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(lambda a: print(json.dumps(average_run(a.run, a.out, a.epochs, a.last), indent=2)), args, logger)
 

@@ -323,6 +323,7 @@ def read_config(path, **overrides) -> PresetConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.build_preset`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.build_preset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML with PresetConfig fields")
     parser.add_argument("--out", required=True, help="output folder: OUT/work (runs, caches) and OUT/<name>")
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.segment.build_preset` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

@@ -100,6 +100,7 @@ def evaluate(model, pairs, prompts=("refine",), settings=None, batch_size: int =
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.evaluate`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="pairs folder, pairs CSV (image_path,mask_path) or TFDS name")
     parser.add_argument("--model", default=DEFAULT_PRESET,
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.segment.evaluate` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

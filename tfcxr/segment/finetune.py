@@ -339,6 +339,7 @@ def _end_epoch(row: dict, model, data: _FinetuneData, state: _TrainingState, con
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.finetune`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="pairs folder, pairs CSV (image_path,mask_path) or TFDS name")
     parser.add_argument("--model", help="litemedsam | tiny | hub id | model dir (default litemedsam)")
@@ -383,6 +384,7 @@ def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.segment.finetune` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 

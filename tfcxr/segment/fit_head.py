@@ -340,6 +340,7 @@ def build_head(preset_dir: pathlib.Path, config: HeadConfig, sets: dict, cache, 
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.fit_head`."""
     parser = argparse.ArgumentParser(
         prog="python -m tfcxr.segment.fit_head",
         description="Train a mask-definition head on a segmenter preset (cross-validated on its training pairs), "

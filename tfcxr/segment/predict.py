@@ -313,6 +313,7 @@ def generate_masks(model, source: str, out_dir, settings=None, batch_size: int =
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.segment.predict`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.segment.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, help="folder of images (searched recursively) or TFDS name")
     parser.add_argument("--out", required=True, help="mask directory")
@@ -364,6 +365,7 @@ def _beam_main(args, beam_args) -> int:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.segment.predict` with `argv` (default: sys.argv); returns the exit status."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.runner:

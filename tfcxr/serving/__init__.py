@@ -1,0 +1,1 @@
+"""Serving clients: TF Serving REST/gRPC requests and the onnxruntime predictor."""

@@ -210,6 +210,7 @@ class GrpcClient:
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m tfcxr.serving.client`."""
     parser = argparse.ArgumentParser(prog="python -m tfcxr.serving.client", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", help="PNG/JPEG chest X-ray files")
     parser.add_argument("--masks", nargs="+", default=None, help="PNG lung masks, one per image (masked runs)")
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `python -m tfcxr.serving.client` with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     return cli.run(_main, args, logger)
 
