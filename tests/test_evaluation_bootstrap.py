@@ -125,7 +125,9 @@ def test_seeds_and_patients_interval_adds_the_patient_variance():
     spread = np.array([0.02, 0.04, 0.06, 0.08])  # both terms: wider than either alone
     both = bootstrap.seeds_and_patients_interval(spread, spread[:, None] + noise)
     assert both["se"] == pytest.approx(math.hypot(spread.std(ddof=1) / 2, noise.std(ddof=1)))
-    assert 3 < both["df"] < math.inf and both["ci"][1] - both["ci"][0] > out["ci"][1] - out["ci"][0]
+    var_seeds, var_patients = spread.var(ddof=1) / 4, noise.var(ddof=1)
+    assert both["df"] == pytest.approx((var_seeds + var_patients) ** 2 / (var_seeds**2 / 3))  # Welch-Satterthwaite
+    assert both["ci"][1] - both["ci"][0] > out["ci"][1] - out["ci"][0]
 
 
 def test_seeds_and_patients_interval_needs_two_seeds_and_matching_shapes():

@@ -126,7 +126,7 @@ def test_clustered_delong_variance_matches_the_patient_bootstrap():
     counts, image_patient = bootstrap.patient_resample_counts(patients, 2000, seed=0)
     weights = counts[:, image_patient].astype(np.float64)
     diff = bootstrap.weighted_auroc(y, sa, weights) - bootstrap.weighted_auroc(y, sb, weights)
-    assert var_clustered == pytest.approx(np.var(diff, ddof=1), rel=0.1)
+    assert var_clustered == pytest.approx(np.var(diff, ddof=1), rel=0.05)
     assert naive[0, 0] + naive[1, 1] - 2 * naive[0, 1] < 0.7 * var_clustered
 
 
@@ -136,6 +136,9 @@ def test_delong_without_spread_or_with_bad_clusters_is_undefined_or_an_error():
     assert math.isnan(out["p_value"]) and out["undefined"].startswith("fewer than 2 patients")
     y2 = np.array([1, 1, 0, 0])
     out = delong.delong_test(y2, np.array([0.9, 0.8, 0.1, 0.2]), np.array([0.9, 0.8, 0.1, 0.2]), clusters=[0, 0, 1, 1])
-    assert math.isnan(out["p_value"]) and out["auc_a"] == 1.0
+    assert math.isnan(out["p_value"]) and out["auc_a"] == 1.0 and out["undefined"].startswith("fewer than 2 patients")
+    flat = delong.delong_test(y2, np.array([0.9, 0.8, 0.1, 0.2]), np.full(4, 0.5))  # 1.0 vs 0.5, no spread
+    assert flat["diff"] == 0.5 and math.isnan(flat["p_value"]) and math.isnan(flat["z"])
+    assert flat["undefined"] == "the AUROCs differ but the difference has no variance"
     with pytest.raises(ValueError, match=r"`clusters` must be \(4,\), one patient per image. Received shape \(3,\)"):
         delong.delong_covariance(y2, np.arange(4.0), clusters=[0, 1, 2])

@@ -307,6 +307,14 @@ def test_a_complete_run_of_other_epochs_is_extended_or_refused(tmp_path):
     assert experiment.cell_state(config) == "complete"
     longer = experiment._resolve(exp, name, dict(overrides, epochs=5))
     assert experiment.cell_state(longer) == "partial"
+    from tfcxr.train import _open_run
+
+    _open_run(longer)  # the extension starts, saves its config, then is interrupted
+    assert not (out / "test_predictions.csv").exists() and not (out / "efficiency.json").exists()
+    assert experiment.cell_state(longer) == "partial"  # not "complete" with the 3-epoch predictions
+    save_config(config, out / "config.yaml")
+    for done in ("test_predictions.csv", "efficiency.json"):
+        (out / done).write_text("x")
     shorter = experiment._resolve(exp, name, dict(overrides, epochs=2))
     with pytest.raises(ValueError, match=r"config.yaml: complete run of 3 epochs, the cell asks for 2"):
         experiment.cell_state(shorter)

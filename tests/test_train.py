@@ -149,6 +149,20 @@ def test_freeze_backbone_epochs_must_leave_an_epoch_to_fine_tune(synthetic, tmp_
         _config(synthetic, tmp_path / "run", epochs=2, freeze_backbone_epochs=2)
 
 
+def test_a_finished_run_trains_on_to_more_epochs(synthetic, tmp_path):
+    """What `tfcxr.experiment` relies on when a cell asks for more epochs than its complete run has."""
+    from tfcxr.rundir import RunDir
+
+    out = tmp_path / "run"
+    assert train(_config(synthetic, out, mask="original", epochs=1, augment=False))["status"] == "ok"
+    weights = _BackboneWeights()
+    assert train(_config(synthetic, out, mask="original", epochs=2, augment=False), callbacks=[weights])["status"] == "ok"
+    assert len(weights.backbone) == 2  # the backup's weights, then epoch 2 only: epoch 1 is not trained again
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
+    run = RunDir(out)
+    assert run.is_complete() and run.config.epochs == 2 and run.efficiency()["epochs_run"] == 2
+
+
 def test_resume_refuses_a_different_config(synthetic, tmp_path):
     (tmp_path / "run").mkdir()
     save_config(_config(synthetic, tmp_path / "run", mask="tight"), tmp_path / "run" / "config.yaml")

@@ -108,6 +108,12 @@ class RunDir:
         """True when the directory holds everything a finished training run writes."""
         return all((self.path / name).is_file() for name in self.COMPLETE)
 
+    def clear_results(self) -> None:
+        """Delete the test predictions and efficiency.json, so that a finished run trained on for more epochs is not
+        complete (nor reported with its old predictions) until the longer run finishes."""
+        for path in (self.predictions_path, self.efficiency_path):
+            path.unlink(missing_ok=True)
+
     # config.yaml
 
     @functools.cached_property

@@ -106,6 +106,8 @@ def _open_run(config) -> tuple[RunDir, bool]:
     config.out = str(out)
     run = RunDir(out)
     resumed = run.check_resume(config)
+    if run.is_complete() and int(run.config.epochs) != int(config.epochs):
+        run.clear_results()  # trained on: complete again only when the longer run finishes
     out.mkdir(parents=True, exist_ok=True)
     run.save_config(config)
     logger.info("run directory: %s%s", out, " (resuming)" if resumed else "")

@@ -187,12 +187,13 @@ def bootstrap_p(diffs):
 def seeds_and_patients_interval(per_seed, boot, level=0.95):
     """Interval for a difference averaged over training seeds, with the error of both the seeds and the patients.
 
-    The seeds' runs share one test set, so the spread of their differences measures training variance only, and
-    the patient bootstrap of one run measures test-set variance only. The variance of the seed mean adds the two:
-    s^2 / n (s: SD of the per-seed differences, ddof=1) plus the variance over the shared patient resamples of the
-    seed-averaged difference. The interval is t-based with Welch-Satterthwaite degrees of freedom, so with few
-    seeds it widens as the t distribution with n - 1 df does (about 4.3 SE at 3 seeds), and with many seeds or a
-    dominant patient term it tends to the normal one.
+    The seeds' runs share one test set, so the spread of their differences measures training variance (given that
+    test set), and the patient bootstrap measures test-set variance (given those runs). The variance of the seed
+    mean adds the two: s^2 / n (s: SD of the per-seed differences, ddof=1) plus the variance over the shared
+    patient resamples of the seed-averaged difference; the seed-by-patient interaction enters both terms, so the
+    sum is slightly conservative (by about the interaction over n). The interval is mean +- t(df) SE with
+    Welch-Satterthwaite degrees of freedom (the bootstrap term taken as exact): between 1.96 SE each side (a
+    dominant patient term, or many seeds) and t(n - 1) SE (a dominant seed term: 4.30 SE at 3 seeds).
 
     Args:
         per_seed: (n,) the runs' paired differences, one per seed.
@@ -201,7 +202,8 @@ def seeds_and_patients_interval(per_seed, boot, level=0.95):
 
     Returns:
         dict {"mean", "se", "se_seeds", "se_patients", "df", "ci": [low, high], "p"}; NaN (but "mean") when
-        fewer than 2 seeds or no valid resample.
+        fewer than 2 seeds or no valid resample; "ci" and "p" NaN when se is 0. df is inf when the seed term is 0
+        (metrics.json writes it, like NaN, as null).
     """
     from scipy import stats
 

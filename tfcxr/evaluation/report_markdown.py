@@ -214,7 +214,8 @@ def _seed_markdown(cells, cell_comparisons):
                   "Cells that differ in one setting, paired by seed. Seed variance: paired t-test and Wilcoxon "
                   "signed-rank test of the per-seed differences (training variance only: every seed shares one test set), "
                   "and a 95% t interval whose variance adds that seed term to the patient-bootstrap variance of the "
-                  "seed-averaged difference (Welch-Satterthwaite df; with 3 seeds about 4.3 standard errors wide). "
+                  "seed-averaged difference (Welch-Satterthwaite df: from 1.96 standard errors each side up to 4.30 with 3 "
+                  "seeds when the seed term dominates). "
                   "Per seed: DeLong p of No Finding and the patient-bootstrap p of the macro difference.", "",
                   *table_header("cell A", "cell B", "differs in", "seeds", "macro diff A-B: mean ± SD (min to max)",
                                 "t-test p", "Wilcoxon p", "seeds + patients 95% CI, p",
