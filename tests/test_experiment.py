@@ -17,6 +17,17 @@ def _write(tmp_path, values):
     return path
 
 
+def _complete(config):
+    """Make the run directory of `config` look like a finished run (its config and the files that mark it)."""
+    from tfcxr.config import save_config
+
+    out = pathlib.Path(config.out)
+    save_config(config, out / "config.yaml")
+    for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
+        (out / done).write_text("x")
+    return out
+
+
 @pytest.mark.parametrize("name, backbones", [
     ("paper.yaml", ("resnet50", "efficientnetb0")),
     ("paper_small.yaml", ("resnet50", "efficientnetb0")),
@@ -247,19 +258,13 @@ def test_the_cli_rejects_an_unknown_only_label_with_exit_2_naming_the_file(tmp_p
 
 
 def test_only_trains_the_chosen_cells_and_reports_every_complete_one(tmp_path, monkeypatch):
-    from tfcxr.config import save_config
-
     values = {"out": str(tmp_path / "runs"), "grid": {"mask": ["original", "tight", "loose"]},
               "train": {"data": "demo", "epochs": 1}}
     exp = experiment.load_experiment(_write(tmp_path, values))
     trained, reported = [], []
 
     def fake_train(config):  # the cell "trains": its run directory becomes complete
-        out = pathlib.Path(config.out)
-        save_config(config, out / "config.yaml")
-        for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
-            (out / done).write_text("x")
-        trained.append(out.name)
+        trained.append(_complete(config).name)
         return {"status": "ok"}
 
     monkeypatch.setattr(experiment, "run_cell", fake_train)
@@ -275,18 +280,12 @@ def test_only_trains_the_chosen_cells_and_reports_every_complete_one(tmp_path, m
 
 
 def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
-    from tfcxr.config import save_config
-
     values = {"out": str(tmp_path / "runs"), "seeds": [0, 1], "grid": {"mask": ["original"]},
               "train": {"data": "demo", "epochs": 1}}
     exp = experiment.load_experiment(_write(tmp_path, values))
     assert set(experiment.run_experiment(exp, dry_run=True)["cells"].values()) == {"new"}
     name, overrides = exp.cells()[1]
-    config = experiment._resolve(exp, name, overrides)
-    out = pathlib.Path(config.out)
-    save_config(config, out / "config.yaml")
-    for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
-        (out / done).write_text("x")
+    _complete(experiment._resolve(exp, name, overrides))
     assert experiment.run_experiment(exp, dry_run=True)["cells"] == {"original-seed0": "new",
                                                                      "original-seed1": "complete"}
 
@@ -294,16 +293,11 @@ def test_each_cell_and_seed_resumes_on_its_own(tmp_path):
 def test_a_complete_run_of_other_epochs_is_extended_or_refused(tmp_path):
     """More epochs than the complete run has: "partial" (train resumes it); fewer: an error naming config.yaml,
     never a silent skip that would put the old run in the report as if it were the cell's."""
-    from tfcxr.config import save_config
-
     values = {"out": str(tmp_path / "runs"), "grid": {"mask": ["original"]}, "train": {"data": "demo", "epochs": 3}}
     exp = experiment.load_experiment(_write(tmp_path, values))
     name, overrides = exp.cells()[0]
     config = experiment._resolve(exp, name, overrides)
-    out = pathlib.Path(config.out)
-    save_config(config, out / "config.yaml")
-    for done in ("best.keras", "test_predictions.csv", "efficiency.json"):
-        (out / done).write_text("x")
+    out = _complete(config)
     assert experiment.cell_state(config) == "complete"
     longer = experiment._resolve(exp, name, dict(overrides, epochs=5))
     assert experiment.cell_state(longer) == "partial"
@@ -312,9 +306,7 @@ def test_a_complete_run_of_other_epochs_is_extended_or_refused(tmp_path):
     _open_run(longer)  # the extension starts, saves its config, then is interrupted
     assert not (out / "test_predictions.csv").exists() and not (out / "efficiency.json").exists()
     assert experiment.cell_state(longer) == "partial"  # not "complete" with the 3-epoch predictions
-    save_config(config, out / "config.yaml")
-    for done in ("test_predictions.csv", "efficiency.json"):
-        (out / done).write_text("x")
+    _complete(config)
     shorter = experiment._resolve(exp, name, dict(overrides, epochs=2))
     with pytest.raises(ValueError, match=r"config.yaml: complete run of 3 epochs, the cell asks for 2"):
         experiment.cell_state(shorter)
