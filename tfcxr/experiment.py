@@ -67,6 +67,11 @@ EVALUATE_OPTIONS = {
 }
 
 
+def _cell_name(pairs):
+    """The run name of a grid cell from its (label, value) pairs, one per axis: the labels joined by '-'."""
+    return "-".join(label for label, _ in pairs)
+
+
 @dataclasses.dataclass
 class Experiment:
     """A parsed experiment YAML.
@@ -91,8 +96,7 @@ class Experiment:
     seeds: list = None
 
     def __post_init__(self):
-        names = ["-".join(labels) for labels in itertools.product(*([label for label, _ in axis]
-                                                                     for axis in self.grid.values()))]
+        names = [_cell_name(pairs) for pairs in itertools.product(*self.grid.values())]
         shared = sorted({name for name in names if names.count(name) > 1})
         if shared:
             raise ValueError(f"{self.source}: cells {shared} share one run directory (their labels join with "
@@ -124,7 +128,7 @@ class Experiment:
         for pairs in itertools.product(*(self.grid[k] for k in keys)):
             if only and any(label not in only.get(key, {label}) for key, (label, _) in zip(keys, pairs)):
                 continue
-            cell = "-".join(label for label, _ in pairs)
+            cell = _cell_name(pairs)
             fields = dict(self.train)
             for key, (_, value) in zip(keys, pairs):
                 fields.update(value if key == VARIANT else {key: value})

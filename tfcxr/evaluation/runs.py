@@ -214,19 +214,14 @@ def check_same_test_images(run_a, run_b):
             f"(e.g. {only_b[:3]}). Paired DeLong tests need the same test set; evaluate them separately "
             f"or pass --no-require-same-test-set to skip the pairs that differ."
         )
-    cols = [f"y_{t}" for t in TARGETS] + [f"y_{NO_FINDING}"]
-    ya, yb = run_a.predictions[cols].to_numpy(), run_b.predictions[cols].to_numpy()
-    if not np.array_equal(ya, yb):
-        rows = np.flatnonzero((ya != yb).any(axis=1))
-        raise ValueError(
-            f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the labels of "
-            f"{rows.size} test images (e.g. {run_a.predictions['image_id'].iloc[rows[:3]].tolist()})"
-        )
-    pa = run_a.predictions["patient_id"].astype(str).to_numpy()
-    pb = run_b.predictions["patient_id"].astype(str).to_numpy()
-    if not np.array_equal(pa, pb):
-        rows = np.flatnonzero(pa != pb)
-        raise ValueError(
-            f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the patient of "
-            f"{rows.size} test images (e.g. {run_a.predictions['image_id'].iloc[rows[:3]].tolist()})"
-        )
+    labels = [f"y_{t}" for t in TARGETS] + [f"y_{NO_FINDING}"]
+    pred_a, pred_b = run_a.predictions, run_b.predictions
+    checks = (("labels", pred_a[labels].to_numpy(), pred_b[labels].to_numpy()),
+              ("patient", pred_a[["patient_id"]].astype(str).to_numpy(), pred_b[["patient_id"]].astype(str).to_numpy()))
+    for what, values_a, values_b in checks:
+        rows = np.flatnonzero((values_a != values_b).any(axis=1))
+        if rows.size:
+            raise ValueError(
+                f"Runs {run_a.run_dir} and {run_b.run_dir} disagree on the {what} of "
+                f"{rows.size} test images (e.g. {pred_a['image_id'].iloc[rows[:3]].tolist()})"
+            )
