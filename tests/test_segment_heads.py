@@ -127,12 +127,35 @@ def test_training_a_head_lowers_its_loss_and_changes_only_head_variables(tiny, t
         logits = tiny.decode_with(decoder, tf.constant(examples["embeddings"]), examples["boxes"])
         return float(segmentation_loss(logits, examples["labels"]))
 
-    decoder, scores = fit_head.train_head(tiny, examples, everything, config, 3e-3, evaluate_index=everything[:2])
+    trainer = fit_head.HeadTrainer(tiny, examples, config)
+    decoder, scores = trainer.fit(everything, 3e-3, evaluate_index=everything[:2])
     assert set(scores) == {3, 20} and all(d.shape == (2,) and ((d >= 0) & (d <= 1)).all() for d in scores.values())
     assert loss(decoder) < loss(tiny.mask_decoder) - 0.01
     original = dict(heads.decoder_entries(tiny.mask_decoder))
     changed = {k for k, v in heads.decoder_entries(decoder) if not np.array_equal(v.numpy(), original[k].numpy())}
     assert changed and all(k.startswith(heads.HEAD_PREFIXES) for k in changed)
+
+
+def test_each_fit_of_a_trainer_starts_afresh(tiny, tmp_path):
+    from tfcxr.data.pairs import load_pairs
+
+    pairs = load_pairs(str(write_pairs(tmp_path / "pairs", count=5, size=(64, 64))))
+    examples = fit_head.head_examples(tiny, pairs)
+    config = fit_head.HeadConfig(epochs=[2], folds=2, batch_size=2)
+
+    def head_after(trainer, index, learning_rate):
+        decoder, _ = trainer.fit(index, learning_rate)
+        return {k: v.numpy().copy() for k, v in heads.head_entries(decoder)}
+
+    trainer = fit_head.HeadTrainer(tiny, examples, config)
+    first = head_after(trainer, [0, 1, 2], 1e-3)
+    other = head_after(trainer, [2, 3, 4], 3e-3)  # other pairs, another learning rate, in between
+    again = head_after(trainer, [0, 1, 2], 1e-3)
+    fresh = head_after(fit_head.HeadTrainer(tiny, examples, config), [0, 1, 2], 1e-3)
+    assert not all(np.array_equal(first[k], other[k]) for k in first)
+    for key in first:  # the same fit: the head and the optimizer state of the fit before are gone
+        np.testing.assert_allclose(again[key], first[key], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(fresh[key], first[key], rtol=0, atol=1e-6)
 
 
 def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_variant(tmp_path, monkeypatch):
@@ -169,10 +192,10 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
 
     # Cross-fitting a test set: its pairs are scored out of fold, then train the shipped head too.
     trained, scored = [], []  # (train index, the fit's head rounded as stored); (pair names, definition, head)
-    train_head, score_pairs = fit_head.train_head, preset_evaluation.score_pairs
+    fit, score_pairs = fit_head.HeadTrainer.fit, preset_evaluation.score_pairs
 
-    def recording_train_head(m, e, index, *args, **kwargs):
-        decoder, scores = train_head(m, e, index, *args, **kwargs)
+    def recording_fit(trainer, index, *args, **kwargs):
+        decoder, scores = fit(trainer, index, *args, **kwargs)
         head = fit_head.stored_head(heads.read_head(decoder, "classic", {}), "float16")
         trained.append((np.asarray(index), head.arrays))
         return decoder, scores
@@ -182,7 +205,7 @@ def test_build_preset_with_a_head_chooses_it_by_cross_validation_and_scores_the_
         scored.append(([p.name for p in pairs], m.inference.definition, head and dict(head.arrays)))
         return score_pairs(m, pairs, *args, **kwargs)
 
-    monkeypatch.setattr(fit_head, "train_head", recording_train_head)
+    monkeypatch.setattr(fit_head.HeadTrainer, "fit", recording_fit)
     monkeypatch.setattr(preset_evaluation, "score_pairs", recording_score_pairs)
     crossed = dataclasses.replace(config, heads=[{**head, "cross_fit": ["classic"]}])
     yaml_path.write_text(yaml.safe_dump(dataclasses.asdict(crossed)))
@@ -267,8 +290,8 @@ def test_cross_fitting_hands_back_the_callers_model_as_it_came(tmp_path):
         if attached is not None:
             model.add_head(attached)
         inference = model.inference
-        examples = fit_head.head_examples(model, pairs)
-        report = cross_fit(model, examples, 3, {"held": pairs[3:]}, config, {"learning_rate": 1e-3}, settings, None)
+        trainer = fit_head.HeadTrainer(model, fit_head.head_examples(model, pairs), config)
+        report = cross_fit(trainer, 3, {"held": pairs[3:]}, {"learning_rate": 1e-3, "epochs": 1}, settings, None)
         assert [r["name"] for r in report["sets"]["held"]["refine"]["per_image"]] == [p.name for p in pairs[3:]]
         assert model.inference == inference and model.heads.get("classic") is attached
 

@@ -130,52 +130,88 @@ def head_dice(model, decoder, examples, index, boxes: str = "own_boxes") -> np.n
     return np.asarray(dices)
 
 
-def train_head(model, examples, train_index, config: HeadConfig, learning_rate: float, evaluate_index=None):
-    """Train a head from the model's own decoder for ``max(config.epochs)`` epochs.
+class HeadTrainer:
+    """Trains heads of one :class:`HeadConfig` from a model's own decoder, on fixed `examples`.
 
-    Returns:
-        (decoder, {epochs: per-pair Dice on `evaluate_index`} at each of ``config.epochs``; empty without it).
+    The training step is traced once; every :meth:`fit` starts afresh (the head variables back at the model's
+    values, the optimizer's moments and step count at zero), so it equals a fit with a new decoder copy and a new
+    optimizer, without tracing the decoder's gradient again. The decoder :meth:`fit` returns is the trainer's own:
+    read it before the next fit.
+
+    Args:
+        model: a ``SamLungModel`` (its ``mask_decoder`` is not changed).
+        examples: :func:`head_examples` of the pairs the fits draw from.
+        config: the jitter, prompt mix, batch size, weight decay and seed of every fit.
     """
-    import tensorflow as tf
 
-    from .finetune import jitter_boxes_tf
-    from .heads import copy_decoder, head_entries
-    from .losses import segmentation_loss
+    def __init__(self, model, examples: dict, config: HeadConfig):
+        import keras
+        import tensorflow as tf
 
-    decoder = copy_decoder(model)
-    variables = [v for _, v in head_entries(decoder)]
-    optimizer = tf.keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
-    size = model.image_size
+        from .heads import copy_decoder, head_entries
 
-    @tf.function(reduce_retracing=True)
-    def step(embeddings, boxes, own, prior, labels, seed):
+        self.model, self.examples, self.config = model, examples, config
+        self.decoder = copy_decoder(model)
+        self.variables = [v for _, v in head_entries(self.decoder)]
+        self.initial = [v.numpy() for v in self.variables]
+        self.optimizer = keras.optimizers.AdamW(config.learning_rates[0], weight_decay=config.weight_decay)
+        self.optimizer.build(self.variables)
+        self._step = tf.function(self._train_step, reduce_retracing=True)
+
+    def _train_step(self, embeddings, boxes, own, prior, labels, seed):
+        import tensorflow as tf
+
+        from .finetune import jitter_boxes_tf
+        from .losses import segmentation_loss
+
+        config, size = self.config, self.model.image_size
         boxes = jitter_boxes_tf(boxes, config.jitter, size, seed)
         own = jitter_boxes_tf(own, config.own_jitter, size, seed + 2)
         draw = tf.random.stateless_uniform([tf.shape(boxes)[0], 1, 1], seed=seed + 1)
         boxes = tf.where(draw < config.gt_fraction, boxes,
                          tf.where(draw < config.gt_fraction + config.own_fraction, own, prior))
         with tf.GradientTape() as tape:
-            loss = segmentation_loss(model.decode_with(decoder, embeddings, boxes), labels)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            loss = segmentation_loss(self.model.decode_with(self.decoder, embeddings, boxes), labels)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.variables), self.variables))
         return loss
 
-    scores, rng = {}, np.random.default_rng(config.seed)
-    train_index = np.asarray(train_index)
-    for epoch in range(1, config.epochs[-1] + 1):
-        order = rng.permutation(train_index)
-        for start in range(0, len(order), config.batch_size):
-            i = np.sort(order[start : start + config.batch_size])
-            step(tf.constant(examples["embeddings"][i]), tf.constant(examples["boxes"][i]),
-                 tf.constant(examples["own_boxes"][i]), tf.constant(examples["prior_boxes"][i]),
-                 tf.constant(examples["labels"][i]), tf.constant([config.seed, epoch * 10_000 + start]))
-        if evaluate_index is not None and epoch in config.epochs:
-            scores[epoch] = head_dice(model, decoder, examples, np.asarray(evaluate_index))
-    return decoder, scores
+    def _reset(self, learning_rate: float) -> None:
+        for variable, value in zip(self.variables, self.initial):
+            variable.assign(value)
+        for variable in self.optimizer.variables:  # step count, moments (and the learning rate, set next)
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        self.optimizer.learning_rate = learning_rate
+
+    def fit(self, train_index, learning_rate: float, epochs=None, evaluate_index=None):
+        """Train a head on the examples `train_index` for ``max(epochs)`` epochs (default ``config.epochs``).
+
+        Returns:
+            (the trained decoder, {epochs: per-pair Dice (`head_dice`) on `evaluate_index`} at each of `epochs`;
+            empty without it).
+        """
+        import tensorflow as tf
+
+        config, examples = self.config, self.examples
+        epochs = sorted(int(e) for e in (epochs or config.epochs))
+        self._reset(learning_rate)
+        scores, rng = {}, np.random.default_rng(config.seed)
+        train_index = np.asarray(train_index)
+        for epoch in range(1, epochs[-1] + 1):
+            order = rng.permutation(train_index)
+            for start in range(0, len(order), config.batch_size):
+                i = np.sort(order[start : start + config.batch_size])
+                self._step(tf.constant(examples["embeddings"][i]), tf.constant(examples["boxes"][i]),
+                           tf.constant(examples["own_boxes"][i]), tf.constant(examples["prior_boxes"][i]),
+                           tf.constant(examples["labels"][i]), tf.constant([config.seed, epoch * 10_000 + start]))
+            if evaluate_index is not None and epoch in epochs:
+                scores[epoch] = head_dice(self.model, self.decoder, examples, np.asarray(evaluate_index))
+        return self.decoder, scores
 
 
-def choose_setting(model, examples, config: HeadConfig, n: int) -> tuple[dict, dict]:
-    """Cross-validate every (learning rate, epochs) over the first `n` examples (the training pairs); returns (the
-    best setting, {setting: out-of-fold mean Dice})."""
+def choose_setting(trainer: HeadTrainer, n: int) -> tuple[dict, dict]:
+    """Cross-validate every (learning rate, epochs) of the trainer's config over its first `n` examples (the training
+    pairs); returns (the best setting, {setting: out-of-fold mean Dice})."""
+    config = trainer.config
     if n < config.folds:
         raise ValueError(f"{n} training pairs for the {config.name!r} head: at least `folds`={config.folds} needed")
     folds = np.array_split(np.random.default_rng(config.seed).permutation(n), config.folds)
@@ -185,7 +221,7 @@ def choose_setting(model, examples, config: HeadConfig, n: int) -> tuple[dict, d
         for k, held_out in enumerate(folds):  # fold indices are 0..n-1: out_of_fold[e][held_out] is that pair
             start = time.time()
             rest = np.concatenate([f for j, f in enumerate(folds) if j != k])
-            _, scores = train_head(model, examples, rest, config, lr, evaluate_index=held_out)
+            _, scores = trainer.fit(rest, lr, evaluate_index=held_out)
             for epochs, dice in scores.items():
                 out_of_fold[epochs][held_out] = dice
             logger.info("head %s lr %g fold %d/%d: %s (%.0f s)", config.name, lr, k + 1, config.folds,
@@ -225,13 +261,13 @@ def fit_head(model, pairs, config: HeadConfig, cache=None, pooled=None, settings
     check_pooled(pairs, pooled, config, settings)
     extra = [pair for part in pooled.values() for pair in part]
     examples = head_examples(model, list(pairs) + extra, cache)
-    best, table = choose_setting(model, examples, config, len(pairs))
-    config_final = dataclasses.replace(config, epochs=[best["epochs"]])
+    trainer = HeadTrainer(model, examples, config)
+    best, table = choose_setting(trainer, len(pairs))
     report = {}
     if pooled:
-        report["cross_fit"] = cross_fit(model, examples, len(pairs), pooled, config_final, best, settings, cache)
+        report["cross_fit"] = cross_fit(trainer, len(pairs), pooled, best, settings, cache)
     everything = np.arange(len(pairs) + len(extra))
-    decoder, _ = train_head(model, examples, everything, config_final, best["learning_rate"])
+    decoder, _ = trainer.fit(everything, best["learning_rate"], epochs=[best["epochs"]])
     head = read_head(decoder, config.name, config.mask_definition)
     stored = stored_head(head, config.dtype)
     dice32 = head_dice(model, decoder, examples, everything)

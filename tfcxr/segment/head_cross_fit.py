@@ -31,11 +31,12 @@ def check_pooled(pairs, pooled: dict, config, settings) -> None:
             seen[pair.name] = f"cross-fit set {name!r}"
 
 
-def cross_fit(model, examples, n_train: int, pooled: dict, config, best: dict, settings, cache) -> dict:
+def cross_fit(trainer, n_train: int, pooled: dict, best: dict, settings, cache) -> dict:
     """Out-of-fold scores of test pairs that also train the head.
 
-    The pooled pairs (examples ``n_train`` on, in the order of `pooled`) are split into ``config.folds`` seeded
-    folds per test set; for each fold a head with the `best` setting trains on the training pairs and every other
+    The pooled pairs (the trainer's examples ``n_train`` on, in the order of `pooled`) are split into
+    ``config.folds`` seeded folds per test set (the trainer's `HeadConfig`); for each fold a head with the `best`
+    setting (learning rate and epochs) trains on the training pairs and every other
     pooled pair, is stored in ``config.dtype`` and decodes the fold's pairs through the model's full inference
     (every prompt, QC flags), as the shipped variant's test scoring does.
 
@@ -43,10 +44,11 @@ def cross_fit(model, examples, n_train: int, pooled: dict, config, best: dict, s
         ``{"folds": k, "sets": {test set: {prompt: summary}}}`` (summaries of
         :func:`tfcxr.segment.preset_evaluation.summarise` over the out-of-fold rows, in each set's pair order).
     """
-    from .fit_head import stored_head, train_head
+    from .fit_head import stored_head
     from .heads import read_head
     from .preset_evaluation import score_pairs, summarise
 
+    model, config = trainer.model, trainer.config
     offsets, start = {}, n_train
     for name, part in pooled.items():
         offsets[name], start = np.arange(start, start + len(part)), start + len(part)
@@ -61,7 +63,7 @@ def cross_fit(model, examples, n_train: int, pooled: dict, config, best: dict, s
             for k, fold in enumerate(folds):
                 held_out = set(offsets[name][fold].tolist())
                 train_index = np.array([i for i in everything if i not in held_out])
-                decoder, _ = train_head(model, examples, train_index, config, best["learning_rate"])
+                decoder, _ = trainer.fit(train_index, best["learning_rate"], epochs=[best["epochs"]])
                 model.add_head(stored_head(read_head(decoder, config.name, config.mask_definition), config.dtype))
                 scores = score_pairs(model, [part[i] for i in fold], settings, cache, with_flags=True)
                 for prompt, entry in scores.items():
