@@ -15,6 +15,20 @@ def tiny():
     return load_segmenter("tiny")
 
 
+def test_a_random_model_has_the_same_weights_whatever_ran_before(tiny):
+    import random
+
+    from tfcxr.segment.weights import export_weights
+
+    random.seed(123)  # as `keras.utils.set_random_seed` in a test that ran before would
+    state = random.getstate()
+    rebuilt = load_segmenter("tiny")
+    assert random.getstate() == state  # the caller's random stream goes on as it was
+    random.seed(7)
+    first, second = export_weights(tiny.weight_map()), export_weights(rebuilt.weight_map())
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
 def test_tiny_shapes_and_sizes(tiny):
     assert (tiny.image_size, tiny.embedding_size, tiny.kind) == (64, 16, "litemedsam")
     pixel_values, sizes = tiny.preprocess(np.stack([random_image(50, 40), random_image(50, 40, 1)]))

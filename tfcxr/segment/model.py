@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import random
 
 import numpy as np
 import tensorflow as tf
@@ -379,19 +380,36 @@ class SamLungModel(tf.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Construction
 # ----------------------------------------------------------------------------------------------------------------
-def build_litemedsam_model(config, name: str = "litemedsam", normalization=None, **settings) -> SamLungModel:
-    """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``).
+@contextlib.contextmanager
+def python_random_seed(seed: int):
+    """Seed Python's `random` for the block, its state restored afterwards.
+
+    tf_keras initialisers without a seed draw theirs from Python's `random`, so a model built inside the block has
+    the same random weights in every process, whatever ran before.
+    """
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def build_litemedsam_model(config, name: str = "litemedsam", normalization=None, seed: int = 0,
+                           **settings) -> SamLungModel:
+    """A LiteMedSAM ``SamLungModel`` with random weights for ``config`` (a ``LiteMedSAMConfig``), the same for a
+    given `seed` in every process.
 
     ``settings``: ``priors``, ``inference`` and ``mask_definition`` as in ``SamLungModel``.
     """
     from .litemedsam import build_litemedsam
 
-    with float32_policy():
+    with float32_policy(), python_random_seed(seed):
         image_encoder, _, prompt_encoder, mask_decoder = build_litemedsam(config)
-    return SamLungModel(kind="litemedsam", name=name, image_encoder=image_encoder, prompt_encoder=prompt_encoder,
-                        mask_decoder=mask_decoder, image_size=config.image_size,
-                        embedding_size=config.encoder.embedding_size,
-                        normalization=normalization or {"mode": "minmax"}, config=config, **settings)
+        return SamLungModel(kind="litemedsam", name=name, image_encoder=image_encoder,
+                            prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, image_size=config.image_size,
+                            embedding_size=config.encoder.embedding_size,
+                            normalization=normalization or {"mode": "minmax"}, config=config, **settings)
 
 
 def from_hf_sam(hf_model, name: str, normalization: dict, **settings) -> SamLungModel:
