@@ -161,6 +161,9 @@ def test_a_finished_run_trains_on_to_more_epochs(synthetic, tmp_path):
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1]
     run = RunDir(out)
     assert run.is_complete() and run.config.epochs == 2 and run.efficiency()["epochs_run"] == 2
+    with pytest.raises(ValueError, match="2 epochs are trained there, more than epochs=1"):
+        train(_config(synthetic, out, mask="original", epochs=1, augment=False))
+    assert run.is_complete()  # left as it was
 
 
 def test_resume_refuses_a_different_config(synthetic, tmp_path):

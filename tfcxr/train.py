@@ -101,11 +101,19 @@ class _Data:
 
 
 def _open_run(config) -> tuple[RunDir, bool]:
-    """Create (or reopen, after the resume check) the run directory of `config` and save its config."""
+    """Create (or reopen, after the resume check) the run directory of `config` and save its config.
+
+    Raises:
+        ValueError: the directory holds another config (`RunDir.check_resume`) or more trained epochs than
+            ``config.epochs``.
+    """
     out = pathlib.Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{config.mask}")
     config.out = str(out)
     run = RunDir(out)
     resumed = run.check_resume(config)
+    if run.epochs_run() > int(config.epochs):
+        raise ValueError(f"{out}: {run.epochs_run()} epochs are trained there, more than epochs={config.epochs}; "
+                         "its best checkpoint may come from a later epoch, so a shorter run needs a new `out`")
     if run.is_complete() and int(run.config.epochs) != int(config.epochs):
         run.clear_results()  # trained on: complete again only when the longer run finishes
     out.mkdir(parents=True, exist_ok=True)
