@@ -21,7 +21,7 @@ demo: venv
 	$(PY) -m tfcxr.train --mask loose
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs demo_data

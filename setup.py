@@ -47,6 +47,7 @@ setup(
         "gate": ["scikit-image>=0.22"],
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # `make test` runs the suite on every core, one test file per worker at a time
             # The tests pin the synthetic demo pixel for pixel (tests/test_synthetic.py) with OpenCV 5.0; 5.1 draws
             # anti-aliased lines differently. Users of the demo may run any OpenCV >= 4.8.
             "opencv-python-headless>=5.0,<5.1",
