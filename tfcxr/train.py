@@ -111,8 +111,9 @@ def _open_run(config) -> tuple[RunDir, bool]:
     config.out = str(out)
     run = RunDir(out)
     resumed = run.check_resume(config)
-    if run.epochs_run() > int(config.epochs):
-        raise ValueError(f"{out}: {run.epochs_run()} epochs are trained there, more than epochs={config.epochs}; "
+    trained = run.epochs_run()
+    if trained > int(config.epochs):
+        raise ValueError(f"{out}: {trained} epochs are trained there, more than epochs={config.epochs}; "
                          "its best checkpoint may come from a later epoch, so a shorter run needs a new `out`")
     if run.is_complete() and int(run.config.epochs) != int(config.epochs):
         run.clear_results()  # trained on: complete again only when the longer run finishes
