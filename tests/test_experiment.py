@@ -308,7 +308,7 @@ def test_a_complete_run_of_other_epochs_is_extended_or_refused(tmp_path):
     assert experiment.cell_state(longer) == "partial"  # not "complete" with the 3-epoch predictions
     _complete(config)
     shorter = experiment._resolve(exp, name, dict(overrides, epochs=2))
-    with pytest.raises(ValueError, match=r"config.yaml: complete run of 3 epochs, the cell asks for 2"):
+    with pytest.raises(ValueError, match=r"original.*: 3 epochs are trained there, more than epochs=2"):
         experiment.cell_state(shorter)
 
 

@@ -356,13 +356,8 @@ def cell_state(config):
             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
             f"delete {run.path} or choose another --out"
         )
-    trained, asked = int(run.config.epochs), int(config.epochs)
-    if asked > trained:
-        return "partial"
-    if asked < trained:
-        raise ValueError(f"{run.config_path}: complete run of {trained} epochs, the cell asks for {asked}; "
-                         f"delete {run.path} or choose another --out")
-    return "complete"
+    run.check_not_longer(config)
+    return "partial" if int(config.epochs) > int(run.config.epochs) else "complete"
 
 
 def run_cell(config):

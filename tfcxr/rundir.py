@@ -232,6 +232,23 @@ class RunDir:
         history = self.history()
         return 0 if history is None else len(history)
 
+    def check_not_longer(self, config) -> None:
+        """Refuse `config` when this directory holds more trained epochs than ``config.epochs`` asks.
+
+        The trained count is the larger of history.csv's rows and, for a complete run, its saved ``epochs``.
+
+        Raises:
+            ValueError: more epochs are trained there (names the directory); its best checkpoint may come from a
+                later epoch, so a shorter run needs its own directory.
+        """
+        trained = self.epochs_run()
+        if self.is_complete():
+            trained = max(trained, int(self.config.epochs))
+        if trained > int(config.epochs):
+            raise ValueError(f"{self.path}: {trained} epochs are trained there, more than epochs={config.epochs}; "
+                             "its best checkpoint may come from a later epoch, so a shorter run needs a new `out` "
+                             "(or delete the directory)")
+
     def epochs_backed_up(self) -> int:
         """Epochs finished in the `BackupAndRestore` backup (checkpoints/training_metadata.json; 0 without one): where
         a resumed fit starts.

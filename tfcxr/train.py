@@ -111,10 +111,7 @@ def _open_run(config) -> tuple[RunDir, bool]:
     config.out = str(out)
     run = RunDir(out)
     resumed = run.check_resume(config)
-    trained = run.epochs_run()
-    if trained > int(config.epochs):
-        raise ValueError(f"{out}: {trained} epochs are trained there, more than epochs={config.epochs}; "
-                         "its best checkpoint may come from a later epoch, so a shorter run needs a new `out`")
+    run.check_not_longer(config)
     if run.is_complete() and int(run.config.epochs) != int(config.epochs):
         run.clear_results()  # trained on: complete again only when the longer run finishes
     out.mkdir(parents=True, exist_ok=True)
