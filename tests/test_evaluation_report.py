@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evaluation_fakes import make_run, write_images
-from tfcxr.evaluation import report
+from tfcxr.evaluation import figures, report
 from tfcxr.evaluation.runs import group_cells, load_runs, short_value
 from tfcxr.labels import NO_FINDING, TARGETS
 
@@ -128,6 +128,10 @@ def test_seeds_group_into_cells_with_spread_and_tests_over_seeds(tmp_path, image
     assert "| tiny / original | 3 |" in md and " ± " in md and "validation macro (best epoch)" in md
     assert "smallest two-sided exact Wilcoxon p: with 3 seeds 0.25." in md  # the floor of the p it reports
     assert result["shortcut_probe"][0]["modes"] == ["original", "tight"]
+    whiskers, bars = figures.comparison_bars(result)  # the bar chart: one bar per cell, not per run
+    assert "seeds" in whiskers and [label for label, _ in bars] == ["tiny / original (3 seeds)", "tiny / tight (3 seeds)"]
+    mean, low, high = bars[0][1][-2]  # the macro column
+    assert mean == pytest.approx(sum(values) / 3) and (low, high) == (min(values), max(values))
 
 
 def test_shortcut_probe_inverse_vs_original_vs_tight(tmp_path, images):

@@ -49,16 +49,38 @@ def _roc_figures(runs, result, out_dir):
     return figures
 
 
-def _comparison_figure(result, out_dir):
-    """mask_mode_comparison.png: AUROC bars with CI whiskers, one bar per run."""
+def comparison_bars(result):
+    """The AUROC bar chart's bars: one per run, or one per cell (mean over seeds) when a cell has several seeds.
+
+    Args:
+        result: `tfcxr.evaluation.report.evaluate_runs`'s dict.
+
+    Returns:
+        (whisker label, [(bar label, [(auroc, low, high) per column of TARGETS + (MACRO, NO_FINDING)])]). Per run
+        the whiskers are the run's 95% patient-bootstrap CI; per cell they span the seeds' lowest to highest AUROC.
+    """
+    if any(len(cell["runs"]) > 1 for cell in result.get("cells", [])):
+        bars = []
+        for cell in result["cells"]:
+            spreads = [cell["classes"][t] for t in TARGETS] + [cell["macro_auroc"], cell["no_finding_auroc"]]
+            bars.append((f"{cell['label']} ({len(cell['runs'])} seeds)",
+                         [(v["mean"], v["min"], v["max"]) for v in spreads]))
+        return "AUROC, mean over seeds (whiskers: lowest to highest seed)", bars
     bars = []
     for r in result["runs"]:
         vals = [(r["classes"][t]["auroc"], *r["classes"][t]["auroc_ci"]) for t in TARGETS]
         vals.append((r[MACRO]["auroc"], *r[MACRO]["auroc_ci"]))
         vals.append((r["classes"][NO_FINDING]["auroc"], *r["classes"][NO_FINDING]["auroc_ci"]))
         bars.append((r["label"], vals))
-    return ("Mask-mode comparison (AUROC, 95% CI)",
-            plots.comparison_png(out_dir / "mask_mode_comparison.png", TARGETS + (MACRO, NO_FINDING), bars))
+    return "AUROC (95% patient bootstrap CI)", bars
+
+
+def _comparison_figure(result, out_dir):
+    """mask_mode_comparison.png: AUROC bars with whiskers, one bar per run or per multi-seed cell."""
+    whiskers, bars = comparison_bars(result)
+    return (f"Mask-mode comparison ({whiskers})",
+            plots.comparison_png(out_dir / "mask_mode_comparison.png", TARGETS + (MACRO, NO_FINDING), bars,
+                                 ylabel=whiskers))
 
 
 def _pick_examples(run, count):

@@ -95,19 +95,21 @@ def roc_overlay_png(path, panels):
     return pathlib.Path(path)
 
 
-def comparison_png(path, class_names, runs):
-    """Grouped bars: AUROC per class (and macro, No Finding) per run with 95% CI whiskers.
+def comparison_png(path, class_names, runs, ylabel="AUROC (95% patient bootstrap CI)"):
+    """Grouped bars: AUROC per class (and macro, No Finding) per run or cell, with whiskers.
 
     Args:
         path: output PNG.
         class_names: x-axis groups, e.g. TARGETS + ("macro", "No Finding").
-        runs: list of (run label, [(auroc, ci_low, ci_high) per class name]); NaN = not drawn.
+        runs: list of (bar label, [(auroc, low, high) per class name]); NaN or None = not drawn.
+        ylabel: what the bars and whiskers are.
     """
     plt = _pyplot()
     n_runs = max(1, len(runs))
     width = 0.8 / n_runs
     x = np.arange(len(class_names))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(class_names) + 0.4 * n_runs), 4.6))
+    colours = plt.get_cmap("tab20" if n_runs > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(class_names) + 0.25 * n_runs), 4.6))
     for i, (label, values) in enumerate(runs):
         v = np.array([np.nan if a is None else a for a, _, _ in values], dtype=float)
         lo = np.array([np.nan if b is None else b for _, b, _ in values], dtype=float)
@@ -115,14 +117,14 @@ def comparison_png(path, class_names, runs):
         err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
         err = np.where(np.isfinite(err), err, 0.0)
         ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(v, nan=0.0), width, yerr=err, capsize=2,
-               label=label, error_kw={"lw": 0.8})
+               label=label, color=colours(i % colours.N), error_kw={"lw": 0.8})
     ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
     ax.set_xticks(x, class_names)
-    ax.set(ylim=(0, 1.05), ylabel="AUROC (95% patient bootstrap CI)", title="AUROC by run (backbone / mask)")
-    ax.legend(fontsize=7.5, ncol=2, loc="lower right")
+    ax.set(ylim=(0, 1.05), ylabel=ylabel, title="AUROC by run or cell (backbone / mask)")
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the bars
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     plt.close(fig)
     return pathlib.Path(path)
 

@@ -8,7 +8,7 @@ REPORTDIR/
                             DeLong p-values, training efficiency
     roc_<run>.png           ROC curves of every class of one run
     roc_overlay.png         one panel per class, all runs overlaid
-    mask_mode_comparison.png  AUROC bars with CI whiskers, one bar per run
+    mask_mode_comparison.png  AUROC bars: one per run (95% CI whiskers), or per cell over seeds (seed range)
     mask_overlay_grid.png   a few test images: lung mask contour and each masking mode
     gradcam.png             Grad-CAM of each run (columns) on the same test images (rows)
 
