@@ -7,6 +7,7 @@
     python benchmarks/diagnostics.py encoder-roofline      # the encoder's GFLOP/s vs this CPU's own GEMM rate, and the
                                                            # time its matmuls and convolutions take on their own
     python benchmarks/diagnostics.py openvino              # OpenVINO (optional: pip install openvino) vs TF masks
+    python benchmarks/diagnostics.py onnx-int8             # int8 dynamic quantisation in ONNX Runtime vs TF masks
     python benchmarks/diagnostics.py bn-drift RUN_DIR      # inference- vs training-mode BN activations of a run
     python benchmarks/diagnostics.py distance-decode       # decode of a stored lung distance map: PNG vs zlib
 
@@ -192,42 +193,88 @@ def encoder_roofline(model="litemedsam-lungs", batch=8) -> dict:
             "max_speedup_with_these_kernels": round(encoder_seconds / dense_seconds, 2)}
 
 
-def openvino(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count=16, batch=8) -> dict:
-    """Images/s of the whole mask step with the encoder on OpenVINO (f32 and bf16) vs TF, and mask Dice vs TF."""
-    import openvino as ov  # optional: not a tfcxr dependency
+def _compare_embed_backends(model, images, count, batch, backends) -> list:
+    """Time the whole mask step with each alternative encoder against TF, alternating per batch, and mask Dice.
 
+    Args:
+        backends: {name: embed function, pixel values float32 (B, S, S, 3) -> embeddings float32 (B, 256, 64, 64)}.
+
+    Returns:
+        one row per backend: its speed over TF's, and its masks' Dice against TF's.
+    """
     from tfcxr.data.io import read_image
-    from tfcxr.segment import load_segmenter, onnx_encoder
+    from tfcxr.segment import load_segmenter
     from tfcxr.segment.predict import list_images, segment_batch
+
+    reference = load_segmenter(model)
+    pictures = [read_image(p) for _, p in list_images(images)[:count]]
+    rows = []
+    for name, embed in backends.items():
+        fast = load_segmenter(model)
+        object.__setattr__(fast, "_embed_fn", embed)
+        seconds, masks = {"tf": 0.0, name: 0.0}, {"tf": [], name: []}
+        for segmenter in (reference, fast):  # warm-up
+            segment_batch(segmenter, pictures[:batch], None, batch)
+        for start in range(0, len(pictures), batch):  # alternate per batch: a noisy host hits both alike
+            for key, segmenter in (("tf", reference), (name, fast)):
+                begin = time.perf_counter()
+                masks[key] += [m for m, _, _ in segment_batch(segmenter, pictures[start : start + batch], None, batch)]
+                seconds[key] += time.perf_counter() - begin
+        dice = [1.0 if a.sum() + b.sum() == 0 else 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+                for a, b in zip(masks["tf"], masks[name])]
+        rows.append({"backend": name, "over_tf": round(seconds["tf"] / seconds[name], 3),
+                     "tf_images_per_second": round(len(pictures) / seconds["tf"], 3),
+                     "dice_min": round(float(min(dice)), 4), "dice_mean": round(float(np.mean(dice)), 5),
+                     "masks_identical": int(sum(np.array_equal(a, b) for a, b in zip(masks["tf"], masks[name])))})
+    return rows
+
+
+def _encoder_onnx(model):
+    """Path of the preset's image-encoder ONNX export (exported on first use, then cached)."""
+    from tfcxr.segment import load_segmenter, onnx_encoder
 
     reference = load_segmenter(model)
     path = onnx_encoder.onnx_path(reference)
     if not path.is_file():
         onnx_encoder.export_encoder(reference, path)
-    pictures = [read_image(p) for _, p in list_images(images)[:count]]
-    result = {"model": model, "images": images, "n": len(pictures), "batch": batch, "rows": []}
+    return path
+
+
+def openvino(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count=16, batch=8) -> dict:
+    """Images/s of the whole mask step with the encoder on OpenVINO (f32 and bf16) vs TF, and mask Dice vs TF."""
+    import openvino as ov  # optional: not a tfcxr dependency
+
+    path = _encoder_onnx(model)
+    backends = {}
     for hint in ("f32", "bf16"):
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                               "PERFORMANCE_HINT": "THROUGHPUT"})
         request = compiled.create_infer_request()
-        fast = load_segmenter(model)
-        object.__setattr__(fast, "_embed_fn", lambda v, r=request, c=compiled: r.infer(
-            {0: np.asarray(v, np.float32)})[c.output(0)].copy())
-        seconds, masks = {"tf": 0.0, "openvino": 0.0}, {"tf": [], "openvino": []}
-        for name, segmenter in (("tf", reference), ("openvino", fast)):
-            segment_batch(segmenter, pictures[:batch], None, batch)
-        for start in range(0, len(pictures), batch):  # alternate per batch: a noisy host hits both alike
-            for name, segmenter in (("tf", reference), ("openvino", fast)):
-                begin = time.perf_counter()
-                masks[name] += [m for m, _, _ in segment_batch(segmenter, pictures[start : start + batch], None, batch)]
-                seconds[name] += time.perf_counter() - begin
-        dice = [1.0 if a.sum() + b.sum() == 0 else 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-                for a, b in zip(masks["tf"], masks["openvino"])]
-        result["rows"].append({"precision": hint, "openvino_over_tf": round(seconds["tf"] / seconds["openvino"], 3),
-                               "dice_min": round(float(min(dice)), 4), "dice_mean": round(float(np.mean(dice)), 5),
-                               "masks_identical": int(sum(np.array_equal(a, b) for a, b in
-                                                          zip(masks["tf"], masks["openvino"])))})
-    return result
+        backends[f"openvino_{hint}"] = lambda v, r=request, c=compiled: r.infer(
+            {0: np.asarray(v, np.float32)})[c.output(0)].copy()
+    return {"model": model, "images": images, "n": count, "batch": batch,
+            "rows": _compare_embed_backends(model, images, count, batch, backends)}
+
+
+def onnx_int8(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count=16, batch=8) -> dict:
+    """Images/s of the whole mask step with the encoder dynamically quantised to int8 in ONNX Runtime (weights
+    per channel; activations quantised per call), for the matmuls alone and for matmuls and convolutions, vs TF."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tfcxr.segment import load_segmenter
+    from tfcxr.segment.onnx_encoder import OnnxImageEncoder
+
+    path, segmenter = _encoder_onnx(model), load_segmenter(model)
+    backends = {"onnx_float32": OnnxImageEncoder(segmenter, path=path)}
+    for label, ops in (("int8_matmul", ["MatMul"]), ("int8_matmul_conv", ["MatMul", "Conv"])):
+        quantised = path.with_name(f"{path.stem}-{label}.onnx")
+        if not quantised.is_file():
+            quantize_dynamic(str(path), str(quantised), op_types_to_quantize=ops, per_channel=True,
+                             weight_type=QuantType.QInt8)
+        backends[f"onnx_{label}"] = OnnxImageEncoder(segmenter, path=quantised)
+    return {"model": model, "images": images, "n": count, "batch": batch, "onnxruntime": ort.__version__,
+            "rows": _compare_embed_backends(model, images, count, batch, backends)}
 
 
 def bn_drift(run_dir, images="data/nih_cxr14_384/images", count=64) -> dict:
@@ -298,8 +345,8 @@ def distance_decode(masks="data/lungs_shenzhen_montgomery/masks", size=512, coun
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["dilation", "encoder-stages", "encoder-roofline", "openvino", "bn-drift",
-                                                     "distance-decode"])
+    parser.add_argument("command", choices=["dilation", "encoder-stages", "encoder-roofline", "openvino", "onnx-int8",
+                                                     "bn-drift", "distance-decode"])
     parser.add_argument("run_dir", nargs="?", help="bn-drift: a tfcxr.train run directory")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -307,7 +354,7 @@ def main(argv=None) -> int:
     if args.command == "bn-drift" and not args.run_dir:
         parser.error("bn-drift needs RUN_DIR")
     result = {"dilation": dilation, "encoder-stages": encoder_stages, "encoder-roofline": encoder_roofline,
-              "openvino": openvino,
+              "openvino": openvino, "onnx-int8": onnx_int8,
               "distance-decode": distance_decode}.get(
         args.command, lambda: bn_drift(args.run_dir))()
     text = json.dumps(result, indent=1)
