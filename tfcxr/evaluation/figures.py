@@ -78,7 +78,7 @@ def comparison_bars(result):
 def _comparison_figure(result, out_dir):
     """mask_mode_comparison.png: AUROC bars with whiskers, one bar per run or per multi-seed cell."""
     whiskers, bars = comparison_bars(result)
-    return (f"Mask-mode comparison ({whiskers})",
+    return (f"Mask-mode comparison: {whiskers}",
             plots.comparison_png(out_dir / "mask_mode_comparison.png", TARGETS + (MACRO, NO_FINDING), bars,
                                  ylabel=whiskers))
 
